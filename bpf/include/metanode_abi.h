@@ -1,0 +1,163 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * metanode_abi.h - the one contract between the eBPF programs and metanoded.
+ *
+ * Included by bpf/metanode.bpf.c (after vmlinux.h) and by the C++ loader.
+ * Only fixed-width kernel types, explicit padding and size assertions on both
+ * sides, so a struct can never be "in sync by convention".
+ *
+ * Byte order: every address and port in these structs is in NETWORK order,
+ * exactly as the kernel hands them to sock_addr programs; userspace converts
+ * once at the boundary (bpf/src/maps.cc).
+ */
+#ifndef METANODE_ABI_H
+#define METANODE_ABI_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Pinned under <bpffs>/metanode/ by default. Kernel object names are at most
+ * 15 characters, so every name below fits and bpftool shows it in full. */
+#define MN_PIN_DIR_DEFAULT "/sys/fs/bpf/metanode"
+
+#define MN_MAP_SERVICES "mn_services"
+#define MN_MAP_PODS "mn_pods"
+#define MN_MAP_CONFIG "mn_config"
+#define MN_MAP_ORIG_DST "mn_orig_dst"
+#define MN_MAP_TUPLE "mn_tuple"
+#define MN_MAP_SOCK_HASH "mn_sock_hash"
+#define MN_MAP_COUNTERS "mn_counters"
+
+#define MN_MAX_SERVICES 65536
+#define MN_MAX_PODS 16384
+#define MN_MAX_TUPLES 65536
+#define MN_MAX_SOCKS 131072
+
+/* SO_MARK the daemon puts on every socket it connects itself. connect4 never
+ * redirects a socket carrying it: without this the daemon's upstream connect
+ * to a VIP would be sent back to the daemon, forever. */
+#define MN_DAEMON_MARK 0x6d6e0001u
+
+/* mn_services: key = destination a pod connects to (the service VIP:port),
+ * value = what the daemon registered for it. Written by the daemon from its
+ * listeners; read by connect4. */
+struct mn_svc_key {
+	__u32 addr; /* IPv4, network order */
+	__u16 port; /* network order */
+	__u16 pad;
+};
+
+#define MN_SVC_F_ENABLED 0x1u
+
+struct mn_svc_val {
+	__u32 flags;
+	__u32 listener_id; /* opaque to the kernel; shown by metanodectl */
+};
+
+/* mn_pods: key = network namespace cookie of a pod, value = policy. */
+#define MN_POD_F_MANAGED 0x1u /* intercept this pod's connects */
+#define MN_POD_F_OPT_OUT 0x2u /* never intercept, even in manage-all mode */
+
+struct mn_pod_val {
+	__u32 flags;
+	__u32 pad;
+};
+
+/* mn_config: array with a single entry, written only by the daemon. */
+#define MN_CFG_F_ENABLED 0x1u    /* master switch for connect redirection */
+#define MN_CFG_F_ALL_NETNS 0x2u  /* every non-host netns is a managed pod */
+#define MN_CFG_F_SKMSG 0x4u      /* put redirected sockets into mn_sock_hash */
+#define MN_CFG_F_HOST_NETNS 0x8u /* also manage the host netns (tests only) */
+
+struct mn_config {
+	__u32 redirect_addr; /* where pods reach the daemon, network order */
+	__u16 redirect_port; /* network order */
+	__u16 pad0;
+	__u32 flags;
+	__u32 daemon_mark;
+	/* Liveness: the daemon stores bpf_ktime_get_ns()-compatible
+	 * CLOCK_MONOTONIC time here periodically. connect4 redirects only while
+	 * now - heartbeat_ns < liveness_ns, so a dead daemon means pods talk to
+	 * their original destination, not to a closed port. */
+	__u64 heartbeat_ns;
+	__u64 liveness_ns;
+	__u64 generation; /* bumped by every daemon start, for inspection */
+};
+
+/* mn_orig_dst: socket-local storage. On a pod's client socket it is created
+ * by connect4; on the daemon's accepted socket it is created by sockops at
+ * PASSIVE_ESTABLISHED. The daemon reads it with a lookup keyed by its fd. */
+#define MN_ORIG_F_REDIRECTED 0x1u /* set on the client socket */
+#define MN_ORIG_F_ACCEPTED 0x2u   /* set on the daemon's accepted socket */
+
+struct mn_orig_dst {
+	__u32 addr; /* original destination IPv4, network order */
+	__u16 port; /* network order */
+	__u16 flags;
+	__u64 pod_netns; /* netns cookie of the connecting pod */
+};
+
+/* mn_tuple (LRU hash) and mn_sock_hash keys: a TCP 4-tuple as seen from one
+ * end, plus the netns cookie when the tuple is loopback (127/8), because two
+ * namespaces can hold identical loopback tuples. 0 otherwise, so both ends
+ * of a pod<->daemon connection, which live in different namespaces, compute
+ * the same key. mn_tuple holds the client's view (src = pod, dst = daemon)
+ * between ACTIVE_ESTABLISHED and PASSIVE_ESTABLISHED, and for the daemon's
+ * userspace fallback when its socket was not seen by sockops. */
+struct mn_tuple_key {
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+	__u16 sport; /* network order */
+	__u16 dport; /* network order */
+	__u32 pad;
+	__u64 netns;
+};
+
+/* mn_counters: per-CPU array of __u64 indexed by these values. Every path
+ * that decides not to act counts here, so "why was this not intercepted"
+ * always has an answer in `metanodectl bpf`. */
+enum mn_counter {
+	MN_C_CONNECT_SEEN = 0,
+	MN_C_REDIRECTED,
+	MN_C_SKIP_NOT_TCP,
+	MN_C_SKIP_NOT_SERVICE,
+	MN_C_SKIP_DAEMON_SOCK,
+	MN_C_SKIP_HOST_NETNS,
+	MN_C_SKIP_NOT_POD,
+	MN_C_SKIP_DAEMON_DOWN,
+	MN_C_SKIP_DISABLED,
+	MN_C_ERR_NO_CONFIG,
+	MN_C_ERR_STORAGE,
+	MN_C_OPS_ACTIVE,
+	MN_C_OPS_PASSIVE,
+	MN_C_OPS_PASSIVE_MISS,
+	MN_C_ERR_TUPLE,
+	MN_C_ERR_SOCKHASH,
+	MN_C_MSG_REDIRECT,
+	MN_C_MSG_PASS,
+	MN_C_PEERNAME,
+	MN_C__COUNT
+};
+
+#define MN_COUNTER_NAMES                                                       \
+	"connect_seen", "redirected", "skip_not_tcp", "skip_not_service",      \
+	    "skip_daemon_sock", "skip_host_netns", "skip_not_pod",             \
+	    "skip_daemon_down", "skip_disabled", "err_no_config",              \
+	    "err_storage", "sockops_active", "sockops_passive",                \
+	    "sockops_passive_miss", "err_tuple", "err_sockhash",               \
+	    "msg_redirect", "msg_pass", "getpeername_rewrite"
+
+#ifdef __cplusplus
+#define MN_STATIC_ASSERT static_assert
+#else
+#define MN_STATIC_ASSERT _Static_assert
+#endif
+MN_STATIC_ASSERT(sizeof(struct mn_svc_key) == 8, "mn_svc_key ABI");
+MN_STATIC_ASSERT(sizeof(struct mn_svc_val) == 8, "mn_svc_val ABI");
+MN_STATIC_ASSERT(sizeof(struct mn_pod_val) == 8, "mn_pod_val ABI");
+MN_STATIC_ASSERT(sizeof(struct mn_config) == 40, "mn_config ABI");
+MN_STATIC_ASSERT(sizeof(struct mn_orig_dst) == 16, "mn_orig_dst ABI");
+MN_STATIC_ASSERT(sizeof(struct mn_tuple_key) == 24, "mn_tuple_key ABI");
+
+#endif /* METANODE_ABI_H */

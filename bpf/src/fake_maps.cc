@@ -1,0 +1,39 @@
+// In-memory Maps for unit tests of control logic (no kernel, no root).
+#include "metanode/bpf/maps.h"
+
+namespace metanode::bpf {
+
+Result<void> FakeMaps::configure(const RuntimeConfig& cfg) {
+  cfg_ = cfg;
+  enabled_ = true;
+  ++writes_;
+  return Ok();
+}
+Result<void> FakeMaps::heartbeat() {
+  ++heartbeats_;
+  return Ok();
+}
+Result<void> FakeMaps::disable() {
+  enabled_ = false;
+  return Ok();
+}
+Result<void> FakeMaps::upsert_service(net::Endpoint vip, uint32_t id) {
+  services_[vip] = id;
+  ++writes_;
+  return Ok();
+}
+Result<void> FakeMaps::remove_service(net::Endpoint vip) {
+  services_.erase(vip);
+  ++writes_;
+  return Ok();
+}
+Result<std::map<net::Endpoint, uint32_t>> FakeMaps::services() { return services_; }
+Result<OrigDst> FakeMaps::original_dst(int fd) {
+  auto it = orig_.find(fd);
+  if (it == orig_.end())
+    return Error{std::make_error_code(std::errc::no_such_file_or_directory), "no orig dst"};
+  return it->second;
+}
+Result<std::vector<Counter>> FakeMaps::counters() { return std::vector<Counter>{}; }
+
+}  // namespace metanode::bpf

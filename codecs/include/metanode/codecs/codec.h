@@ -1,0 +1,116 @@
+// The one interface every wire protocol implements (after Aeraki's
+// MetaProtocol codec contract): decode a message into routing metadata
+// without consuming a partial frame, rewrite the request id for shared
+// upstream connections, answer errors and heartbeats in the protocol's own
+// form. No exceptions: results are values.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace metanode::codecs {
+
+using Bytes = std::vector<uint8_t>;
+
+enum class DecodeStatus : uint8_t {
+  kNeedMoreData,  // nothing consumed; call again with more bytes
+  kDone,          // one message of Message::size bytes is at the front
+  kError,         // the stream stopped making sense; close the connection
+};
+
+enum class MessageKind : uint8_t {
+  kRequest,            // expects a response with the same request id
+  kOneway,             // request without a response
+  kResponse,           // normal reply
+  kException,          // error reply (still a reply: matched by id)
+  kHeartbeatRequest,   // answered locally, never routed
+  kHeartbeatResponse,  // dropped
+};
+
+const char* kind_name(MessageKind k);
+bool is_request(MessageKind k);
+
+// Routing attributes of one message ("method", "interface", headers, ...).
+// A flat vector: messages carry a handful of keys and lookups are linear
+// scans over cache-resident data, cheaper than any map for that size.
+class Metadata {
+ public:
+  void set(std::string key, std::string value);
+  const std::string* get(std::string_view key) const;
+  size_t size() const { return kv_.size(); }
+  void clear() { kv_.clear(); }
+  auto begin() const { return kv_.begin(); }
+  auto end() const { return kv_.end(); }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> kv_;
+};
+
+struct Message {
+  MessageKind kind = MessageKind::kRequest;
+  uint64_t request_id = 0;
+  size_t size = 0;  // bytes of this whole message on the wire, framing included
+  Metadata metadata;
+  // Codec-private facts needed to re-encode this message or answer it in the
+  // same wire form (e.g. Thrift transport and protocol, where the id sits).
+  uint32_t id_offset = 0;
+  uint32_t wire = 0;
+};
+
+struct DecodeResult {
+  DecodeStatus status = DecodeStatus::kNeedMoreData;
+  std::string error;  // set with kError: what was wrong and at which offset
+  static DecodeResult need_more() { return {}; }
+  static DecodeResult done() { return {DecodeStatus::kDone, {}}; }
+  static DecodeResult fail(std::string why) { return {DecodeStatus::kError, std::move(why)}; }
+};
+
+// Why the proxy answers a request itself instead of forwarding a reply.
+enum class ErrorKind : uint8_t {
+  kRouteNotFound,    // Dubbo 60 / Thrift UNKNOWN_METHOD
+  kNoUpstream,       // Dubbo 70 / Thrift INTERNAL_ERROR
+  kUpstreamFailure,  // Dubbo 80 / Thrift INTERNAL_ERROR
+  kTimeout,          // Dubbo 31 (server timeout) / Thrift INTERNAL_ERROR
+};
+
+struct Limits {
+  uint32_t max_message_bytes = 16u << 20;  // larger frames are a decode error
+};
+
+// One instance per connection: it may learn the wire form from the first
+// bytes and keep it for the rest of the stream.
+class Codec {
+ public:
+  virtual ~Codec() = default;
+  virtual std::string_view protocol() const = 0;
+
+  // Decodes the message at the front of `in`. Never consumes: on kDone the
+  // caller removes out.size bytes itself. A partial message yields
+  // kNeedMoreData no matter where it is cut.
+  virtual DecodeResult decode(std::span<const uint8_t> in, Message& out) = 0;
+
+  // Sets the request id of `msg`, whose bytes are `frame`, to `id`. May
+  // change the frame's length (variable-length ids); updates msg.
+  virtual bool set_request_id(Bytes& frame, Message& msg, uint64_t id) = 0;
+
+  // Appends a protocol-native error reply to `req` to `out`.
+  virtual void encode_error(const Message& req, ErrorKind kind, std::string_view text,
+                            Bytes& out) = 0;
+
+  // Appends the reply to a heartbeat request; false when the protocol has none.
+  virtual bool encode_heartbeat_reply(const Message& req, Bytes& out) {
+    (void)req;
+    (void)out;
+    return false;
+  }
+};
+
+// "thrift" or "dubbo"; nullptr for an unknown protocol name.
+std::unique_ptr<Codec> make_codec(std::string_view protocol, const Limits& limits = {});
+
+}  // namespace metanode::codecs

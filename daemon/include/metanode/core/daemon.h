@@ -1,0 +1,31 @@
+// metanoded's process: wires configuration, kernel interception, data plane
+// and admin together and owns the order in which they start and stop.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include "metanode/net.h"
+
+namespace metanode::core {
+
+struct DaemonOptions {
+  std::string config_dir;       // embedded control plane: manifests to serve
+  bool intercept = true;        // false: --no-bpf, bind listeners directly
+  std::string cgroup;           // cgroup v2 dir to attach to (default: cgroup2 root)
+  std::string pin_dir;          // default /sys/fs/bpf/metanode
+  std::optional<net::Endpoint> redirect;  // default: first non-loopback IPv4, port 15001
+  net::Endpoint admin{0x7f000001, 15000};
+  size_t workers = 0;
+  bool skmsg = true;
+  bool manage_host_netns = false;
+  std::chrono::milliseconds request_timeout{30000};
+  std::chrono::milliseconds watch_interval{1000};
+};
+
+// Runs until SIGINT/SIGTERM. Returns the process exit code; start-up
+// failures print one message that says what to fix.
+int run_daemon(const DaemonOptions& opts);
+
+}  // namespace metanode::core

@@ -1,0 +1,97 @@
+// Statistics, declared once. Each worker owns a shard and increments it with
+// relaxed atomics (no contention: one writer per shard); the admin thread
+// sums shards when scraped.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace metanode::core {
+
+// X(name, help). Exposed as metanode_<name>_total.
+#define METANODE_COUNTERS(X)                                                               \
+  X(downstream_cx, "Downstream connections accepted")                                      \
+  X(downstream_cx_no_orig_dst, "Accepted connections whose original destination is unknown") \
+  X(downstream_cx_no_listener, "Connections to an address no listener serves")            \
+  X(downstream_decode_error, "Downstream connections closed for malformed input")          \
+  X(downstream_unexpected_message, "Downstream messages that are not requests")            \
+  X(requests, "Requests decoded from downstream")                                          \
+  X(requests_oneway, "One-way requests forwarded")                                         \
+  X(heartbeats_answered, "Heartbeats answered locally")                                    \
+  X(no_route, "Requests that matched no route")                                            \
+  X(no_healthy_upstream, "Requests whose cluster had no endpoint")                         \
+  X(upstream_cx, "Upstream connections opened")                                            \
+  X(upstream_cx_connect_fail, "Upstream connection attempts that failed")                  \
+  X(upstream_cx_closed_with_pending, "Upstream connections lost with requests in flight")  \
+  X(upstream_decode_error, "Upstream connections closed for malformed replies")            \
+  X(upstream_rq_timeout, "Requests that got no reply in time")                             \
+  X(upstream_rq_error_reply, "Requests answered with a locally generated error")           \
+  X(responses, "Replies relayed to downstream")                                            \
+  X(responses_orphaned, "Replies whose id matched no pending request")                     \
+  X(config_reload_ok, "Configuration snapshots applied")                                   \
+  X(config_reload_rejected, "Configuration changes rejected (last good kept)")
+
+// X(name, help). Exposed as metanode_<name>.
+#define METANODE_GAUGES(X)                                    \
+  X(downstream_cx_active, "Open downstream connections")      \
+  X(upstream_cx_active, "Open upstream connections")          \
+  X(upstream_rq_active, "Requests waiting for an upstream reply")
+
+enum class Counter : int {
+#define METANODE_ENUM(n, h) n,
+  METANODE_COUNTERS(METANODE_ENUM)
+#undef METANODE_ENUM
+      kCount
+};
+enum class Gauge : int {
+#define METANODE_ENUM(n, h) n,
+  METANODE_GAUGES(METANODE_ENUM)
+#undef METANODE_ENUM
+      kCount
+};
+
+// Requests per destination, labelled like Istio's istio_requests_total.
+struct RequestLabels {
+  std::string destination_service;  // host
+  std::string destination_version;  // subset, or "unknown"
+  std::string destination_cluster;  // full cluster name
+  std::string protocol;
+  std::string response;  // "ok", "exception", or the local error kind
+  bool operator<(const RequestLabels& o) const {
+    return std::tie(destination_service, destination_version, destination_cluster, protocol,
+                    response) < std::tie(o.destination_service, o.destination_version,
+                                         o.destination_cluster, o.protocol, o.response);
+  }
+};
+
+class StatsShard {
+ public:
+  void inc(Counter c, uint64_t n = 1) { counters_[int(c)].fetch_add(n, std::memory_order_relaxed); }
+  void gauge_add(Gauge g, int64_t d) { gauges_[int(g)].fetch_add(d, std::memory_order_relaxed); }
+  uint64_t get(Counter c) const { return counters_[int(c)].load(std::memory_order_relaxed); }
+  int64_t get(Gauge g) const { return gauges_[int(g)].load(std::memory_order_relaxed); }
+
+  // Returns a stable counter for a label set; callers cache the pointer.
+  std::atomic<uint64_t>* request_counter(const RequestLabels& l);
+  std::map<RequestLabels, uint64_t> request_counts() const;
+
+ private:
+  std::atomic<uint64_t> counters_[int(Counter::kCount)] = {};
+  std::atomic<int64_t> gauges_[int(Gauge::kCount)] = {};
+  mutable std::mutex mu_;  // guards the map's structure only
+  std::map<RequestLabels, std::unique_ptr<std::atomic<uint64_t>>> requests_;
+};
+
+const char* counter_name(Counter c);
+const char* gauge_name(Gauge g);
+
+// Prometheus text exposition of the sum of `shards`, plus `extra` lines.
+std::string render_prometheus(const std::vector<const StatsShard*>& shards,
+                              const std::string& extra);
+
+}  // namespace metanode::core

@@ -1,0 +1,101 @@
+// metanoded: flag parsing only; everything else is in metanode_core.
+#include <getopt.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "metanode/bpf/maps.h"
+#include "metanode/core/daemon.h"
+
+namespace {
+void usage(FILE* f) {
+  std::fprintf(f,
+               "usage: metanoded --config-dir DIR [options]\n"
+               "  --config-dir DIR          Istio/Aeraki manifests to serve (watched for changes)\n"
+               "  --cgroup PATH             cgroup v2 directory to intercept (default: cgroup2 root)\n"
+               "  --redirect-address IP:PORT where pods reach the daemon (default: node IP:15001)\n"
+               "  --admin-address IP:PORT   admin endpoint (default 127.0.0.1:15000)\n"
+               "  --pin-dir DIR             bpffs pin directory (default /sys/fs/bpf/metanode)\n"
+               "  --no-bpf                  no interception: listen on each service address\n"
+               "  --no-skmsg                keep pod<->daemon bytes on the TCP path\n"
+               "  --manage-host-netns       also intercept processes in the host netns\n"
+               "  --workers N               event loops (default: one per core)\n"
+               "  --request-timeout-ms N    default per-request timeout (30000)\n"
+               "  --log-level LEVEL         trace|debug|info|warn|error (info)\n"
+               "  --uninstall               remove pinned programs and maps, then exit\n");
+}
+
+bool endpoint_arg(const char* flag, const char* v, metanode::net::Endpoint& out) {
+  auto e = metanode::net::parse_endpoint(v);
+  if (!e) {
+    std::fprintf(stderr, "%s: '%s' is not IPv4:PORT\n", flag, v);
+    return false;
+  }
+  out = *e;
+  return true;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  metanode::core::DaemonOptions o;
+  bool uninstall = false;
+  enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
+         kWorkers, kTimeout, kLogLevel, kUninstall, kHelp };
+  static const option longopts[] = {
+      {"config-dir", required_argument, nullptr, kConfigDir},
+      {"cgroup", required_argument, nullptr, kCgroup},
+      {"redirect-address", required_argument, nullptr, kRedirect},
+      {"admin-address", required_argument, nullptr, kAdmin},
+      {"pin-dir", required_argument, nullptr, kPinDir},
+      {"no-bpf", no_argument, nullptr, kNoBpf},
+      {"no-skmsg", no_argument, nullptr, kNoSkmsg},
+      {"manage-host-netns", no_argument, nullptr, kHostNetns},
+      {"workers", required_argument, nullptr, kWorkers},
+      {"request-timeout-ms", required_argument, nullptr, kTimeout},
+      {"log-level", required_argument, nullptr, kLogLevel},
+      {"uninstall", no_argument, nullptr, kUninstall},
+      {"help", no_argument, nullptr, kHelp},
+      {nullptr, 0, nullptr, 0}};
+  int c;
+  metanode::net::Endpoint ep;
+  while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
+    switch (c) {
+      case kConfigDir: o.config_dir = optarg; break;
+      case kCgroup: o.cgroup = optarg; break;
+      case kRedirect:
+        if (!endpoint_arg("--redirect-address", optarg, ep)) return 2;
+        o.redirect = ep;
+        break;
+      case kAdmin:
+        if (!endpoint_arg("--admin-address", optarg, o.admin)) return 2;
+        break;
+      case kPinDir: o.pin_dir = optarg; break;
+      case kNoBpf: o.intercept = false; break;
+      case kNoSkmsg: o.skmsg = false; break;
+      case kHostNetns: o.manage_host_netns = true; break;
+      case kWorkers: o.workers = std::strtoul(optarg, nullptr, 10); break;
+      case kTimeout: o.request_timeout = std::chrono::milliseconds(std::strtoul(optarg, nullptr, 10)); break;
+      case kLogLevel: spdlog::set_level(spdlog::level::from_str(optarg)); break;
+      case kUninstall: uninstall = true; break;
+      case kHelp: usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  if (uninstall) {
+    auto r = metanode::bpf::uninstall_kernel(o.pin_dir);
+    if (!r) {
+      spdlog::critical("uninstall: {}", r.error().message());
+      return 1;
+    }
+    spdlog::info("uninstalled {}", o.pin_dir.empty() ? "/sys/fs/bpf/metanode" : o.pin_dir);
+    return 0;
+  }
+  if (o.config_dir.empty()) {
+    usage(stderr);
+    return 2;
+  }
+  return metanode::core::run_daemon(o);
+}

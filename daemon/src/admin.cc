@@ -1,0 +1,128 @@
+#include "metanode/core/admin.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio.hpp>
+#include <thread>
+
+namespace metanode::core {
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+const char* reason(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Error";
+  }
+}
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket s, const AdminServer::Handler& h) : sock_(std::move(s)), handler_(h) {}
+  void start() { read(); }
+
+ private:
+  void read() {
+    sock_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](auto ec, size_t n) {
+      if (ec) return;
+      self->req_.append(self->buf_.data(), n);
+      if (self->req_.find("\r\n\r\n") == std::string::npos) {
+        if (self->req_.size() > 16384) return;  // not a request we serve
+        self->read();
+        return;
+      }
+      self->respond();
+    });
+  }
+  void respond() {
+    std::string line = req_.substr(0, req_.find("\r\n"));
+    auto sp1 = line.find(' ');
+    auto sp2 = line.find(' ', sp1 + 1);
+    AdminResponse r;
+    if (sp1 == std::string::npos || sp2 == std::string::npos) {
+      r = {400, "text/plain", "bad request\n"};
+    } else {
+      std::string path = line.substr(sp1 + 1, sp2 - sp1 - 1);
+      r = handler_(line.substr(0, sp1), path);
+    }
+    out_ = "HTTP/1.1 " + std::to_string(r.status) + " " + reason(r.status) +
+           "\r\nContent-Type: " + r.content_type +
+           "\r\nContent-Length: " + std::to_string(r.body.size()) +
+           "\r\nConnection: close\r\n\r\n" + r.body;
+    asio::async_write(sock_, asio::buffer(out_), [self = shared_from_this()](auto, size_t) {
+      boost::system::error_code ec;
+      self->sock_.shutdown(tcp::socket::shutdown_both, ec);
+    });
+  }
+
+  tcp::socket sock_;
+  const AdminServer::Handler& handler_;
+  std::array<char, 4096> buf_{};
+  std::string req_, out_;
+};
+}  // namespace
+
+struct AdminServer::Impl {
+  net::Endpoint addr;
+  Handler handler;
+  asio::io_context io{1};
+  tcp::acceptor acceptor{io};
+  std::thread thread;
+
+  void accept() {
+    acceptor.async_accept([this](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec == asio::error::operation_aborted) return;
+      if (!ec) std::make_shared<Session>(std::move(s), handler)->start();
+      accept();
+    });
+  }
+};
+
+AdminServer::AdminServer(net::Endpoint addr, Handler handler) : impl_(std::make_unique<Impl>()) {
+  impl_->addr = addr;
+  impl_->handler = std::move(handler);
+}
+
+AdminServer::~AdminServer() { stop(); }
+
+Result<void> AdminServer::start() {
+  boost::system::error_code ec;
+  tcp::endpoint ep(asio::ip::address_v4(impl_->addr.addr), impl_->addr.port);
+  impl_->acceptor.open(ep.protocol(), ec);
+  if (!ec) impl_->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) impl_->acceptor.bind(ep, ec);
+  if (!ec) impl_->acceptor.listen(64, ec);
+  if (ec)
+    return Error{std::error_code(ec.value(), std::system_category()),
+                 "admin listen on " + impl_->addr.str()};
+  impl_->accept();
+  impl_->thread = std::thread([this] { impl_->io.run(); });
+  return Ok();
+}
+
+net::Endpoint AdminServer::bound() const {
+  boost::system::error_code ec;
+  auto ep = impl_->acceptor.local_endpoint(ec);
+  return {ep.address().to_v4().to_uint(), ep.port()};
+}
+
+void AdminServer::stop() {
+  if (!impl_ || !impl_->thread.joinable()) return;
+  asio::post(impl_->io, [this] {
+    boost::system::error_code ec;
+    impl_->acceptor.close(ec);
+    impl_->io.stop();
+  });
+  impl_->thread.join();
+}
+
+}  // namespace metanode::core

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs every Debian 12 package metanode needs to build, test and demo.
+# Idempotent; run as root on a fresh machine. Nothing else is assumed present.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+PKGS="
+  build-essential cmake ninja-build pkg-config git
+  clang llvm lld libclang-rt-14-dev
+  libbpf-dev bpftool libelf-dev zlib1g-dev
+  libboost1.81-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libre2-dev
+  libspdlog-dev libfmt-dev libyaml-cpp-dev
+  libgtest-dev libgmock-dev googletest
+  python3 python3-thrift thrift-compiler libthrift-dev
+  iproute2 util-linux procps psmisc
+  haproxy
+"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing
+fi
+echo "install-deps: all packages present"

@@ -1,0 +1,34 @@
+// The embedded control plane's front half: Kubernetes-style manifests (Istio
+// ServiceEntry and DestinationRule, Aeraki MetaRouter) -> the xDS resources
+// Istio + Aeraki would send for them. Users keep their real manifests; the
+// daemon runs on one machine with no cluster.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "metanode/result.h"
+#include "metanode/xds/resources.h"
+
+namespace metanode::xds {
+
+struct ManifestFile {
+  std::string path;  // used in error messages
+  std::string content;
+};
+
+// Translates manifests. Every error names the file, the object
+// (Kind namespace/name) and the field; nothing is returned half-translated.
+// Objects of other kinds are ignored (a manifest directory may hold
+// Deployments and Services too).
+Result<Resources> translate_manifests(const std::vector<ManifestFile>& files);
+
+// Reads every *.yaml / *.yml file directly in `dir`, in name order.
+Result<std::vector<ManifestFile>> read_manifest_dir(const std::string& dir);
+
+// A cheap fingerprint (names, sizes, mtimes) of the manifest files in `dir`,
+// used to notice edits without inotify.
+std::string manifest_dir_fingerprint(const std::string& dir);
+
+}  // namespace metanode::xds

@@ -1,0 +1,35 @@
+// A complete set of xDS resources (state of the world), as Envoy, Istio and
+// Aeraki put them on the wire.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "envoy/config/cluster/v3/cluster.pb.h"
+#include "envoy/config/endpoint/v3/endpoint.pb.h"
+#include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/config/route/v3/route.pb.h"
+
+namespace metanode::xds {
+
+inline constexpr char kListenerType[] = "type.googleapis.com/envoy.config.listener.v3.Listener";
+inline constexpr char kClusterType[] = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+inline constexpr char kEndpointType[] =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+inline constexpr char kRouteType[] = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+inline constexpr char kMetaProtocolProxyType[] =
+    "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy";
+inline constexpr char kMetaProtocolFilterName[] = "aeraki.meta_protocol_proxy";
+
+struct Resources {
+  std::string version;
+  std::vector<envoy::config::listener::v3::Listener> listeners;
+  std::vector<envoy::config::cluster::v3::Cluster> clusters;
+  std::vector<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
+  std::vector<envoy::config::route::v3::RouteConfiguration> routes;
+};
+
+// JSON of every resource, grouped by type (the admin /config_dump body).
+std::string resources_to_json(const Resources& r);
+
+}  // namespace metanode::xds

@@ -1,0 +1,128 @@
+// The daemon's configuration: an immutable snapshot compiled from xDS
+// resources (whether they came over gRPC or from the embedded control
+// plane). Workers hold a shared_ptr to one snapshot for as long as they use
+// it; a new snapshot is swapped in atomically and never mutated, so the
+// request path takes no lock.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "metanode/net.h"
+#include "metanode/result.h"
+#include "metanode/xds/resources.h"
+
+namespace re2 {
+class RE2;
+}
+
+namespace metanode::xds {
+
+enum class LbPolicy : uint8_t { kRoundRobin, kLeastRequest, kRandom, kRingHash };
+const char* lb_policy_name(LbPolicy p);
+
+struct Endpoint {
+  net::Endpoint address;
+  std::map<std::string, std::string> labels;
+  uint32_t weight = 1;
+};
+
+struct Cluster {
+  std::string name;  // Istio form: outbound|<port>|<subset>|<host>
+  LbPolicy lb = LbPolicy::kRoundRobin;
+  std::chrono::milliseconds connect_timeout{1000};
+  std::vector<Endpoint> endpoints;
+  // Parsed from the name, for metrics labels.
+  std::string service_host;
+  std::string subset;
+};
+
+// One attribute test, Envoy HeaderMatcher semantics over codec metadata.
+struct AttributeMatcher {
+  enum class Kind : uint8_t { kExact, kPrefix, kSuffix, kContains, kRegex, kPresent };
+  std::string name;
+  Kind kind = Kind::kExact;
+  std::string value;
+  std::shared_ptr<const re2::RE2> regex;  // set for kRegex
+  bool invert = false;
+  bool ignore_case = false;
+
+  // `v` is the attribute's value or nullptr when the message lacks it.
+  bool matches(const std::string* v) const;
+};
+
+struct ClusterRef {
+  std::string name;
+  uint32_t weight = 1;
+  std::shared_ptr<const Cluster> cluster;  // null if no such cluster (yet)
+};
+
+struct KeyValue {
+  std::string key;
+  std::string value;
+};
+
+struct Mirror {
+  ClusterRef target;
+  uint32_t per_million = 1000000;  // share of requests mirrored
+};
+
+struct Route {
+  std::string name;
+  std::vector<AttributeMatcher> match;  // AND; empty matches everything
+  std::vector<ClusterRef> clusters;     // one entry, or weighted
+  uint32_t total_weight = 0;
+  std::vector<std::string> hash_keys;  // consistent hash on these attributes
+  std::vector<Mirror> mirrors;
+  std::vector<KeyValue> request_mutation;
+  std::vector<KeyValue> response_mutation;
+  std::chrono::milliseconds timeout{0};  // 0: the daemon default
+};
+
+struct RouteTable {
+  std::string name;
+  std::vector<Route> routes;  // first match wins
+};
+
+struct Listener {
+  std::string name;
+  net::Endpoint address;
+  std::string protocol;  // codec: "thrift" or "dubbo"
+  std::string route_name;
+  std::string stat_prefix;
+  std::string service_host;  // from stat_prefix outbound|port||host, for metrics
+  std::shared_ptr<const RouteTable> routes;  // null until RDS delivers it
+};
+
+struct Snapshot {
+  std::string version;
+  std::vector<Listener> listeners;
+  std::map<net::Endpoint, size_t> listener_index;
+  std::map<std::string, std::shared_ptr<const Cluster>, std::less<>> clusters;
+  std::map<std::string, std::shared_ptr<const RouteTable>, std::less<>> routes;
+  Resources resources;  // what it was compiled from, for /config_dump
+
+  const Listener* find_listener(net::Endpoint addr) const {
+    auto it = listener_index.find(addr);
+    return it == listener_index.end() ? nullptr : &listeners[it->second];
+  }
+  const Cluster* find_cluster(std::string_view name) const {
+    auto it = clusters.find(name);
+    return it == clusters.end() ? nullptr : it->second.get();
+  }
+};
+
+// Compiles and validates resources. Errors name the resource and field.
+Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources resources);
+
+// "outbound|9090|v1|host" -> {host, subset}; false if not in that form.
+bool parse_cluster_name(std::string_view name, std::string& host, std::string& subset,
+                        uint32_t& port);
+
+}  // namespace metanode::xds

@@ -1,0 +1,724 @@
+// Istio/Aeraki manifests -> xDS, following what Aeraki generates (see
+// docs/XDS.md for the naming and the sources it was checked against):
+//   listener  "<vip>_<port>" with a MetaProtocolProxy filter (RDS name
+//             "<host>_<port>", codec aeraki.meta_protocol.codec.<proto>)
+//   clusters  "outbound|<port>||<host>" and one per DestinationRule subset
+//             "outbound|<port>|<subset>|<host>", endpoints through EDS
+//   routes    MetaRouter routes as an Envoy RouteConfiguration with one
+//             virtual host, or a single default route to the whole service.
+#include "metanode/xds/k8s_config.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
+#include "metanode/net.h"
+
+namespace metanode::xds {
+namespace {
+
+// Where an object came from, for error messages.
+struct Origin {
+  std::string file;
+  std::string kind;
+  std::string ns;
+  std::string name;
+  std::string str() const { return file + ": " + kind + " " + ns + "/" + name; }
+};
+
+// Config parsing may throw (yaml-cpp does); the translator catches at its
+// boundary and turns this into an Error that names file, object and field.
+struct ConfigError {
+  std::string message;
+};
+
+[[noreturn]] void fail(const Origin& o, const std::string& field, const std::string& what) {
+  throw ConfigError{o.str() + ": " + field + ": " + what};
+}
+
+std::string scalar(const YAML::Node& n, const Origin& o, const std::string& field) {
+  if (!n || n.IsNull()) return {};
+  if (!n.IsScalar()) fail(o, field, "expected a string");
+  return n.as<std::string>();
+}
+
+uint32_t number(const YAML::Node& n, const Origin& o, const std::string& field, uint32_t max) {
+  if (!n || n.IsNull()) return 0;
+  if (!n.IsScalar()) fail(o, field, "expected a number");
+  long long v;
+  try {
+    v = n.as<long long>();
+  } catch (const YAML::Exception&) {
+    fail(o, field, "'" + n.as<std::string>() + "' is not a number");
+  }
+  if (v < 0 || uint64_t(v) > max) fail(o, field, std::to_string(v) + " out of range");
+  return uint32_t(v);
+}
+
+std::map<std::string, std::string> labels(const YAML::Node& n, const Origin& o,
+                                          const std::string& field) {
+  std::map<std::string, std::string> out;
+  if (!n || n.IsNull()) return out;
+  if (!n.IsMap()) fail(o, field, "expected a map of labels");
+  for (const auto& kv : n) out[kv.first.as<std::string>()] = scalar(kv.second, o, field);
+  return out;
+}
+
+std::vector<std::string> strings(const YAML::Node& n, const Origin& o, const std::string& field) {
+  std::vector<std::string> out;
+  if (!n || n.IsNull()) return out;
+  if (!n.IsSequence()) fail(o, field, "expected a list");
+  for (size_t i = 0; i < n.size(); ++i)
+    out.push_back(scalar(n[i], o, field + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+void expect_map(const YAML::Node& n, const Origin& o, const std::string& field) {
+  if (n && !n.IsNull() && !n.IsMap()) fail(o, field, "expected a map");
+}
+
+// Istio resolves short host names in the object's namespace.
+std::string fqdn(const std::string& host, const std::string& ns) {
+  if (host.find('.') != std::string::npos || ns.empty()) return host;
+  return host + "." + ns + ".svc.cluster.local";
+}
+
+// ---- parsed objects --------------------------------------------------------
+
+struct SePort {
+  uint32_t number = 0;
+  uint32_t target_port = 0;
+  std::string name;
+  std::string protocol;  // "thrift" / "dubbo" for MetaProtocol ports, else empty
+};
+
+struct SeEndpoint {
+  std::string address;
+  std::map<std::string, std::string> labels;
+  std::map<std::string, uint32_t> ports;
+  uint32_t weight = 0;
+};
+
+struct ServiceEntry {
+  Origin origin;
+  std::vector<std::string> hosts;
+  std::vector<std::string> addresses;
+  std::vector<SePort> ports;
+  std::vector<SeEndpoint> endpoints;
+};
+
+struct Subset {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  std::string lb;         // simple LB policy name, if set
+  std::string hash_attr;  // consistentHash.httpHeaderName
+};
+
+struct DestinationRule {
+  Origin origin;
+  std::string host;
+  std::string lb;
+  std::string hash_attr;
+  std::vector<Subset> subsets;
+};
+
+struct StringMatch {
+  enum Kind { kExact, kPrefix, kRegex, kPresent } kind = kPresent;
+  std::string value;
+};
+
+struct Destination {
+  std::string host;
+  std::string subset;
+  uint32_t port = 0;
+  uint32_t weight = 0;
+};
+
+struct MetaRoute {
+  std::string name;
+  std::vector<std::pair<std::string, StringMatch>> match;
+  std::vector<Destination> route;
+  bool has_mirror = false;
+  Destination mirror;
+  double mirror_percent = 100;
+  std::vector<std::pair<std::string, std::string>> request_mutation, response_mutation;
+};
+
+struct MetaRouter {
+  Origin origin;
+  std::string host;
+  std::vector<MetaRoute> routes;
+};
+
+struct Objects {
+  std::vector<ServiceEntry> service_entries;
+  std::vector<DestinationRule> destination_rules;
+  std::vector<MetaRouter> meta_routers;
+};
+
+// "tcp-metaprotocol-thrift-hello" -> "thrift"; Aeraki splits on '-'.
+std::string metaprotocol_of(const std::string& port_name) {
+  std::vector<std::string> parts;
+  std::stringstream ss(port_name);
+  std::string p;
+  while (std::getline(ss, p, '-')) parts.push_back(p);
+  if (parts.size() < 3 || parts[1] != "metaprotocol") return {};
+  return parts[2];
+}
+
+ServiceEntry parse_service_entry(const YAML::Node& spec, Origin o) {
+  ServiceEntry se;
+  se.origin = o;
+  se.hosts = strings(spec["hosts"], o, "spec.hosts");
+  if (se.hosts.empty()) fail(o, "spec.hosts", "at least one host is required");
+  for (auto& h : se.hosts) h = fqdn(h, o.ns);
+  se.addresses = strings(spec["addresses"], o, "spec.addresses");
+  for (size_t i = 0; i < se.addresses.size(); ++i)
+    if (!net::parse_ipv4(se.addresses[i]))
+      fail(o, "spec.addresses[" + std::to_string(i) + "]",
+           "'" + se.addresses[i] + "' is not an IPv4 address (CIDR ranges are not supported)");
+  const YAML::Node ports = spec["ports"];
+  if (ports && !ports.IsSequence()) fail(o, "spec.ports", "expected a list");
+  for (size_t i = 0; ports && i < ports.size(); ++i) {
+    std::string f = "spec.ports[" + std::to_string(i) + "]";
+    SePort p;
+    p.number = number(ports[i]["number"], o, f + ".number", 65535);
+    if (p.number == 0) fail(o, f + ".number", "a port number is required");
+    p.target_port = number(ports[i]["targetPort"], o, f + ".targetPort", 65535);
+    p.name = scalar(ports[i]["name"], o, f + ".name");
+    p.protocol = metaprotocol_of(p.name);
+    if (!p.protocol.empty() && p.protocol != "thrift" && p.protocol != "dubbo")
+      fail(o, f + ".name", "unsupported metaprotocol '" + p.protocol + "' (thrift, dubbo)");
+    se.ports.push_back(p);
+  }
+  const YAML::Node eps = spec["endpoints"];
+  if (eps && !eps.IsSequence()) fail(o, "spec.endpoints", "expected a list");
+  for (size_t i = 0; eps && i < eps.size(); ++i) {
+    std::string f = "spec.endpoints[" + std::to_string(i) + "]";
+    SeEndpoint e;
+    e.address = scalar(eps[i]["address"], o, f + ".address");
+    if (!net::parse_ipv4(e.address))
+      fail(o, f + ".address", "'" + e.address + "' is not an IPv4 address");
+    e.labels = labels(eps[i]["labels"], o, f + ".labels");
+    expect_map(eps[i]["ports"], o, f + ".ports");
+    if (eps[i]["ports"])
+      for (const auto& kv : eps[i]["ports"])
+        e.ports[kv.first.as<std::string>()] = number(kv.second, o, f + ".ports", 65535);
+    e.weight = number(eps[i]["weight"], o, f + ".weight", 1u << 31);
+    se.endpoints.push_back(std::move(e));
+  }
+  if (spec["workloadSelector"])
+    fail(o, "spec.workloadSelector", "not supported by the embedded control plane; list endpoints");
+  return se;
+}
+
+void parse_lb(const YAML::Node& tp, const Origin& o, const std::string& f, std::string& lb,
+              std::string& hash) {
+  if (!tp) return;
+  const YAML::Node l = tp["loadBalancer"];
+  if (!l) return;
+  std::string simple = scalar(l["simple"], o, f + ".loadBalancer.simple");
+  static const std::set<std::string> known = {"",       "ROUND_ROBIN", "LEAST_REQUEST",
+                                              "RANDOM", "LEAST_CONN",  "PASSTHROUGH",
+                                              "UNSPECIFIED"};
+  if (!known.count(simple)) fail(o, f + ".loadBalancer.simple", "unknown policy '" + simple + "'");
+  lb = simple;
+  if (l["consistentHash"])
+    hash = scalar(l["consistentHash"]["httpHeaderName"], o,
+                  f + ".loadBalancer.consistentHash.httpHeaderName");
+}
+
+DestinationRule parse_destination_rule(const YAML::Node& spec, Origin o) {
+  DestinationRule dr;
+  dr.origin = o;
+  dr.host = fqdn(scalar(spec["host"], o, "spec.host"), o.ns);
+  if (dr.host.empty()) fail(o, "spec.host", "required");
+  parse_lb(spec["trafficPolicy"], o, "spec.trafficPolicy", dr.lb, dr.hash_attr);
+  const YAML::Node subsets = spec["subsets"];
+  if (subsets && !subsets.IsSequence()) fail(o, "spec.subsets", "expected a list");
+  std::set<std::string> seen;
+  for (size_t i = 0; subsets && i < subsets.size(); ++i) {
+    std::string f = "spec.subsets[" + std::to_string(i) + "]";
+    Subset s;
+    s.name = scalar(subsets[i]["name"], o, f + ".name");
+    if (s.name.empty()) fail(o, f + ".name", "required");
+    if (!seen.insert(s.name).second) fail(o, f + ".name", "duplicate subset '" + s.name + "'");
+    s.labels = labels(subsets[i]["labels"], o, f + ".labels");
+    parse_lb(subsets[i]["trafficPolicy"], o, f + ".trafficPolicy", s.lb, s.hash_attr);
+    dr.subsets.push_back(std::move(s));
+  }
+  return dr;
+}
+
+Destination parse_destination(const YAML::Node& d, const Origin& o, const std::string& f,
+                              const std::string& ns) {
+  Destination out;
+  if (!d || !d.IsMap()) fail(o, f, "a destination (host, subset) is required");
+  out.host = fqdn(scalar(d["host"], o, f + ".host"), ns);
+  if (out.host.empty()) fail(o, f + ".host", "required");
+  out.subset = scalar(d["subset"], o, f + ".subset");
+  if (d["port"]) out.port = number(d["port"]["number"], o, f + ".port.number", 65535);
+  return out;
+}
+
+MetaRouter parse_meta_router(const YAML::Node& spec, Origin o) {
+  MetaRouter mr;
+  mr.origin = o;
+  auto hosts = strings(spec["hosts"], o, "spec.hosts");
+  if (hosts.empty()) fail(o, "spec.hosts", "one host is required");
+  mr.host = fqdn(hosts[0], o.ns);
+  const YAML::Node routes = spec["routes"];
+  if (routes && !routes.IsSequence()) fail(o, "spec.routes", "expected a list");
+  for (size_t i = 0; routes && i < routes.size(); ++i) {
+    std::string f = "spec.routes[" + std::to_string(i) + "]";
+    const YAML::Node r = routes[i];
+    MetaRoute mrt;
+    mrt.name = scalar(r["name"], o, f + ".name");
+    const YAML::Node match = r["match"];
+    expect_map(match, o, f + ".match");
+    if (const YAML::Node attrs = match ? match["attributes"] : YAML::Node();
+        attrs && !attrs.IsNull()) {
+      if (!attrs.IsMap()) fail(o, f + ".match.attributes", "expected a map");
+      for (const auto& kv : attrs) {
+        std::string key = kv.first.as<std::string>();
+        std::string af = f + ".match.attributes." + key;
+        StringMatch m;
+        const YAML::Node v = kv.second;
+        if (v && !v.IsNull() && !v.IsMap()) fail(o, af, "expected exact, prefix or regex");
+        int set = 0;
+        if (v && v["exact"]) m = {StringMatch::kExact, scalar(v["exact"], o, af + ".exact")}, ++set;
+        if (v && v["prefix"]) m = {StringMatch::kPrefix, scalar(v["prefix"], o, af + ".prefix")}, ++set;
+        if (v && v["regex"]) {
+          m = {StringMatch::kRegex, scalar(v["regex"], o, af + ".regex")};
+          ++set;
+          // Aeraki: an empty or "*" regex means "the attribute is present".
+          if (m.value.empty() || m.value == "*") m.kind = StringMatch::kPresent;
+        }
+        if (set > 1) fail(o, af, "only one of exact, prefix, regex");
+        mrt.match.emplace_back(key, m);
+      }
+    }
+    const YAML::Node dests = r["route"];
+    if (!dests || !dests.IsSequence() || dests.size() == 0)
+      fail(o, f + ".route", "at least one destination is required");
+    for (size_t j = 0; j < dests.size(); ++j) {
+      std::string df = f + ".route[" + std::to_string(j) + "]";
+      Destination d = parse_destination(dests[j]["destination"], o, df + ".destination", o.ns);
+      d.weight = number(dests[j]["weight"], o, df + ".weight", 1000000);
+      mrt.route.push_back(d);
+    }
+    if (mrt.route.size() > 1) {
+      uint64_t total = 0;
+      for (const auto& d : mrt.route) total += d.weight;
+      if (total == 0) fail(o, f + ".route", "weights of a split must not all be zero");
+    }
+    if (r["mirror"]) {
+      mrt.has_mirror = true;
+      mrt.mirror = parse_destination(r["mirror"], o, f + ".mirror", o.ns);
+      if (r["mirrorPercentage"]) {
+        try {
+          mrt.mirror_percent = r["mirrorPercentage"]["value"].as<double>();
+        } catch (const YAML::Exception&) {
+          fail(o, f + ".mirrorPercentage.value", "expected a number");
+        }
+        if (mrt.mirror_percent <= 0) mrt.mirror_percent = 100;
+        if (mrt.mirror_percent > 100) fail(o, f + ".mirrorPercentage.value", "more than 100");
+      }
+    }
+    auto kvs = [&](const char* key, std::vector<std::pair<std::string, std::string>>& out) {
+      const YAML::Node n = r[key];
+      if (!n) return;
+      if (!n.IsSequence()) fail(o, f + "." + key, "expected a list of {key, value}");
+      for (size_t j = 0; j < n.size(); ++j) {
+        std::string kf = f + "." + key + "[" + std::to_string(j) + "]";
+        std::string k = scalar(n[j]["key"], o, kf + ".key");
+        if (k.empty()) fail(o, kf + ".key", "required");
+        out.emplace_back(k, scalar(n[j]["value"], o, kf + ".value"));
+      }
+    };
+    kvs("requestMutation", mrt.request_mutation);
+    kvs("responseMutation", mrt.response_mutation);
+    mr.routes.push_back(std::move(mrt));
+  }
+  return mr;
+}
+
+void collect(const YAML::Node& doc, const std::string& file, Objects& objs) {
+  if (!doc || doc.IsNull()) return;
+  if (!doc.IsMap()) throw ConfigError{file + ": a manifest document must be a map"};
+  std::string kind = doc["kind"] ? doc["kind"].as<std::string>() : "";
+  if (kind == "List") {
+    for (const auto& item : doc["items"]) collect(item, file, objs);
+    return;
+  }
+  std::string api = doc["apiVersion"] ? doc["apiVersion"].as<std::string>() : "";
+  Origin o{file, kind, "default", ""};
+  if (const YAML::Node md = doc["metadata"]; md && md.IsMap()) {
+    if (md["namespace"]) o.ns = md["namespace"].as<std::string>();
+    if (md["name"]) o.name = md["name"].as<std::string>();
+  }
+  bool istio = api.rfind("networking.istio.io/", 0) == 0;
+  bool aeraki = api == "metaprotocol.aeraki.io/v1alpha1";
+  bool ours = (istio && (kind == "ServiceEntry" || kind == "DestinationRule")) ||
+              (aeraki && kind == "MetaRouter");
+  if (!ours) return;  // other kinds are not ours to interpret
+  if (o.name.empty()) fail(o, "metadata.name", "required");
+  const YAML::Node spec = doc["spec"];
+  if (!spec || !spec.IsMap()) fail(o, "spec", "required");
+  if (kind == "ServiceEntry") objs.service_entries.push_back(parse_service_entry(spec, o));
+  if (kind == "DestinationRule") objs.destination_rules.push_back(parse_destination_rule(spec, o));
+  if (kind == "MetaRouter") objs.meta_routers.push_back(parse_meta_router(spec, o));
+}
+
+// ---- xDS generation ----------------------------------------------------------
+
+using envoy::config::cluster::v3::Cluster;
+
+std::string cluster_name(uint32_t port, const std::string& subset, const std::string& host) {
+  return "outbound|" + std::to_string(port) + "|" + subset + "|" + host;
+}
+
+Cluster::LbPolicy lb_policy(const std::string& simple, const std::string& hash) {
+  if (!hash.empty()) return Cluster::RING_HASH;
+  if (simple == "LEAST_REQUEST" || simple == "LEAST_CONN") return Cluster::LEAST_REQUEST;
+  if (simple == "RANDOM") return Cluster::RANDOM;
+  return Cluster::ROUND_ROBIN;
+}
+
+void set_ads(envoy::config::core::v3::ConfigSource* cs) {
+  cs->mutable_ads();
+  cs->set_resource_api_version(envoy::config::core::v3::V3);
+}
+
+void set_address(envoy::config::core::v3::Address* a, const std::string& ip, uint32_t port) {
+  auto* s = a->mutable_socket_address();
+  s->set_address(ip);
+  s->set_port_value(port);
+}
+
+struct Service {
+  const ServiceEntry* se;
+  const SePort* port;
+  std::string host;
+};
+
+void add_cluster(Resources& out, const Service& svc, const std::string& subset,
+                 const std::map<std::string, std::string>& want_labels, Cluster::LbPolicy lb) {
+  std::string name = cluster_name(svc.port->number, subset, svc.host);
+  Cluster c;
+  c.set_name(name);
+  c.set_type(Cluster::EDS);
+  set_ads(c.mutable_eds_cluster_config()->mutable_eds_config());
+  c.mutable_eds_cluster_config()->set_service_name(name);
+  c.mutable_connect_timeout()->set_seconds(1);
+  c.set_lb_policy(lb);
+  envoy::config::endpoint::v3::ClusterLoadAssignment cla;
+  cla.set_cluster_name(name);
+  auto* loc = cla.add_endpoints();
+  for (const auto& e : svc.se->endpoints) {
+    bool match = std::all_of(want_labels.begin(), want_labels.end(), [&](const auto& kv) {
+      auto it = e.labels.find(kv.first);
+      return it != e.labels.end() && it->second == kv.second;
+    });
+    if (!match) continue;
+    uint32_t port = svc.port->target_port ? svc.port->target_port : svc.port->number;
+    if (auto it = e.ports.find(svc.port->name); it != e.ports.end()) port = it->second;
+    auto* lbe = loc->add_lb_endpoints();
+    set_address(lbe->mutable_endpoint()->mutable_address(), e.address, port);
+    if (e.weight) lbe->mutable_load_balancing_weight()->set_value(e.weight);
+    auto& fm = (*lbe->mutable_metadata()->mutable_filter_metadata())["envoy.lb"];
+    for (const auto& [k, v] : e.labels) (*fm.mutable_fields())[k].set_string_value(v);
+  }
+  out.clusters.push_back(std::move(c));
+  out.endpoints.push_back(std::move(cla));
+}
+
+envoy::config::route::v3::HeaderMatcher header_matcher(const std::string& key, const StringMatch& m) {
+  envoy::config::route::v3::HeaderMatcher h;
+  h.set_name(key);
+  switch (m.kind) {
+    case StringMatch::kExact:
+      h.set_exact_match(m.value);
+      break;
+    case StringMatch::kPrefix:
+      h.set_prefix_match(m.value);
+      break;
+    case StringMatch::kRegex:
+      h.mutable_safe_regex_match()->mutable_google_re2();
+      h.mutable_safe_regex_match()->set_regex(m.value);
+      break;
+    case StringMatch::kPresent:
+      h.set_present_match(true);
+      break;
+  }
+  return h;
+}
+
+Result<Resources> generate(const Objects& objs) {
+  Resources out;
+  // host -> DestinationRule (Istio: one per host; a second one is an error here
+  // rather than a silent merge).
+  std::map<std::string, const DestinationRule*> drs;
+  for (const auto& dr : objs.destination_rules) {
+    auto [it, fresh] = drs.emplace(dr.host, &dr);
+    if (!fresh)
+      fail(dr.origin, "spec.host",
+           "host " + dr.host + " already has DestinationRule " + it->second->origin.ns + "/" +
+               it->second->origin.name);
+  }
+  std::map<std::string, const MetaRouter*> mrs;
+  for (const auto& mr : objs.meta_routers) {
+    auto [it, fresh] = mrs.emplace(mr.host, &mr);
+    if (!fresh)
+      fail(mr.origin, "spec.hosts[0]",
+           "host " + mr.host + " already has MetaRouter " + it->second->origin.ns + "/" +
+               it->second->origin.name);
+  }
+
+  // Every MetaProtocol service port, by host.
+  std::map<std::string, std::vector<Service>> by_host;
+  std::map<std::string, const ServiceEntry*> host_owner;
+  for (const auto& se : objs.service_entries) {
+    for (const auto& host : se.hosts) {
+      auto [it, fresh] = host_owner.emplace(host, &se);
+      if (!fresh)
+        fail(se.origin, "spec.hosts",
+             "host " + host + " is also declared by ServiceEntry " + it->second->origin.ns + "/" +
+                 it->second->origin.name);
+    }
+    for (const auto& p : se.ports)
+      if (!p.protocol.empty()) by_host[se.hosts[0]].push_back({&se, &p, se.hosts[0]});
+  }
+
+  for (const auto& dr : objs.destination_rules) {
+    if (!by_host.count(dr.host) && !host_owner.count(dr.host))
+      fail(dr.origin, "spec.host", "no ServiceEntry declares host " + dr.host);
+  }
+
+  auto subset_exists = [&](const std::string& host, const std::string& subset) {
+    auto it = drs.find(host);
+    if (it == drs.end()) return false;
+    for (const auto& s : it->second->subsets)
+      if (s.name == subset) return true;
+    return false;
+  };
+  auto check_dest = [&](const MetaRouter& mr, const Destination& d, const std::string& field) {
+    auto it = by_host.find(d.host);
+    if (it == by_host.end())
+      fail(mr.origin, field + ".host", "no ServiceEntry has a metaprotocol port for host " + d.host);
+    if (d.port) {
+      bool ok = std::any_of(it->second.begin(), it->second.end(),
+                            [&](const Service& s) { return s.port->number == d.port; });
+      if (!ok) fail(mr.origin, field + ".port.number", "host " + d.host + " has no port " +
+                                                           std::to_string(d.port));
+    }
+    if (!d.subset.empty() && !subset_exists(d.host, d.subset)) {
+      std::string known;
+      if (auto dr = drs.find(d.host); dr != drs.end())
+        for (const auto& s : dr->second->subsets) known += (known.empty() ? "" : ", ") + s.name;
+      fail(mr.origin, field + ".subset",
+           "unknown subset '" + d.subset + "' of host " + d.host +
+               (known.empty() ? " (no DestinationRule defines subsets for it)"
+                              : " (DestinationRule defines: " + known + ")"));
+    }
+  };
+  for (const auto& mr : objs.meta_routers) {
+    if (!by_host.count(mr.host))
+      fail(mr.origin, "spec.hosts[0]", "no ServiceEntry has a metaprotocol port for host " + mr.host);
+    for (size_t i = 0; i < mr.routes.size(); ++i) {
+      std::string f = "spec.routes[" + std::to_string(i) + "]";
+      for (size_t j = 0; j < mr.routes[i].route.size(); ++j)
+        check_dest(mr, mr.routes[i].route[j], f + ".route[" + std::to_string(j) + "].destination");
+      if (mr.routes[i].has_mirror) check_dest(mr, mr.routes[i].mirror, f + ".mirror");
+    }
+  }
+  for (const auto& [host, dr] : drs) {
+    for (size_t i = 0; i < dr->subsets.size(); ++i)
+      if (dr->subsets[i].labels.empty())
+        fail(dr->origin, "spec.subsets[" + std::to_string(i) + "].labels",
+             "a subset needs labels to select endpoints");
+  }
+
+  for (const auto& [host, services] : by_host) {
+    const DestinationRule* dr = drs.count(host) ? drs[host] : nullptr;
+    const MetaRouter* mr = mrs.count(host) ? mrs[host] : nullptr;
+    for (const auto& svc : services) {
+      uint32_t port = svc.port->number;
+      std::string route_name = host + "_" + std::to_string(port);
+      std::string hash_attr = dr ? dr->hash_attr : "";
+
+      // Clusters: the whole service and each subset.
+      add_cluster(out, svc, "", {}, lb_policy(dr ? dr->lb : "", hash_attr));
+      if (dr)
+        for (const auto& s : dr->subsets)
+          add_cluster(out, svc, s.name, s.labels,
+                      lb_policy(s.lb.empty() ? dr->lb : s.lb,
+                                s.hash_attr.empty() ? hash_attr : s.hash_attr));
+
+      // Listener per VIP.
+      if (svc.se->addresses.empty()) continue;  // nothing to intercept by address
+      for (const auto& vip : svc.se->addresses) {
+        envoy::config::listener::v3::Listener l;
+        l.set_name(vip + "_" + std::to_string(port));
+        set_address(l.mutable_address(), vip, port);
+        l.set_traffic_direction(envoy::config::core::v3::OUTBOUND);
+        auto* f = l.add_filter_chains()->add_filters();
+        f->set_name(kMetaProtocolFilterName);
+        aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy mpp;
+        mpp.set_stat_prefix(cluster_name(port, "", host));
+        mpp.set_application_protocol(svc.port->protocol);
+        mpp.mutable_codec()->set_name("aeraki.meta_protocol.codec." + svc.port->protocol);
+        set_ads(mpp.mutable_rds()->mutable_config_source());
+        mpp.mutable_rds()->set_route_config_name(route_name);
+        mpp.add_meta_protocol_filters()->set_name("aeraki.meta_protocol.filters.router");
+        f->mutable_typed_config()->PackFrom(mpp);
+        out.listeners.push_back(std::move(l));
+      }
+
+      // Routes.
+      envoy::config::route::v3::RouteConfiguration rc;
+      rc.set_name(route_name);
+      auto* vh = rc.add_virtual_hosts();
+      vh->set_name("dummy");
+      vh->add_domains("*");
+      auto hash = [&](envoy::config::route::v3::RouteAction* a, const std::string& subset) {
+        std::string attr = hash_attr;
+        if (dr)
+          for (const auto& s : dr->subsets)
+            if (s.name == subset && !s.hash_attr.empty()) attr = s.hash_attr;
+        if (!attr.empty()) a->add_hash_policy()->mutable_header()->set_header_name(attr);
+      };
+      if (!mr) {
+        auto* r = vh->add_routes();
+        r->set_name("default");
+        r->mutable_match()->set_prefix("/");
+        r->mutable_route()->set_cluster(cluster_name(port, "", host));
+        hash(r->mutable_route(), "");
+      } else {
+        for (const auto& m : mr->routes) {
+          auto* r = vh->add_routes();
+          r->set_name(m.name);
+          r->mutable_match()->set_prefix("/");
+          for (const auto& [k, sm] : m.match) *r->mutable_match()->add_headers() = header_matcher(k, sm);
+          auto* a = r->mutable_route();
+          auto dest_cluster = [&](const Destination& d) {
+            return cluster_name(d.port ? d.port : port, d.subset, d.host);
+          };
+          if (m.route.size() == 1) {
+            a->set_cluster(dest_cluster(m.route[0]));
+          } else {
+            uint32_t total = 0;
+            for (const auto& d : m.route) {
+              auto* cw = a->mutable_weighted_clusters()->add_clusters();
+              cw->set_name(dest_cluster(d));
+              cw->mutable_weight()->set_value(d.weight);
+              total += d.weight;
+            }
+            a->mutable_weighted_clusters()->mutable_total_weight()->set_value(total);
+          }
+          hash(a, m.route[0].subset);
+          if (m.has_mirror) {
+            auto* mp = a->add_request_mirror_policies();
+            mp->set_cluster(dest_cluster(m.mirror));
+            auto* fp = mp->mutable_runtime_fraction()->mutable_default_value();
+            fp->set_numerator(uint32_t(m.mirror_percent * 10000));
+            fp->set_denominator(envoy::type::v3::FractionalPercent::MILLION);
+          }
+          for (const auto& [k, v] : m.request_mutation) {
+            auto* h = r->add_request_headers_to_add()->mutable_header();
+            h->set_key(k);
+            h->set_value(v);
+          }
+          for (const auto& [k, v] : m.response_mutation) {
+            auto* h = r->add_response_headers_to_add()->mutable_header();
+            h->set_key(k);
+            h->set_value(v);
+          }
+        }
+      }
+      out.routes.push_back(std::move(rc));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<Resources> translate_manifests(const std::vector<ManifestFile>& files) {
+  Objects objs;
+  try {
+    for (const auto& f : files) {
+      std::vector<YAML::Node> docs;
+      try {
+        docs = YAML::LoadAll(f.content);
+      } catch (const YAML::Exception& e) {
+        return Error::invalid(f.path + ": YAML does not parse: " + e.what());
+      }
+      for (const auto& d : docs) {
+        try {
+          collect(d, f.path, objs);
+        } catch (const YAML::Exception& e) {
+          return Error::invalid(f.path + ": " + e.what());
+        }
+      }
+    }
+    return generate(objs);
+  } catch (const ConfigError& e) {
+    return Error::invalid(e.message);
+  }
+}
+
+Result<std::vector<ManifestFile>> read_manifest_dir(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (!d) return Error::errno_error("open config dir " + dir);
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n.empty() || n[0] == '.') continue;
+    auto ends = [&](const char* s) {
+      std::string_view sv(s);
+      return n.size() > sv.size() && n.compare(n.size() - sv.size(), sv.size(), sv) == 0;
+    };
+    if (ends(".yaml") || ends(".yml")) names.push_back(n);
+  }
+  closedir(d);
+  std::sort(names.begin(), names.end());
+  std::vector<ManifestFile> out;
+  for (const auto& n : names) {
+    std::string path = dir + "/" + n;
+    std::ifstream in(path);
+    if (!in) return Error::errno_error("read " + path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    out.push_back({path, ss.str()});
+  }
+  return out;
+}
+
+std::string manifest_dir_fingerprint(const std::string& dir) {
+  std::string fp;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return "missing";
+  std::vector<std::string> parts;
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n.empty() || n[0] == '.') continue;
+    struct stat st {};
+    if (stat((dir + "/" + n).c_str(), &st) != 0) continue;
+    parts.push_back(n + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) +
+                    "." + std::to_string(st.st_mtim.tv_nsec));
+  }
+  closedir(d);
+  std::sort(parts.begin(), parts.end());
+  for (const auto& p : parts) fp += p + ";";
+  return fp;
+}
+
+}  // namespace metanode::xds

@@ -1,0 +1,404 @@
+// xDS resources -> Snapshot. This is the single place that interprets
+// Envoy/Aeraki protos, whichever control plane sent them; everything after
+// it sees only the compiled model in snapshot.h.
+#include "metanode/xds/snapshot.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <re2/re2.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
+
+namespace metanode::xds {
+namespace {
+
+using XdsCluster = envoy::config::cluster::v3::Cluster;
+using envoy::config::route::v3::HeaderMatcher;
+
+Error bad(const std::string& where, const std::string& what) {
+  return Error::invalid(where + ": " + what);
+}
+
+bool ieq_prefix(std::string_view s, std::string_view p) {
+  if (s.size() < p.size()) return false;
+  for (size_t i = 0; i < p.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(s[i])) !=
+        std::tolower(static_cast<unsigned char>(p[i])))
+      return false;
+  return true;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+Result<AttributeMatcher> compile_matcher(const HeaderMatcher& h, const std::string& where) {
+  AttributeMatcher m;
+  m.name = h.name();
+  m.invert = h.invert_match();
+  if (m.name.empty()) return bad(where, "matcher without a name");
+  using K = AttributeMatcher::Kind;
+  auto regex = [&](const std::string& pattern) -> Result<void> {
+    auto re = std::make_shared<re2::RE2>(pattern, re2::RE2::Quiet);
+    if (!re->ok()) return bad(where, "bad regex '" + pattern + "': " + re->error());
+    m.kind = K::kRegex;
+    m.regex = std::move(re);
+    return Ok();
+  };
+  switch (h.header_match_specifier_case()) {
+    case HeaderMatcher::kExactMatch:
+      m.kind = K::kExact;
+      m.value = h.exact_match();
+      break;
+    case HeaderMatcher::kPrefixMatch:
+      m.kind = K::kPrefix;
+      m.value = h.prefix_match();
+      break;
+    case HeaderMatcher::kSuffixMatch:
+      m.kind = K::kSuffix;
+      m.value = h.suffix_match();
+      break;
+    case HeaderMatcher::kContainsMatch:
+      m.kind = K::kContains;
+      m.value = h.contains_match();
+      break;
+    case HeaderMatcher::kPresentMatch:
+      m.kind = K::kPresent;
+      if (!h.present_match()) m.invert = !m.invert;
+      break;
+    case HeaderMatcher::kSafeRegexMatch:
+      if (auto r = regex(h.safe_regex_match().regex()); !r) return r.error();
+      break;
+    case HeaderMatcher::kStringMatch: {
+      const auto& s = h.string_match();
+      m.ignore_case = s.ignore_case();
+      switch (s.match_pattern_case()) {
+        case envoy::type::matcher::v3::StringMatcher::kExact:
+          m.kind = K::kExact;
+          m.value = s.exact();
+          break;
+        case envoy::type::matcher::v3::StringMatcher::kPrefix:
+          m.kind = K::kPrefix;
+          m.value = s.prefix();
+          break;
+        case envoy::type::matcher::v3::StringMatcher::kSuffix:
+          m.kind = K::kSuffix;
+          m.value = s.suffix();
+          break;
+        case envoy::type::matcher::v3::StringMatcher::kContains:
+          m.kind = K::kContains;
+          m.value = s.contains();
+          break;
+        case envoy::type::matcher::v3::StringMatcher::kSafeRegex:
+          if (auto r = regex(s.safe_regex().regex()); !r) return r.error();
+          break;
+        default:
+          return bad(where, "string_match without a pattern");
+      }
+      if (m.ignore_case) m.value = lower(m.value);
+      break;
+    }
+    case HeaderMatcher::kRangeMatch:
+      return bad(where, "range_match is not supported for attributes");
+    default:
+      // Envoy: a matcher with no specifier tests presence.
+      m.kind = K::kPresent;
+  }
+  return m;
+}
+
+LbPolicy lb_of(XdsCluster::LbPolicy p) {
+  switch (p) {
+    case XdsCluster::LEAST_REQUEST:
+      return LbPolicy::kLeastRequest;
+    case XdsCluster::RANDOM:
+      return LbPolicy::kRandom;
+    case XdsCluster::RING_HASH:
+    case XdsCluster::MAGLEV:
+      return LbPolicy::kRingHash;
+    default:
+      return LbPolicy::kRoundRobin;
+  }
+}
+
+Result<net::Endpoint> socket_address(const envoy::config::core::v3::Address& a,
+                                     const std::string& where) {
+  if (!a.has_socket_address()) return bad(where, "address without socket_address");
+  const auto& s = a.socket_address();
+  auto ip = net::parse_ipv4(s.address());
+  if (!ip) return bad(where, "address '" + s.address() + "' is not an IPv4 address");
+  if (s.port_value() == 0 || s.port_value() > 65535)
+    return bad(where, "port " + std::to_string(s.port_value()) + " out of range");
+  return net::Endpoint{*ip, uint16_t(s.port_value())};
+}
+
+Result<std::vector<Endpoint>> endpoints_of(
+    const envoy::config::endpoint::v3::ClusterLoadAssignment& cla, const std::string& where) {
+  std::vector<Endpoint> out;
+  for (const auto& loc : cla.endpoints()) {
+    for (const auto& lbe : loc.lb_endpoints()) {
+      if (lbe.health_status() == envoy::config::core::v3::UNHEALTHY ||
+          lbe.health_status() == envoy::config::core::v3::DRAINING)
+        continue;
+      auto addr = socket_address(lbe.endpoint().address(), where + " endpoint");
+      if (!addr) return addr.error();
+      Endpoint e;
+      e.address = *addr;
+      if (lbe.has_load_balancing_weight()) e.weight = std::max(1u, lbe.load_balancing_weight().value());
+      auto md = lbe.metadata().filter_metadata().find("envoy.lb");
+      if (md != lbe.metadata().filter_metadata().end())
+        for (const auto& [k, v] : md->second.fields())
+          if (v.has_string_value()) e.labels[k] = v.string_value();
+      out.push_back(std::move(e));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* lb_policy_name(LbPolicy p) {
+  switch (p) {
+    case LbPolicy::kRoundRobin:
+      return "ROUND_ROBIN";
+    case LbPolicy::kLeastRequest:
+      return "LEAST_REQUEST";
+    case LbPolicy::kRandom:
+      return "RANDOM";
+    case LbPolicy::kRingHash:
+      return "RING_HASH";
+  }
+  return "?";
+}
+
+bool AttributeMatcher::matches(const std::string* v) const {
+  bool r;
+  if (kind == Kind::kPresent) {
+    r = v != nullptr;
+  } else if (!v) {
+    r = false;
+  } else {
+    std::string folded;
+    const std::string* s = v;
+    if (ignore_case) {
+      folded = lower(*v);
+      s = &folded;
+    }
+    switch (kind) {
+      case Kind::kExact:
+        r = *s == value;
+        break;
+      case Kind::kPrefix:
+        r = s->compare(0, value.size(), value) == 0;
+        break;
+      case Kind::kSuffix:
+        r = s->size() >= value.size() && s->compare(s->size() - value.size(), value.size(), value) == 0;
+        break;
+      case Kind::kContains:
+        r = s->find(value) != std::string::npos;
+        break;
+      case Kind::kRegex:
+        r = re2::RE2::FullMatch(*s, *regex);
+        break;
+      default:
+        r = false;
+    }
+  }
+  return invert ? !r : r;
+}
+
+bool parse_cluster_name(std::string_view name, std::string& host, std::string& subset,
+                        uint32_t& port) {
+  // direction|port|subset|host
+  size_t a = name.find('|');
+  if (a == std::string_view::npos) return false;
+  size_t b = name.find('|', a + 1);
+  if (b == std::string_view::npos) return false;
+  size_t c = name.find('|', b + 1);
+  if (c == std::string_view::npos) return false;
+  auto p = name.substr(a + 1, b - a - 1);
+  auto [ptr, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+  if (ec != std::errc() || ptr != p.data() + p.size()) return false;
+  subset = std::string(name.substr(b + 1, c - b - 1));
+  host = std::string(name.substr(c + 1));
+  return true;
+}
+
+std::string resources_to_json(const Resources& r) {
+  google::protobuf::util::JsonPrintOptions opt;
+  opt.add_whitespace = false;
+  opt.preserve_proto_field_names = true;
+  auto list = [&](const auto& items) {
+    std::string out = "[";
+    for (size_t i = 0; i < items.size(); ++i) {
+      std::string j;
+      if (!google::protobuf::util::MessageToJsonString(items[i], &j, opt).ok()) j = "null";
+      if (i) out += ",";
+      out += j;
+    }
+    return out + "]";
+  };
+  return "{\"version\":\"" + r.version + "\",\"listeners\":" + list(r.listeners) +
+         ",\"clusters\":" + list(r.clusters) + ",\"endpoints\":" + list(r.endpoints) +
+         ",\"routes\":" + list(r.routes) + "}";
+}
+
+Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources res) {
+  auto snap = std::make_shared<Snapshot>();
+  snap->version = res.version;
+
+  // Clusters, with endpoints from their load_assignment or from EDS.
+  std::map<std::string, const envoy::config::endpoint::v3::ClusterLoadAssignment*, std::less<>> cla;
+  for (const auto& a : res.endpoints) cla[a.cluster_name()] = &a;
+  for (const auto& c : res.clusters) {
+    std::string where = "cluster " + c.name();
+    if (c.name().empty()) return bad("cluster", "empty name");
+    auto cl = std::make_shared<Cluster>();
+    cl->name = c.name();
+    cl->lb = lb_of(c.lb_policy());
+    if (c.has_connect_timeout())
+      cl->connect_timeout = std::chrono::milliseconds(c.connect_timeout().seconds() * 1000 +
+                                                      c.connect_timeout().nanos() / 1000000);
+    uint32_t port;
+    parse_cluster_name(c.name(), cl->service_host, cl->subset, port);
+    const envoy::config::endpoint::v3::ClusterLoadAssignment* src = nullptr;
+    if (c.type() == XdsCluster::EDS) {
+      std::string svc = c.eds_cluster_config().service_name().empty()
+                            ? c.name()
+                            : c.eds_cluster_config().service_name();
+      auto it = cla.find(svc);
+      if (it != cla.end()) src = it->second;
+    } else if (c.has_load_assignment()) {
+      src = &c.load_assignment();
+    }
+    if (src) {
+      auto eps = endpoints_of(*src, where);
+      if (!eps) return eps.error();
+      cl->endpoints = std::move(eps.value());
+    }
+    if (!snap->clusters.emplace(c.name(), std::move(cl)).second)
+      return bad(where, "defined twice");
+  }
+
+  auto cluster_ref = [&](const std::string& name, uint32_t weight) {
+    ClusterRef ref;
+    ref.name = name;
+    ref.weight = weight;
+    auto it = snap->clusters.find(name);
+    if (it != snap->clusters.end()) ref.cluster = it->second;
+    return ref;
+  };
+
+  // Route configurations in Aeraki's RDS form: one virtual host whose routes
+  // carry attribute matchers in match.headers.
+  for (const auto& rc : res.routes) {
+    std::string where = "route_config " + rc.name();
+    auto table = std::make_shared<RouteTable>();
+    table->name = rc.name();
+    if (rc.virtual_hosts_size() > 1) return bad(where, "more than one virtual_host");
+    if (rc.virtual_hosts_size() == 1) {
+      int idx = 0;
+      for (const auto& r : rc.virtual_hosts(0).routes()) {
+        std::string rw = where + " route[" + std::to_string(idx++) + "]" +
+                         (r.name().empty() ? "" : " '" + r.name() + "'");
+        Route out;
+        out.name = r.name();
+        for (const auto& h : r.match().headers()) {
+          auto m = compile_matcher(h, rw + " match");
+          if (!m) return m.error();
+          out.match.push_back(std::move(m.value()));
+        }
+        if (!r.has_route()) return bad(rw, "no route action");
+        const auto& a = r.route();
+        if (a.has_weighted_clusters()) {
+          for (const auto& w : a.weighted_clusters().clusters()) {
+            uint32_t wt = w.has_weight() ? w.weight().value() : 0;
+            if (wt == 0) continue;  // zero weight never selected
+            out.clusters.push_back(cluster_ref(w.name(), wt));
+            out.total_weight += wt;
+          }
+          if (out.clusters.empty()) return bad(rw, "weighted_clusters with no positive weight");
+        } else if (!a.cluster().empty()) {
+          out.clusters.push_back(cluster_ref(a.cluster(), 1));
+          out.total_weight = 1;
+        } else {
+          return bad(rw, "route action names no cluster");
+        }
+        for (const auto& hp : a.hash_policy())
+          if (hp.has_header()) out.hash_keys.push_back(hp.header().header_name());
+        for (const auto& mp : a.request_mirror_policies()) {
+          Mirror m;
+          m.target = cluster_ref(mp.cluster(), 1);
+          if (mp.has_runtime_fraction()) {
+            const auto& f = mp.runtime_fraction().default_value();
+            uint64_t scale = f.denominator() == envoy::type::v3::FractionalPercent::HUNDRED ? 10000
+                             : f.denominator() == envoy::type::v3::FractionalPercent::TEN_THOUSAND
+                                 ? 100
+                                 : 1;
+            m.per_million = uint32_t(std::min<uint64_t>(1000000, uint64_t(f.numerator()) * scale));
+          }
+          out.mirrors.push_back(std::move(m));
+        }
+        if (a.has_timeout())
+          out.timeout = std::chrono::milliseconds(a.timeout().seconds() * 1000 +
+                                                  a.timeout().nanos() / 1000000);
+        for (const auto& hv : r.request_headers_to_add())
+          out.request_mutation.push_back({hv.header().key(), hv.header().value()});
+        for (const auto& hv : r.response_headers_to_add())
+          out.response_mutation.push_back({hv.header().key(), hv.header().value()});
+        table->routes.push_back(std::move(out));
+      }
+    }
+    if (!snap->routes.emplace(rc.name(), std::move(table)).second)
+      return bad(where, "defined twice");
+  }
+
+  // Listeners: the MetaProtocolProxy filter names the protocol and the RDS
+  // route configuration.
+  for (const auto& l : res.listeners) {
+    std::string where = "listener " + l.name();
+    auto addr = socket_address(l.address(), where);
+    if (!addr) return addr.error();
+    Listener out;
+    out.name = l.name();
+    out.address = *addr;
+    bool found = false;
+    for (const auto& fc : l.filter_chains()) {
+      for (const auto& f : fc.filters()) {
+        if (f.typed_config().type_url() != kMetaProtocolProxyType) continue;
+        aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy mpp;
+        if (!f.typed_config().UnpackTo(&mpp)) return bad(where, "cannot decode MetaProtocolProxy");
+        std::string codec = mpp.has_protocol() ? mpp.protocol().codec().name() : mpp.codec().name();
+        std::string proto = mpp.has_protocol() ? mpp.protocol().name() : mpp.application_protocol();
+        constexpr std::string_view kPrefix = "aeraki.meta_protocol.codec.";
+        if (ieq_prefix(codec, kPrefix)) proto = codec.substr(kPrefix.size());
+        if (proto != "thrift" && proto != "dubbo")
+          return bad(where, "unsupported application protocol '" + proto + "'");
+        out.protocol = proto;
+        out.stat_prefix = mpp.stat_prefix();
+        out.route_name = mpp.rds().route_config_name();
+        std::string subset;
+        uint32_t port;
+        parse_cluster_name(out.stat_prefix, out.service_host, subset, port);
+        found = true;
+        break;
+      }
+      if (found) break;
+    }
+    if (!found) continue;  // not a MetaProtocol listener: not ours to serve
+    auto rt = snap->routes.find(out.route_name);
+    if (rt != snap->routes.end()) out.routes = rt->second;
+    if (snap->listener_index.count(out.address))
+      return bad(where, "address " + out.address.str() + " used by two listeners");
+    snap->listener_index[out.address] = snap->listeners.size();
+    snap->listeners.push_back(std::move(out));
+  }
+
+  snap->resources = std::move(res);
+  return std::shared_ptr<const Snapshot>(std::move(snap));
+}
+
+}  // namespace metanode::xds
