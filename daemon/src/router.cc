@@ -12,6 +12,16 @@ uint64_t fnv1a(std::string_view s, uint64_t h = 0xcbf29ce484222325ull) {
   }
   return h;
 }
+
+// FNV's last byte barely reaches the high bits; a ring ordered by the full
+// value needs them mixed (murmur3's finalizer).
+uint64_t mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 33);
+}
 }  // namespace
 
 const xds::Route* match_route(const xds::RouteTable& table, const codecs::Metadata& md) {
@@ -45,7 +55,7 @@ uint64_t LoadBalancer::hash_key(const xds::Route& route, const codecs::Metadata&
       found = true;
     }
   }
-  return h;
+  return mix(h);
 }
 
 const xds::Endpoint* LoadBalancer::pick_ring(const xds::Cluster& c, uint64_t h) {
@@ -56,7 +66,7 @@ const xds::Endpoint* LoadBalancer::pick_ring(const xds::Cluster& c, uint64_t h) 
       std::string key = c.endpoints[i].address.str();
       uint32_t points = 64 * std::max(1u, c.endpoints[i].weight);
       for (uint32_t p = 0; p < points; ++p)
-        ring.emplace_back(fnv1a(key + "_" + std::to_string(p)), i);
+        ring.emplace_back(mix(fnv1a(key + "_" + std::to_string(p))), i);
     }
     std::sort(ring.begin(), ring.end());
   }

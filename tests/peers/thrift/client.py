@@ -3,7 +3,8 @@
 long-lived connection, the way request-level balancing has to be shown.
 
 Prints each reply (unless --quiet) and a final JSON summary line:
-  {"calls": N, "ok": N, "errors": N, "by_server": {...}, "by_method_server": {...}}
+  {"calls": N, "ok": N, "errors": N, "switches": N, "by_server": {...},
+   "by_method_server": {...}, "error_messages": [...]}
 """
 import argparse
 import json
@@ -49,8 +50,11 @@ def main():
     client = SayHello.Client(proto)
     trans.open()
 
+    # switches: consecutive replies from different servers (calls - 1 when
+    # every request goes somewhere else than the one before it).
     summary = {"calls": 0, "ok": 0, "errors": 0, "by_server": {}, "by_method_server": {},
-               "error_messages": []}
+               "error_messages": [], "switches": 0}
+    last = None
     for i in range(a.calls):
         method = a.method
         if method == "alternate":
@@ -69,6 +73,9 @@ def main():
         m = SERVER_RE.search(reply)
         server = m.group(1) if m else "?"
         summary["by_server"][server] = summary["by_server"].get(server, 0) + 1
+        if last is not None and server != last:
+            summary["switches"] += 1
+        last = server
         key = "%s:%s" % (method, server)
         summary["by_method_server"][key] = summary["by_method_server"].get(key, 0) + 1
         if not a.quiet:

@@ -1,0 +1,209 @@
+// Manifests -> xDS -> snapshot: what Aeraki would generate, and errors that
+// name file, object and field.
+#include <gtest/gtest.h>
+
+#include "metanode/xds/k8s_config.h"
+#include "metanode/xds/snapshot.h"
+
+namespace metanode::xds {
+namespace {
+
+const char* kService = R"(
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: thrift-sample-server
+  namespace: meta-thrift
+spec:
+  hosts:
+  - thrift-sample-server.meta-thrift.svc.cluster.local
+  addresses:
+  - 10.96.0.10
+  ports:
+  - number: 9090
+    name: tcp-metaprotocol-thrift-hello-server
+    protocol: TCP
+  endpoints:
+  - address: 10.1.0.11
+    labels: {version: v1}
+  - address: 10.1.0.12
+    labels: {version: v2}
+    ports: {tcp-metaprotocol-thrift-hello-server: 9191}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: thrift-sample-server
+  namespace: meta-thrift
+spec:
+  host: thrift-sample-server
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+spec: {}
+)";
+
+const char* kRouter = R"(
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata:
+  name: test-metaprotocol-thrift-route
+  namespace: meta-thrift
+spec:
+  hosts:
+  - thrift-sample-server.meta-thrift.svc.cluster.local
+  routes:
+  - name: v1
+    match:
+      attributes:
+        method:
+          exact: sayHello
+    route:
+    - destination:
+        host: thrift-sample-server.meta-thrift.svc.cluster.local
+        subset: v1
+  - name: traffic-split
+    route:
+    - destination: {host: thrift-sample-server.meta-thrift.svc.cluster.local, subset: v1}
+      weight: 20
+    - destination: {host: thrift-sample-server.meta-thrift.svc.cluster.local, subset: v2}
+      weight: 80
+)";
+
+constexpr char kHost[] = "thrift-sample-server.meta-thrift.svc.cluster.local";
+
+Result<std::shared_ptr<const Snapshot>> compile(std::vector<ManifestFile> files) {
+  auto r = translate_manifests(files);
+  if (!r) return r.error();
+  return build_snapshot(std::move(r.value()));
+}
+
+TEST(K8sConfig, ServiceEntryBecomesAerakiShapedXds) {
+  auto r = translate_manifests({{"svc.yaml", kService}});
+  ASSERT_TRUE(r) << r.error().message();
+  ASSERT_EQ(r->listeners.size(), 1u);
+  EXPECT_EQ(r->listeners[0].name(), "10.96.0.10_9090");
+  EXPECT_EQ(r->listeners[0].filter_chains(0).filters(0).name(), "aeraki.meta_protocol_proxy");
+  EXPECT_EQ(r->listeners[0].filter_chains(0).filters(0).typed_config().type_url(),
+            "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy");
+  std::vector<std::string> clusters;
+  for (const auto& c : r->clusters) clusters.push_back(c.name());
+  EXPECT_EQ(clusters, (std::vector<std::string>{std::string("outbound|9090||") + kHost,
+                                                std::string("outbound|9090|v1|") + kHost,
+                                                std::string("outbound|9090|v2|") + kHost}));
+  ASSERT_EQ(r->routes.size(), 1u);
+  EXPECT_EQ(r->routes[0].name(), std::string(kHost) + "_9090");
+  ASSERT_EQ(r->routes[0].virtual_hosts(0).routes_size(), 1);
+  EXPECT_EQ(r->routes[0].virtual_hosts(0).routes(0).route().cluster(),
+            std::string("outbound|9090||") + kHost);
+}
+
+TEST(K8sConfig, SnapshotHasSubsetsWithTheirEndpoints) {
+  auto s = compile({{"svc.yaml", kService}});
+  ASSERT_TRUE(s) << s.error().message();
+  const Snapshot& snap = **s;
+  const Listener* l = snap.find_listener({(10u << 24) | (96u << 16) | 10u, 9090});
+  ASSERT_NE(l, nullptr);
+  EXPECT_EQ(l->protocol, "thrift");
+  EXPECT_EQ(l->service_host, kHost);
+  ASSERT_NE(l->routes, nullptr);
+  const Cluster* v2 = snap.find_cluster(std::string("outbound|9090|v2|") + kHost);
+  ASSERT_NE(v2, nullptr);
+  ASSERT_EQ(v2->endpoints.size(), 1u);
+  EXPECT_EQ(v2->endpoints[0].address.str(), "10.1.0.12:9191");  // port from endpoint ports map
+  EXPECT_EQ(v2->subset, "v2");
+  EXPECT_EQ(snap.find_cluster(std::string("outbound|9090||") + kHost)->endpoints.size(), 2u);
+}
+
+TEST(K8sConfig, MetaRouterBecomesRoutesInOrder) {
+  auto s = compile({{"svc.yaml", kService}, {"route.yaml", kRouter}});
+  ASSERT_TRUE(s) << s.error().message();
+  const auto& routes = (*s)->listeners[0].routes->routes;
+  ASSERT_EQ(routes.size(), 2u);
+  EXPECT_EQ(routes[0].name, "v1");
+  ASSERT_EQ(routes[0].match.size(), 1u);
+  EXPECT_EQ(routes[0].match[0].name, "method");
+  EXPECT_EQ(routes[0].clusters[0].name, std::string("outbound|9090|v1|") + kHost);
+  ASSERT_NE(routes[0].clusters[0].cluster, nullptr);
+  EXPECT_EQ(routes[1].total_weight, 100u);
+  EXPECT_EQ(routes[1].clusters[0].weight, 20u);
+  EXPECT_EQ(routes[1].clusters[1].weight, 80u);
+}
+
+TEST(K8sConfig, ResourcesRenderAsJson) {
+  auto r = translate_manifests({{"svc.yaml", kService}, {"route.yaml", kRouter}});
+  ASSERT_TRUE(r);
+  std::string j = resources_to_json(*r);
+  EXPECT_NE(j.find("\"weighted_clusters\""), std::string::npos) << j;
+  EXPECT_NE(j.find("aeraki.meta_protocol.codec.thrift"), std::string::npos);
+}
+
+struct BadCase {
+  const char* name;
+  std::string yaml;
+  std::vector<std::string> expect;  // substrings of the error
+};
+
+std::string replace(std::string s, const std::string& from, const std::string& to) {
+  auto p = s.find(from);
+  if (p != std::string::npos) s.replace(p, from.size(), to);
+  return s;
+}
+
+class BadConfig : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(BadConfig, IsRejectedNamingFileObjectAndField) {
+  const auto& c = GetParam();
+  auto s = compile({{"svc.yaml", kService}, {"bad.yaml", c.yaml}});
+  ASSERT_FALSE(s) << c.name;
+  for (const auto& e : c.expect)
+    EXPECT_NE(s.error().message().find(e), std::string::npos)
+        << "missing '" << e << "' in: " << s.error().message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    K8sConfig, BadConfig,
+    ::testing::Values(
+        BadCase{"yaml_syntax", "kind: [unclosed", {"bad.yaml", "does not parse"}},
+        BadCase{"unknown_subset",
+                replace(kRouter, "subset: v1\n", "subset: v3\n"),
+                {"bad.yaml", "MetaRouter meta-thrift/test-metaprotocol-thrift-route",
+                 "spec.routes[0].route[0].destination.subset", "unknown subset 'v3'", "v1, v2"}},
+        BadCase{"unknown_host",
+                replace(kRouter, "host: thrift-sample-server.meta-thrift.svc.cluster.local\n        subset: v1",
+                        "host: nope.meta-thrift.svc.cluster.local\n        subset: v1"),
+                {"bad.yaml", "spec.routes[0].route[0].destination.host", "nope"}},
+        BadCase{"no_destination",
+                replace(kRouter, "    route:\n    - destination:\n        host: thrift-sample-server.meta-thrift.svc.cluster.local\n        subset: v1\n", ""),
+                {"spec.routes[0].route", "at least one destination"}},
+        BadCase{"bad_weight", replace(kRouter, "weight: 20", "weight: lots"),
+                {"spec.routes[1].route[0].weight", "not a number"}},
+        BadCase{"bad_vip",
+                "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: x}\n"
+                "spec:\n  hosts: [x.default.svc.cluster.local]\n  addresses: [not-an-ip]\n",
+                {"bad.yaml", "ServiceEntry default/x", "spec.addresses[0]", "not-an-ip"}},
+        BadCase{"bad_regex",
+                replace(kRouter, "exact: sayHello", "regex: \"(unclosed\""),
+                {"route[0] 'v1' match", "bad regex"}},
+        BadCase{"duplicate_dr",
+                "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dup, namespace: meta-thrift}\n"
+                "spec:\n  host: thrift-sample-server\n  subsets: [{name: v1, labels: {version: v1}}]\n",
+                {"DestinationRule meta-thrift/dup", "spec.host", "already has DestinationRule"}}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(K8sConfig, ShortHostsResolveInTheObjectsNamespace) {
+  std::string router = replace(kRouter, "  - thrift-sample-server.meta-thrift.svc.cluster.local\n  routes",
+                               "  - thrift-sample-server\n  routes");
+  auto s = compile({{"svc.yaml", kService}, {"route.yaml", router}});
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ((*s)->listeners[0].routes->routes.size(), 2u);
+}
+
+}  // namespace
+}  // namespace metanode::xds
