@@ -43,10 +43,26 @@ struct ConfigError {
   throw ConfigError{o.str() + ": " + field + ": " + what};
 }
 
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    i += n;
+  }
+  return true;
+}
+
+// Every string that reaches a resource must be UTF-8: protobuf strings are,
+// and so are metric labels.
 std::string scalar(const YAML::Node& n, const Origin& o, const std::string& field) {
   if (!n || n.IsNull()) return {};
   if (!n.IsScalar()) fail(o, field, "expected a string");
-  return n.as<std::string>();
+  std::string v = n.as<std::string>();
+  if (!valid_utf8(v)) fail(o, field, "not valid UTF-8");
+  return v;
 }
 
 uint32_t number(const YAML::Node& n, const Origin& o, const std::string& field, uint32_t max) {
@@ -67,7 +83,7 @@ std::map<std::string, std::string> labels(const YAML::Node& n, const Origin& o,
   std::map<std::string, std::string> out;
   if (!n || n.IsNull()) return out;
   if (!n.IsMap()) fail(o, field, "expected a map of labels");
-  for (const auto& kv : n) out[kv.first.as<std::string>()] = scalar(kv.second, o, field);
+  for (const auto& kv : n) out[scalar(kv.first, o, field + " key")] = scalar(kv.second, o, field);
   return out;
 }
 
@@ -82,6 +98,31 @@ std::vector<std::string> strings(const YAML::Node& n, const Origin& o, const std
 
 void expect_map(const YAML::Node& n, const Origin& o, const std::string& field) {
   if (n && !n.IsNull() && !n.IsMap()) fail(o, field, "expected a map");
+}
+
+// Kubernetes names and hosts are DNS-1123 (Istio also allows a leading "*."
+// wildcard). Checking here keeps arbitrary bytes out of resource names, which
+// are protobuf strings (UTF-8) and metric labels.
+bool dns_name(const std::string& s, bool allow_wildcard) {
+  if (s.empty() || s.size() > 253) return false;
+  size_t i = 0;
+  if (allow_wildcard && s.rfind("*.", 0) == 0) i = 2;
+  if (allow_wildcard && s == "*") return true;
+  for (; i < s.size(); ++i) {
+    char c = s[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+              (c >= 'A' && c <= 'Z');
+    if (!ok) return false;
+  }
+  return s.front() != '.' && s.front() != '-' && s.back() != '.' && s.back() != '-';
+}
+
+std::string checked_name(const YAML::Node& n, const Origin& o, const std::string& field,
+                         bool allow_wildcard = false) {
+  std::string v = scalar(n, o, field);
+  if (!v.empty() && !dns_name(v, allow_wildcard))
+    fail(o, field, "'" + v + "' is not a valid DNS-1123 name");
+  return v;
 }
 
 // Istio resolves short host names in the object's namespace.
@@ -178,6 +219,9 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, Origin o) {
   se.origin = o;
   se.hosts = strings(spec["hosts"], o, "spec.hosts");
   if (se.hosts.empty()) fail(o, "spec.hosts", "at least one host is required");
+  for (size_t i = 0; i < se.hosts.size(); ++i)
+    if (!dns_name(se.hosts[i], true))
+      fail(o, "spec.hosts[" + std::to_string(i) + "]", "'" + se.hosts[i] + "' is not a valid host name");
   for (auto& h : se.hosts) h = fqdn(h, o.ns);
   se.addresses = strings(spec["addresses"], o, "spec.addresses");
   for (size_t i = 0; i < se.addresses.size(); ++i)
@@ -192,7 +236,7 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, Origin o) {
     p.number = number(ports[i]["number"], o, f + ".number", 65535);
     if (p.number == 0) fail(o, f + ".number", "a port number is required");
     p.target_port = number(ports[i]["targetPort"], o, f + ".targetPort", 65535);
-    p.name = scalar(ports[i]["name"], o, f + ".name");
+    p.name = checked_name(ports[i]["name"], o, f + ".name");
     p.protocol = metaprotocol_of(p.name);
     if (!p.protocol.empty() && p.protocol != "thrift" && p.protocol != "dubbo")
       fail(o, f + ".name", "unsupported metaprotocol '" + p.protocol + "' (thrift, dubbo)");
@@ -210,7 +254,7 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, Origin o) {
     expect_map(eps[i]["ports"], o, f + ".ports");
     if (eps[i]["ports"])
       for (const auto& kv : eps[i]["ports"])
-        e.ports[kv.first.as<std::string>()] = number(kv.second, o, f + ".ports", 65535);
+        e.ports[scalar(kv.first, o, f + ".ports key")] = number(kv.second, o, f + ".ports", 65535);
     e.weight = number(eps[i]["weight"], o, f + ".weight", 1u << 31);
     se.endpoints.push_back(std::move(e));
   }
@@ -238,7 +282,7 @@ void parse_lb(const YAML::Node& tp, const Origin& o, const std::string& f, std::
 DestinationRule parse_destination_rule(const YAML::Node& spec, Origin o) {
   DestinationRule dr;
   dr.origin = o;
-  dr.host = fqdn(scalar(spec["host"], o, "spec.host"), o.ns);
+  dr.host = fqdn(checked_name(spec["host"], o, "spec.host", true), o.ns);
   if (dr.host.empty()) fail(o, "spec.host", "required");
   parse_lb(spec["trafficPolicy"], o, "spec.trafficPolicy", dr.lb, dr.hash_attr);
   const YAML::Node subsets = spec["subsets"];
@@ -247,7 +291,7 @@ DestinationRule parse_destination_rule(const YAML::Node& spec, Origin o) {
   for (size_t i = 0; subsets && i < subsets.size(); ++i) {
     std::string f = "spec.subsets[" + std::to_string(i) + "]";
     Subset s;
-    s.name = scalar(subsets[i]["name"], o, f + ".name");
+    s.name = checked_name(subsets[i]["name"], o, f + ".name");
     if (s.name.empty()) fail(o, f + ".name", "required");
     if (!seen.insert(s.name).second) fail(o, f + ".name", "duplicate subset '" + s.name + "'");
     s.labels = labels(subsets[i]["labels"], o, f + ".labels");
@@ -261,9 +305,9 @@ Destination parse_destination(const YAML::Node& d, const Origin& o, const std::s
                               const std::string& ns) {
   Destination out;
   if (!d || !d.IsMap()) fail(o, f, "a destination (host, subset) is required");
-  out.host = fqdn(scalar(d["host"], o, f + ".host"), ns);
+  out.host = fqdn(checked_name(d["host"], o, f + ".host", true), ns);
   if (out.host.empty()) fail(o, f + ".host", "required");
-  out.subset = scalar(d["subset"], o, f + ".subset");
+  out.subset = checked_name(d["subset"], o, f + ".subset");
   if (d["port"]) out.port = number(d["port"]["number"], o, f + ".port.number", 65535);
   return out;
 }
@@ -273,6 +317,7 @@ MetaRouter parse_meta_router(const YAML::Node& spec, Origin o) {
   mr.origin = o;
   auto hosts = strings(spec["hosts"], o, "spec.hosts");
   if (hosts.empty()) fail(o, "spec.hosts", "one host is required");
+  if (!dns_name(hosts[0], true)) fail(o, "spec.hosts[0]", "'" + hosts[0] + "' is not a valid host name");
   mr.host = fqdn(hosts[0], o.ns);
   const YAML::Node routes = spec["routes"];
   if (routes && !routes.IsSequence()) fail(o, "spec.routes", "expected a list");
@@ -287,7 +332,7 @@ MetaRouter parse_meta_router(const YAML::Node& spec, Origin o) {
         attrs && !attrs.IsNull()) {
       if (!attrs.IsMap()) fail(o, f + ".match.attributes", "expected a map");
       for (const auto& kv : attrs) {
-        std::string key = kv.first.as<std::string>();
+        std::string key = scalar(kv.first, o, f + ".match.attributes key");
         std::string af = f + ".match.attributes." + key;
         StringMatch m;
         const YAML::Node v = kv.second;
@@ -370,6 +415,8 @@ void collect(const YAML::Node& doc, const std::string& file, Objects& objs) {
               (aeraki && kind == "MetaRouter");
   if (!ours) return;  // other kinds are not ours to interpret
   if (o.name.empty()) fail(o, "metadata.name", "required");
+  if (!dns_name(o.name, false)) fail(o, "metadata.name", "not a valid DNS-1123 name");
+  if (!dns_name(o.ns, false)) fail(o, "metadata.namespace", "not a valid DNS-1123 name");
   const YAML::Node spec = doc["spec"];
   if (!spec || !spec.IsMap()) fail(o, "spec", "required");
   if (kind == "ServiceEntry") objs.service_entries.push_back(parse_service_entry(spec, o));
@@ -649,21 +696,45 @@ Result<Resources> generate(const Objects& objs) {
   return out;
 }
 
+// Splits a multi-document stream at "---" lines. yaml-cpp 0.7's LoadAll
+// can loop forever on some malformed streams (found by tests/fuzz/xds_fuzz.cc,
+// input kept in tests/fuzz/corpus/xds); loading one document at a time
+// cannot. Returns {first line number, text} per document.
+std::vector<std::pair<int, std::string>> split_documents(const std::string& text) {
+  std::vector<std::pair<int, std::string>> docs(1, {0, ""});
+  std::istringstream in(text);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    bool start = line.rfind("---", 0) == 0 && (line.size() == 3 || line[3] == ' ' || line[3] == '\t' ||
+                                               line[3] == '\r');
+    bool end = line == "..." || line == "...\r";
+    if (start || end) {
+      docs.emplace_back(start ? n : n + 1, start ? line.substr(3) + "\n" : "");
+    } else {
+      docs.back().second += line + "\n";
+    }
+    ++n;
+  }
+  return docs;
+}
+
 }  // namespace
 
 Result<Resources> translate_manifests(const std::vector<ManifestFile>& files) {
   Objects objs;
   try {
     for (const auto& f : files) {
-      std::vector<YAML::Node> docs;
-      try {
-        docs = YAML::LoadAll(f.content);
-      } catch (const YAML::Exception& e) {
-        return Error::invalid(f.path + ": YAML does not parse: " + e.what());
-      }
-      for (const auto& d : docs) {
+      for (const auto& [first_line, text] : split_documents(f.content)) {
+        YAML::Node doc;
         try {
-          collect(d, f.path, objs);
+          doc = YAML::Load(text);
+        } catch (const YAML::Exception& e) {
+          return Error::invalid(f.path + ": line " + std::to_string(first_line + e.mark.line + 1) +
+                                ": YAML does not parse: " + e.msg);
+        }
+        try {
+          collect(doc, f.path, objs);
         } catch (const YAML::Exception& e) {
           return Error::invalid(f.path + ": " + e.what());
         }

@@ -191,6 +191,15 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"bad_regex",
                 replace(kRouter, "exact: sayHello", "regex: \"(unclosed\""),
                 {"route[0] 'v1' match", "bad regex"}},
+        BadCase{"bad_host_name",
+                "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: x}\n"
+                "spec:\n  hosts: [\"a b\"]\n",
+                {"ServiceEntry default/x", "spec.hosts[0]", "not a valid host name"}},
+        BadCase{"bad_utf8",
+                "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: x}\n"
+                "spec:\n  host: thrift-sample-server.meta-thrift.svc.cluster.local\n"
+                "  subsets: [{name: v1, labels: {version: \"\xff\"}}]\n",
+                {"spec.subsets[0].labels", "not valid UTF-8"}},
         BadCase{"duplicate_dr",
                 "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dup, namespace: meta-thrift}\n"
                 "spec:\n  host: thrift-sample-server\n  subsets: [{name: v1, labels: {version: v1}}]\n",
