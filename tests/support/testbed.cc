@@ -6,7 +6,11 @@
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/magic.h>
+#include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -139,8 +143,26 @@ void sweep_stale() {
   }
 }
 
+// A fresh machine may have /sys/fs/bpf unmounted. Daemons of tests running
+// in parallel would each mount it, stacking mounts that hide each other's
+// pins; mount it once, under a lock, before any daemon starts.
+Result<void> ensure_bpffs_once() {
+  int lock = open("/run/metanode-testbed.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+  if (lock < 0) return Error::errno_error("open /run/metanode-testbed.lock");
+  flock(lock, LOCK_EX);
+  struct statfs st {};
+  Result<void> r = Ok();
+  if (statfs("/sys/fs/bpf", &st) != 0 || st.f_type != BPF_FS_MAGIC) {
+    mkdir("/sys/fs/bpf", 0755);
+    if (mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700") != 0) r = Error::errno_error("mount bpffs");
+  }
+  close(lock);  // releases the lock
+  return r;
+}
+
 Result<std::unique_ptr<Testbed>> Testbed::create(const std::string& purpose, const std::string& subnet) {
   if (!is_root()) return Error::invalid("testbed needs root (network namespaces, cgroups, BPF)");
+  if (auto r = ensure_bpffs_once(); !r) return r.error();
   sweep_stale();
   static int counter = 0;
   std::unique_ptr<Testbed> tb(new Testbed());
