@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "metanode/bpf/maps.h"
+#include "metanode/sys.h"
 #include "metanode/core/admin.h"
 #include "metanode/core/server.h"
 #include "metanode/xds/k8s_config.h"
@@ -28,13 +29,6 @@ Result<std::shared_ptr<const xds::Snapshot>> load_snapshot(const std::string& di
   return xds::build_snapshot(std::move(res.value()));
 }
 
-std::string cgroup2_root() {
-  std::ifstream m("/proc/mounts");
-  std::string dev, path, type, rest;
-  while (m >> dev >> path >> type && std::getline(m, rest))
-    if (type == "cgroup2") return path;
-  return {};
-}
 
 std::optional<uint32_t> first_node_address() {
   ifaddrs* ifs = nullptr;
@@ -99,7 +93,7 @@ int run_daemon(const DaemonOptions& opts) {
       so.redirect = {*a, 15001};
     }
     bpf::InstallOptions io;
-    io.cgroup_path = opts.cgroup.empty() ? cgroup2_root() : opts.cgroup;
+    io.cgroup_path = opts.cgroup.empty() ? sys::mount_point("cgroup2") : opts.cgroup;
     io.pin_dir = opts.pin_dir;
     io.skmsg = opts.skmsg;
     if (io.cgroup_path.empty()) {

@@ -14,6 +14,7 @@
 #include <boost/asio.hpp>
 #include <deque>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -68,6 +69,73 @@ struct ClusterCounters {
   std::atomic<uint64_t>* by_outcome[kOutcomeCount] = {};
 };
 
+// The byte-level half both connection kinds share: a growable read buffer
+// that yields whole decoded messages, and a write queue flushed with one
+// gathered write. Driven from the owning worker's thread only.
+class MessageStream {
+ public:
+  explicit MessageStream(uint32_t max_message) : cap_(size_t(max_message) + 64), rbuf_(16384) {}
+
+  // Where the next read goes; an empty buffer means a single message
+  // outgrew the limit (the caller closes the connection).
+  asio::mutable_buffer read_space() {
+    if (rlen_ == rbuf_.size()) {
+      if (rbuf_.size() >= cap_) return {};
+      rbuf_.resize(std::min(cap_, rbuf_.size() * 2));
+    }
+    return asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_);
+  }
+
+  // Accounts `n` new bytes, then hands every complete message to
+  // on_msg(Message&, Bytes frame) while keep_going() holds. Returns the
+  // decode error, if the stream stopped making sense.
+  template <class OnMsg, class KeepGoing>
+  std::optional<std::string> decode(size_t n, codecs::Codec& codec, OnMsg&& on_msg,
+                                    KeepGoing&& keep_going) {
+    rlen_ += n;
+    size_t off = 0;
+    std::optional<std::string> err;
+    while (keep_going() && off < rlen_) {
+      Message msg;
+      auto r = codec.decode(std::span<const uint8_t>(rbuf_.data() + off, rlen_ - off), msg);
+      if (r.status == codecs::DecodeStatus::kNeedMoreData) break;
+      if (r.status == codecs::DecodeStatus::kError) {
+        err = "at stream offset " + std::to_string(consumed_ + off) + ": " + r.error;
+        break;
+      }
+      Bytes frame(rbuf_.begin() + ptrdiff_t(off), rbuf_.begin() + ptrdiff_t(off + msg.size));
+      off += msg.size;
+      on_msg(msg, std::move(frame));
+    }
+    if (off > 0) {
+      std::memmove(rbuf_.data(), rbuf_.data() + off, rlen_ - off);
+      rlen_ -= off;
+      consumed_ += off;
+    }
+    return err;
+  }
+
+  void push(Bytes b) { wq_.push_back(std::move(b)); }
+  bool in_flight() const { return !writing_.empty(); }
+  // Moves everything queued into flight; empty when there is nothing to write.
+  std::vector<asio::const_buffer> take() {
+    std::vector<asio::const_buffer> bufs;
+    if (!writing_.empty() || wq_.empty()) return bufs;
+    writing_.swap(wq_);
+    bufs.reserve(writing_.size());
+    for (const auto& b : writing_) bufs.emplace_back(asio::buffer(b));
+    return bufs;
+  }
+  void written() { writing_.clear(); }
+
+ private:
+  size_t cap_;
+  std::vector<uint8_t> rbuf_;
+  size_t rlen_ = 0;
+  uint64_t consumed_ = 0;
+  std::vector<Bytes> wq_, writing_;
+};
+
 }  // namespace
 
 class Worker;
@@ -97,6 +165,7 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   enum class State { kConnecting, kReady, kClosed };
   void do_read();
   void on_read(size_t n);
+  void on_reply(Message& msg, Bytes frame);
   void do_write();
   void fail_all(ErrorKind kind, const std::string& why);
 
@@ -107,9 +176,7 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   asio::steady_timer connect_timer_;
   std::unique_ptr<codecs::Codec> codec_;
   State state_ = State::kConnecting;
-  std::vector<uint8_t> rbuf_;
-  size_t rlen_ = 0;
-  std::vector<Bytes> wq_, writing_;
+  MessageStream stream_;
   std::unordered_map<uint64_t, Pending> pending_;
   uint32_t next_id_ = 1;
 };
@@ -137,9 +204,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
   tcp::socket sock_;
   net::Endpoint orig_;
   std::unique_ptr<codecs::Codec> codec_;
-  std::vector<uint8_t> rbuf_;
-  size_t rlen_ = 0;
-  std::vector<Bytes> wq_, writing_;
+  MessageStream stream_;
   size_t inflight_ = 0;
   bool reading_ = false;
   bool closed_ = false;
@@ -391,23 +456,21 @@ DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, std
       sock_(std::move(s)),
       orig_(orig),
       codec_(codecs::make_codec(protocol, w.opts().limits)),
-      rbuf_(16384) {
+      stream_(w.opts().limits.max_message_bytes) {
   w_.stats().gauge_add(Gauge::downstream_cx_active, 1);
 }
 
 void DownstreamConn::do_read() {
   if (closed_ || reading_) return;
   if (inflight_ >= w_.opts().max_inflight_per_conn) return;  // resumed by request_done()
-  if (rlen_ == rbuf_.size()) {
-    size_t cap = size_t(w_.opts().limits.max_message_bytes) + 64;
-    if (rbuf_.size() >= cap) {
-      close("message larger than the limit");
-      return;
-    }
-    rbuf_.resize(std::min(cap, rbuf_.size() * 2));
+  auto space = stream_.read_space();
+  if (space.size() == 0) {
+    w_.stats().inc(Counter::downstream_decode_error);
+    close("message larger than the limit");
+    return;
   }
   reading_ = true;
-  sock_.async_read_some(asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_),
+  sock_.async_read_some(space,
                         [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
                           self->reading_ = false;
                           if (ec) {
@@ -419,31 +482,18 @@ void DownstreamConn::do_read() {
 }
 
 void DownstreamConn::on_read(size_t n) {
-  rlen_ += n;
-  size_t off = 0;
-  while (!closed_ && off < rlen_) {
-    Message msg;
-    auto r = codec_->decode(std::span<const uint8_t>(rbuf_.data() + off, rlen_ - off), msg);
-    if (r.status == codecs::DecodeStatus::kNeedMoreData) break;
-    if (r.status == codecs::DecodeStatus::kError) {
-      w_.stats().inc(Counter::downstream_decode_error);
-      boost::system::error_code ec;
-      spdlog::warn("closing downstream {} -> {}: malformed {} at stream offset {}: {}",
-                   to_endpoint(sock_.remote_endpoint(ec)).str(), orig_.str(), codec_->protocol(),
-                   off, r.error);
-      close(nullptr);
-      return;
-    }
-    Bytes frame(rbuf_.begin() + ptrdiff_t(off), rbuf_.begin() + ptrdiff_t(off + msg.size));
-    off += msg.size;
-    handle(msg, std::move(frame));
+  auto err = stream_.decode(
+      n, *codec_, [this](Message& msg, Bytes frame) { handle(msg, std::move(frame)); },
+      [this] { return !closed_; });
+  if (err) {
+    w_.stats().inc(Counter::downstream_decode_error);
+    boost::system::error_code ec;
+    spdlog::warn("closing downstream {} -> {}: malformed {} {}",
+                 to_endpoint(sock_.remote_endpoint(ec)).str(), orig_.str(), codec_->protocol(), *err);
+    close(nullptr);
+    return;
   }
-  if (closed_) return;
-  if (off > 0) {
-    std::memmove(rbuf_.data(), rbuf_.data() + off, rlen_ - off);
-    rlen_ -= off;
-  }
-  do_read();
+  if (!closed_) do_read();
 }
 
 void DownstreamConn::handle(Message& msg, Bytes frame) {
@@ -531,19 +581,17 @@ void DownstreamConn::reply_error(const Message& req, ErrorKind kind, const std::
 
 void DownstreamConn::queue(Bytes b) {
   if (closed_) return;
-  wq_.push_back(std::move(b));
-  if (writing_.empty()) do_write();
+  stream_.push(std::move(b));
+  do_write();
 }
 
 void DownstreamConn::do_write() {
-  if (closed_ || wq_.empty()) return;
-  writing_.swap(wq_);
-  std::vector<asio::const_buffer> bufs;
-  bufs.reserve(writing_.size());
-  for (const auto& b : writing_) bufs.emplace_back(asio::buffer(b));
+  if (closed_) return;
+  auto bufs = stream_.take();
+  if (bufs.empty()) return;
   asio::async_write(sock_, bufs,
                     [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
-                      self->writing_.clear();
+                      self->stream_.written();
                       if (ec) {
                         self->close(nullptr);
                         return;
@@ -571,7 +619,7 @@ UpstreamConn::UpstreamConn(Worker& w, net::Endpoint ep, std::string protocol)
       sock_(w.io()),
       connect_timer_(w.io()),
       codec_(codecs::make_codec(protocol_, w.opts().limits)),
-      rbuf_(16384) {}
+      stream_(w.opts().limits.max_message_bytes) {}
 
 void UpstreamConn::connect(std::chrono::milliseconds timeout) {
   w_.stats().inc(Counter::upstream_cx);
@@ -634,19 +682,17 @@ void UpstreamConn::send(Bytes frame, Message& msg, Pending p) {
     w_.stats().gauge_add(Gauge::upstream_rq_active, 1);
     pending_[id] = std::move(p);
   }
-  wq_.push_back(std::move(frame));
-  if (state_ == State::kReady && writing_.empty()) do_write();
+  stream_.push(std::move(frame));
+  do_write();
 }
 
 void UpstreamConn::do_write() {
-  if (state_ != State::kReady || wq_.empty()) return;
-  writing_.swap(wq_);
-  std::vector<asio::const_buffer> bufs;
-  bufs.reserve(writing_.size());
-  for (const auto& b : writing_) bufs.emplace_back(asio::buffer(b));
+  if (state_ != State::kReady) return;
+  auto bufs = stream_.take();
+  if (bufs.empty()) return;
   asio::async_write(sock_, bufs,
                     [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
-                      self->writing_.clear();
+                      self->stream_.written();
                       if (ec) {
                         self->close("write failed: " + ec.message());
                         return;
@@ -657,15 +703,13 @@ void UpstreamConn::do_write() {
 
 void UpstreamConn::do_read() {
   if (state_ != State::kReady) return;
-  if (rlen_ == rbuf_.size()) {
-    size_t cap = size_t(w_.opts().limits.max_message_bytes) + 64;
-    if (rbuf_.size() >= cap) {
-      close("reply larger than the limit");
-      return;
-    }
-    rbuf_.resize(std::min(cap, rbuf_.size() * 2));
+  auto space = stream_.read_space();
+  if (space.size() == 0) {
+    w_.stats().inc(Counter::upstream_decode_error);
+    close("reply larger than the limit");
+    return;
   }
-  sock_.async_read_some(asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_),
+  sock_.async_read_some(space,
                         [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
                           if (ec) {
                             self->close(ec == asio::error::eof ? "closed by upstream"
@@ -677,44 +721,36 @@ void UpstreamConn::do_read() {
 }
 
 void UpstreamConn::on_read(size_t n) {
-  rlen_ += n;
-  size_t off = 0;
-  while (state_ == State::kReady && off < rlen_) {
-    Message msg;
-    auto r = codec_->decode(std::span<const uint8_t>(rbuf_.data() + off, rlen_ - off), msg);
-    if (r.status == codecs::DecodeStatus::kNeedMoreData) break;
-    if (r.status == codecs::DecodeStatus::kError) {
-      w_.stats().inc(Counter::upstream_decode_error);
-      close("malformed reply: " + r.error);
-      return;
-    }
-    Bytes frame(rbuf_.begin() + ptrdiff_t(off), rbuf_.begin() + ptrdiff_t(off + msg.size));
-    off += msg.size;
-    if (msg.kind == MessageKind::kHeartbeatResponse) continue;
-    auto it = pending_.find(msg.request_id);
-    if (it == pending_.end()) {
-      w_.stats().inc(Counter::responses_orphaned);
-      continue;
-    }
-    Pending p = std::move(it->second);
-    pending_.erase(it);
-    w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
-    auto down = p.down.lock();
-    if (!down || !down->open()) continue;
-    if (!codec_->set_request_id(frame, msg, p.orig_id)) {
-      down->reply_error(p.req, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite reply id",
-                        p.counters);
-      continue;
-    }
-    down->deliver(std::move(frame), msg.kind == MessageKind::kException ? kException : kOk,
-                  p.counters);
+  auto err = stream_.decode(
+      n, *codec_, [this](Message& msg, Bytes frame) { on_reply(msg, std::move(frame)); },
+      [this] { return state_ == State::kReady; });
+  if (err) {
+    w_.stats().inc(Counter::upstream_decode_error);
+    close("malformed reply " + *err);
+    return;
   }
-  if (state_ != State::kReady) return;
-  if (off > 0) {
-    std::memmove(rbuf_.data(), rbuf_.data() + off, rlen_ - off);
-    rlen_ -= off;
+  if (state_ == State::kReady) do_read();
+}
+
+void UpstreamConn::on_reply(Message& msg, Bytes frame) {
+  if (msg.kind == MessageKind::kHeartbeatResponse) return;
+  auto it = pending_.find(msg.request_id);
+  if (it == pending_.end()) {
+    w_.stats().inc(Counter::responses_orphaned);
+    return;
   }
-  do_read();
+  Pending p = std::move(it->second);
+  pending_.erase(it);
+  w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
+  auto down = p.down.lock();
+  if (!down || !down->open()) return;
+  if (!codec_->set_request_id(frame, msg, p.orig_id)) {
+    down->reply_error(p.req, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite reply id",
+                      p.counters);
+    return;
+  }
+  down->deliver(std::move(frame), msg.kind == MessageKind::kException ? kException : kOk,
+                p.counters);
 }
 
 void UpstreamConn::sweep_timeouts(Clock::time_point now) {

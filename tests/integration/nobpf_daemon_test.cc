@@ -37,25 +37,8 @@ int free_port() {
   return ntohs(sa.sin_port);
 }
 
-std::string http_get(const std::string& host, int port, const std::string& path) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(uint16_t(port));
-  inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
-    close(fd);
-    return "";
-  }
-  std::string req = "GET " + path + " HTTP/1.1\r\nConnection: close\r\n\r\n";
-  (void)!write(fd, req.data(), req.size());
-  std::string resp;
-  char buf[8192];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, size_t(n));
-  close(fd);
-  auto b = resp.find("\r\n\r\n");
-  return b == std::string::npos ? "" : resp.substr(b + 4);
+std::string admin_get(int port, const std::string& path) {
+  return http_get("", "127.0.0.1:" + std::to_string(port), path).value_or("");
 }
 
 uint64_t metric(const std::string& text, const std::string& name) {
@@ -102,7 +85,7 @@ class NoBpfDaemon : public ::testing::Test {
     ASSERT_TRUE(d);
     daemon_ = *d;
     for (int i = 0; i < 300; ++i) {
-      bool up = http_get("127.0.0.1", admin_port_, "/ready") == "ready\n" &&
+      bool up = admin_get(admin_port_, "/ready") == "ready\n" &&
                 slurp(dir_ + "/server0.log").find("listening") != std::string::npos &&
                 slurp(dir_ + "/server1.log").find("listening") != std::string::npos;
       if (up) return;
@@ -169,7 +152,7 @@ TEST_F(NoBpfDaemon, GarbageClosesOnlyThatConnection) {
   EXPECT_EQ(read(fd, buf, sizeof(buf)), 0) << "the daemon closes the garbage connection";
   close(fd);
   good.join();
-  std::string m = http_get("127.0.0.1", admin_port_, "/stats/prometheus");
+  std::string m = admin_get(admin_port_, "/stats/prometheus");
   EXPECT_EQ(metric(m, "metanode_downstream_decode_error_total"), 1u) << m;
   EXPECT_NE(slurp(dir_ + "/daemon.log").find("malformed thrift"), std::string::npos);
 }
@@ -183,7 +166,7 @@ TEST_F(NoBpfDaemon, BadConfigChangeKeepsTheLastGoodOne) {
          "        host: thrift-sample-server.meta-thrift.svc.cluster.local\n        subset: v9\n";
   std::string m;
   for (int i = 0; i < 60; ++i) {
-    m = http_get("127.0.0.1", admin_port_, "/stats/prometheus");
+    m = admin_get(admin_port_, "/stats/prometheus");
     if (metric(m, "metanode_config_reload_rejected_total") == 1) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }

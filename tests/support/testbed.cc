@@ -1,5 +1,7 @@
 #include "testbed.h"
 
+#include "metanode/sys.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -26,13 +28,6 @@ namespace {
 
 constexpr char kTagPrefix[] = "mnt";  // every object a testbed makes starts with this
 
-std::string cgroup2_root() {
-  std::ifstream m("/proc/mounts");
-  std::string dev, path, type, rest;
-  while (m >> dev >> path >> type && std::getline(m, rest))
-    if (type == "cgroup2") return path;
-  return {};
-}
 
 bool write_file(const std::string& path, const std::string& v) {
   int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
@@ -128,7 +123,7 @@ void sweep_stale() {
     for (const auto& n : stale) run({"ip", "netns", "del", n});
   }
   // cgroups and pins.
-  std::string cg = cgroup2_root();
+  std::string cg = sys::mount_point("cgroup2");
   for (const std::string& base : {cg, std::string("/sys/fs/bpf")}) {
     if (base.empty()) continue;
     DIR* d = opendir(base.c_str());
@@ -174,7 +169,7 @@ Result<std::unique_ptr<Testbed>> Testbed::create(const std::string& purpose, con
 }
 
 Result<void> Testbed::setup() {
-  std::string root = cgroup2_root();
+  std::string root = sys::mount_point("cgroup2");
   if (root.empty()) return Error::invalid("no cgroup2 mount in /proc/mounts");
   cgroup_ = root + "/" + tag_;
   for (const auto& d : {cgroup_, daemon_cgroup(), pods_cgroup()})
@@ -277,15 +272,17 @@ int ProcessGroup::wait(pid_t pid, int timeout_ms) {
   return -1;
 }
 
-std::optional<std::string> Testbed::http_get(const std::string& netns, const std::string& host_port,
-                                             const std::string& path, int* status) {
+std::optional<std::string> http_get(const std::string& netns, const std::string& host_port,
+                                    const std::string& path, int* status) {
   std::optional<std::string> result;
   // setns() applies to the calling thread only: do the request on a thread
   // of its own so the test's namespace never changes.
   std::thread t([&] {
-    int nsfd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) != 0) return;
-    close(nsfd);
+    if (!netns.empty()) {
+      int nsfd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+      if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) != 0) return;
+      close(nsfd);
+    }
     auto colon = host_port.rfind(':');
     sockaddr_in sa{};
     sa.sin_family = AF_INET;

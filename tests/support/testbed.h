@@ -27,6 +27,11 @@ struct RunResult {
 };
 RunResult run(const std::vector<std::string>& argv, const std::string& netns = "");
 
+// HTTP GET of `path` from inside `netns` (empty: the caller's namespace),
+// e.g. the admin port, which lives in the node namespace. Body, or nullopt.
+std::optional<std::string> http_get(const std::string& netns, const std::string& host_port,
+                                    const std::string& path, int* status = nullptr);
+
 // Removes namespaces, cgroups and pin directories of earlier runs whose
 // owning process is gone.
 void sweep_stale();
@@ -80,9 +85,6 @@ class Testbed {
   }
   int wait(pid_t pid, int timeout_ms) { return procs_.wait(pid, timeout_ms); }
 
-  // HTTP GET from inside a namespace (the admin port lives in the node netns).
-  std::optional<std::string> http_get(const std::string& netns, const std::string& host_port,
-                                      const std::string& path, int* status = nullptr);
 
   // Interface byte counters read from /proc/net/dev inside `netns`.
   struct IfStats {

@@ -101,53 +101,41 @@ SampleOptions sample_options_from_build() {
   return o;
 }
 
+// A MetaRouter for the sample host with the given routes (YAML list items).
+std::string meta_router(const std::string& routes) {
+  return std::string("apiVersion: metaprotocol.aeraki.io/v1alpha1\n"
+                     "kind: MetaRouter\n"
+                     "metadata:\n"
+                     "  name: test-metaprotocol-thrift-route\n"
+                     "  namespace: meta-thrift\n"
+                     "spec:\n"
+                     "  hosts:\n"
+                     "  - ") +
+         ThriftSample::kHost + "\n  routes:\n" + routes;
+}
+
 std::string ThriftSample::method_route_yaml() {
   std::string h = kHost;
-  return "apiVersion: metaprotocol.aeraki.io/v1alpha1\n"
-         "kind: MetaRouter\n"
-         "metadata:\n"
-         "  name: test-metaprotocol-thrift-route\n"
-         "  namespace: meta-thrift\n"
-         "spec:\n"
-         "  hosts:\n"
-         "  - " + h + "\n"
-         "  routes:\n"
-         "  - name: v1\n"
-         "    match:\n"
-         "      attributes:\n"
-         "        method:\n"
-         "          exact: sayHello\n"
-         "    route:\n"
-         "    - destination:\n"
-         "        host: " + h + "\n"
-         "        subset: v1\n"
-         "  - name: default\n"
-         "    route:\n"
-         "    - destination:\n"
-         "        host: " + h + "\n";
+  return meta_router("  - name: v1\n"
+                     "    match:\n"
+                     "      attributes:\n"
+                     "        method:\n"
+                     "          exact: sayHello\n"
+                     "    route:\n"
+                     "    - destination: {host: " + h + ", subset: v1}\n"
+                     "  - name: default\n"
+                     "    route:\n"
+                     "    - destination: {host: " + h + "}\n");
 }
 
 std::string ThriftSample::split_route_yaml(int v1, int v2) {
   std::string h = kHost;
-  return "apiVersion: metaprotocol.aeraki.io/v1alpha1\n"
-         "kind: MetaRouter\n"
-         "metadata:\n"
-         "  name: test-metaprotocol-thrift-route\n"
-         "  namespace: meta-thrift\n"
-         "spec:\n"
-         "  hosts:\n"
-         "  - " + h + "\n"
-         "  routes:\n"
-         "  - name: traffic-split\n"
-         "    route:\n"
-         "    - destination:\n"
-         "        host: " + h + "\n"
-         "        subset: v1\n"
-         "      weight: " + std::to_string(v1) + "\n"
-         "    - destination:\n"
-         "        host: " + h + "\n"
-         "        subset: v2\n"
-         "      weight: " + std::to_string(v2) + "\n";
+  return meta_router("  - name: traffic-split\n"
+                     "    route:\n"
+                     "    - destination: {host: " + h + ", subset: v1}\n"
+                     "      weight: " + std::to_string(v1) + "\n"
+                     "    - destination: {host: " + h + ", subset: v2}\n"
+                     "      weight: " + std::to_string(v2) + "\n");
 }
 
 std::string ThriftSample::server_ip(const std::string& version) const {
@@ -203,7 +191,7 @@ Result<std::unique_ptr<ThriftSample>> ThriftSample::start(Testbed& tb, const Sam
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
-    auto r = tb.http_get(tb.node_ns(), "127.0.0.1:15000", "/ready", &status);
+    auto r = http_get(tb.node_ns(), "127.0.0.1:15000", "/ready", &status);
     bool servers = s->server_log("v1").find("listening") != std::string::npos &&
                    s->server_log("v2").find("listening") != std::string::npos;
     if (r && status == 200 && servers) return s;
@@ -215,7 +203,7 @@ Result<std::unique_ptr<ThriftSample>> ThriftSample::start(Testbed& tb, const Sam
 }
 
 std::string ThriftSample::admin(const std::string& path) {
-  return tb_.http_get(tb_.node_ns(), "127.0.0.1:15000", path).value_or("");
+  return http_get(tb_.node_ns(), "127.0.0.1:15000", path).value_or("");
 }
 
 std::string ThriftSample::config_version() {

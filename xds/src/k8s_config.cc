@@ -508,26 +508,26 @@ envoy::config::route::v3::HeaderMatcher header_matcher(const std::string& key, c
   return h;
 }
 
+template <class T>
+std::map<std::string, const T*> one_per_host(const std::vector<T>& objs, const char* field,
+                                             const char* kind) {
+  std::map<std::string, const T*> out;
+  for (const auto& o : objs) {
+    auto [it, fresh] = out.emplace(o.host, &o);
+    if (!fresh)
+      fail(o.origin, field,
+           "host " + o.host + " already has " + kind + " " + it->second->origin.ns + "/" +
+               it->second->origin.name);
+  }
+  return out;
+}
+
 Result<Resources> generate(const Objects& objs) {
   Resources out;
-  // host -> DestinationRule (Istio: one per host; a second one is an error here
-  // rather than a silent merge).
-  std::map<std::string, const DestinationRule*> drs;
-  for (const auto& dr : objs.destination_rules) {
-    auto [it, fresh] = drs.emplace(dr.host, &dr);
-    if (!fresh)
-      fail(dr.origin, "spec.host",
-           "host " + dr.host + " already has DestinationRule " + it->second->origin.ns + "/" +
-               it->second->origin.name);
-  }
-  std::map<std::string, const MetaRouter*> mrs;
-  for (const auto& mr : objs.meta_routers) {
-    auto [it, fresh] = mrs.emplace(mr.host, &mr);
-    if (!fresh)
-      fail(mr.origin, "spec.hosts[0]",
-           "host " + mr.host + " already has MetaRouter " + it->second->origin.ns + "/" +
-               it->second->origin.name);
-  }
+  // Istio: one DestinationRule and one MetaRouter per host; a second one is
+  // an error here rather than a silent merge.
+  auto drs = one_per_host(objs.destination_rules, "spec.host", "DestinationRule");
+  auto mrs = one_per_host(objs.meta_routers, "spec.hosts[0]", "MetaRouter");
 
   // Every MetaProtocol service port, by host.
   std::map<std::string, std::vector<Service>> by_host;
