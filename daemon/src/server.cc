@@ -651,7 +651,7 @@ void UpstreamConn::connect(std::chrono::milliseconds timeout) {
                    e == asio::error::operation_aborted ? "timeout" : e.message());
       self->fail_all(ErrorKind::kUpstreamFailure, "metanode: upstream " + self->ep_.str() +
                                                       " connect failed");
-      self->close(nullptr);
+      self->close({});  // pending requests were answered above
       return;
     }
     boost::system::error_code ig;

@@ -214,7 +214,7 @@ std::string metaprotocol_of(const std::string& port_name) {
   return parts[2];
 }
 
-ServiceEntry parse_service_entry(const YAML::Node& spec, Origin o) {
+ServiceEntry parse_service_entry(const YAML::Node& spec, const Origin& o) {
   ServiceEntry se;
   se.origin = o;
   se.hosts = strings(spec["hosts"], o, "spec.hosts");
@@ -279,7 +279,7 @@ void parse_lb(const YAML::Node& tp, const Origin& o, const std::string& f, std::
                   f + ".loadBalancer.consistentHash.httpHeaderName");
 }
 
-DestinationRule parse_destination_rule(const YAML::Node& spec, Origin o) {
+DestinationRule parse_destination_rule(const YAML::Node& spec, const Origin& o) {
   DestinationRule dr;
   dr.origin = o;
   dr.host = fqdn(checked_name(spec["host"], o, "spec.host", true), o.ns);
@@ -312,7 +312,7 @@ Destination parse_destination(const YAML::Node& d, const Origin& o, const std::s
   return out;
 }
 
-MetaRouter parse_meta_router(const YAML::Node& spec, Origin o) {
+MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o) {
   MetaRouter mr;
   mr.origin = o;
   auto hosts = strings(spec["hosts"], o, "spec.hosts");
