@@ -1,5 +1,6 @@
 #include "metanode/codecs/codec.h"
 
+#include "metanode/codecs/dubbo.h"
 #include "metanode/codecs/thrift.h"
 
 namespace metanode::codecs {
@@ -43,8 +44,58 @@ const std::string* Metadata::get(std::string_view key) const {
   return nullptr;
 }
 
+std::string_view sniff_protocol(std::span<const uint8_t> b) {
+  if (b.size() < 2) return "";
+  if (b[0] == 0xda && b[1] == 0xbb) return "dubbo";
+  if (b[0] == 0x80 && b[1] == 0x01) return "thrift";                // unframed strict binary
+  if (b[0] == 0x82 && (b[1] & 0x1f) == 1) return "thrift";          // unframed compact
+  if (b.size() < 6) return "";
+  if (b[4] == 0x0f && b[5] == 0xff) return "thrift";                // THeader
+  if (b[4] == 0x80 && b[5] == 0x01) return "thrift";                // framed binary
+  if (b[4] == 0x82 && (b[5] & 0x1f) == 1) return "thrift";          // framed compact
+  return "unknown";
+}
+
+namespace {
+
+// Learns the protocol from the first bytes, then is that codec.
+class AutoCodec final : public Codec {
+ public:
+  explicit AutoCodec(const Limits& l) : limits_(l) {}
+  std::string_view protocol() const override { return inner_ ? inner_->protocol() : "auto"; }
+  DecodeResult decode(std::span<const uint8_t> in, Message& out) override {
+    if (!inner_) {
+      auto p = sniff_protocol(in);
+      if (p.empty()) return DecodeResult::need_more();
+      if (p == "unknown") return DecodeResult::fail("neither Dubbo nor Thrift at offset 0");
+      inner_ = make_codec(p, limits_);
+    }
+    return inner_->decode(in, out);
+  }
+  bool set_request_id(Bytes& f, Message& m, uint64_t id) override {
+    return inner_ && inner_->set_request_id(f, m, id);
+  }
+  void encode_error(const Message& req, ErrorKind k, std::string_view t, Bytes& out) override {
+    if (inner_) inner_->encode_error(req, k, t, out);
+  }
+  bool encode_heartbeat_reply(const Message& req, Bytes& out) override {
+    return inner_ && inner_->encode_heartbeat_reply(req, out);
+  }
+  bool mutate(Bytes& f, Message& m, const std::vector<KeyValue>& set) override {
+    return inner_ && inner_->mutate(f, m, set);
+  }
+
+ private:
+  Limits limits_;
+  std::unique_ptr<Codec> inner_;
+};
+
+}  // namespace
+
 std::unique_ptr<Codec> make_codec(std::string_view protocol, const Limits& limits) {
   if (protocol == "thrift") return std::make_unique<thrift::ThriftCodec>(limits);
+  if (protocol == "dubbo") return std::make_unique<dubbo::DubboCodec>(limits);
+  if (protocol == "auto") return std::make_unique<AutoCodec>(limits);
   return nullptr;
 }
 

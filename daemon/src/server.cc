@@ -148,6 +148,8 @@ struct Pending {
   Message req;  // for a protocol-native error reply if the reply never comes
   Clock::time_point deadline;
   ClusterCounters* counters = nullptr;
+  // Set only when the route mutates replies; keeps the route alive.
+  std::shared_ptr<const std::vector<xds::KeyValue>> response_mutation;
 };
 
 // ---------------------------------------------------------------------------
@@ -227,6 +229,8 @@ class Worker {
   // Current snapshot; refreshed only when the generation moved (no lock on
   // the request path otherwise).
   const xds::Snapshot* snapshot();
+  // The current snapshot as an owning pointer (for state that outlives a request).
+  const std::shared_ptr<const xds::Snapshot>& snapshot_ref() { return snap_; }
   LoadBalancer& lb() { return lb_; }
   Rng& rng() { return rng_; }
   ClusterCounters* counters_for(const xds::Cluster& c, const std::string& protocol);
@@ -540,6 +544,8 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
                   counters);
     return;
   }
+  if (!route->request_mutation.empty() && !codec_->mutate(frame, msg, route->request_mutation))
+    st.inc(Counter::mutation_unsupported);
   auto up = w_.upstream(ep->address, std::string(codec_->protocol()), cluster->connect_timeout);
   Pending p;
   if (!oneway) {
@@ -549,6 +555,9 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
     auto timeout = route->timeout.count() > 0 ? route->timeout : w_.opts().request_timeout;
     p.deadline = Clock::now() + timeout;
     p.counters = counters;
+    if (!route->response_mutation.empty())
+      p.response_mutation = std::shared_ptr<const std::vector<xds::KeyValue>>(
+          w_.snapshot_ref(), &route->response_mutation);
   } else {
     st.inc(Counter::requests_oneway);
     if (counters) counters->by_outcome[kOk]->fetch_add(1, std::memory_order_relaxed);
@@ -734,6 +743,15 @@ void UpstreamConn::on_read(size_t n) {
 
 void UpstreamConn::on_reply(Message& msg, Bytes frame) {
   if (msg.kind == MessageKind::kHeartbeatResponse) return;
+  if (msg.kind == MessageKind::kHeartbeatRequest) {
+    // Providers probe idle consumers (Dubbo); answer as the consumer would.
+    Bytes out;
+    if (codec_->encode_heartbeat_reply(msg, out)) {
+      stream_.push(std::move(out));
+      do_write();
+    }
+    return;
+  }
   auto it = pending_.find(msg.request_id);
   if (it == pending_.end()) {
     w_.stats().inc(Counter::responses_orphaned);
@@ -744,6 +762,8 @@ void UpstreamConn::on_reply(Message& msg, Bytes frame) {
   w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
   auto down = p.down.lock();
   if (!down || !down->open()) return;
+  if (p.response_mutation && !codec_->mutate(frame, msg, *p.response_mutation))
+    w_.stats().inc(Counter::mutation_unsupported);
   if (!codec_->set_request_id(frame, msg, p.orig_id)) {
     down->reply_error(p.req, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite reply id",
                       p.counters);

@@ -1,7 +1,7 @@
 #include "thrift_sample.h"
 
-#include <google/protobuf/struct.pb.h>
-#include <google/protobuf/util/json_util.h>
+#include "local_daemon.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -240,28 +240,8 @@ Result<ClientSummary> ThriftSample::run_client(int calls, const std::string& met
   if (quiet) argv.push_back("--quiet");
   auto pid = tb_.spawn(argv, client_ns_, tb_.pods_cgroup(), log);
   if (!pid) return pid.error();
-  ClientSummary s;
-  s.status = tb_.wait(*pid, 120000);
-  s.output = read_file(log);
-  auto p = s.output.find("SUMMARY ");
-  if (p == std::string::npos) return s;
-  std::string json = s.output.substr(p + 8, s.output.find('\n', p) - p - 8);
-  google::protobuf::Struct st;
-  if (!google::protobuf::util::JsonStringToMessage(json, &st).ok()) return s;
-  const auto& f = st.fields();
-  auto num = [&](const char* k) { return f.count(k) ? int(f.at(k).number_value()) : 0; };
-  s.calls = num("calls");
-  s.ok = num("ok");
-  s.errors = num("errors");
-  s.switches = num("switches");
-  if (f.count("by_server"))
-    for (const auto& [k, v] : f.at("by_server").struct_value().fields()) s.by_server[k] = int(v.number_value());
-  if (f.count("by_method_server"))
-    for (const auto& [k, v] : f.at("by_method_server").struct_value().fields())
-      s.by_method_server[k] = int(v.number_value());
-  if (f.count("error_messages") && f.at("error_messages").list_value().values_size() > 0)
-    s.first_error = f.at("error_messages").list_value().values(0).string_value();
-  return s;
+  int status = tb_.wait(*pid, 120000);
+  return parse_summary(read_file(log), status);
 }
 
 std::map<std::string, uint64_t> ThriftSample::bpf_counters() {

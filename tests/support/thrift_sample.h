@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "metanode/result.h"
 #include "testbed.h"
@@ -31,6 +32,7 @@ struct ClientSummary {
   std::map<std::string, int> by_server;         // server name -> replies
   std::map<std::string, int> by_method_server;  // "method:server" -> replies
   std::string first_error;
+  std::vector<std::string> replies;  // the first few replies, verbatim
 };
 
 class ThriftSample {

@@ -2,6 +2,7 @@
 // where a message starts and ends (frame length, THeader envelope, or for
 // unframed streams the end of the argument struct), a protocol reads the
 // message header (name, type, seqid) inside it. See docs/CODECS.md.
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -540,6 +541,70 @@ bool ThriftCodec::set_request_id(Bytes& frame, Message& msg, uint64_t id) {
   } else {
     std::memcpy(frame.data() + msg.id_offset, enc.data(), enc.size());
   }
+  return true;
+}
+
+bool ThriftCodec::mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) {
+  if (set.empty()) return true;
+  if (wire_transport(msg.wire) != Transport::kHeader || frame.size() < 14) return false;
+  Reader r(frame, 12);
+  uint16_t words;
+  r.be16(words);
+  size_t hdr_end = 14 + size_t(words) * 4;
+  if (hdr_end > frame.size()) return false;
+  Reader h(std::span<const uint8_t>(frame).subspan(0, hdr_end), 14);
+  uint64_t proto, ntrans;
+  bool overlong;
+  if (!h.varint(proto, overlong, 5) || overlong || !h.varint(ntrans, overlong, 5) || overlong ||
+      ntrans != 0)
+    return false;
+  std::vector<KeyValue> kv;
+  while (h.remaining() > 0) {
+    uint64_t info, n;
+    if (!h.varint(info, overlong, 5) || overlong) return false;
+    if (info == 0) break;
+    if (info != 1 || !h.varint(n, overlong, 5) || overlong || n > h.remaining()) return false;
+    for (uint64_t i = 0; i < n; ++i) {
+      uint64_t kl, vl;
+      std::string_view k, v;
+      if (!h.varint(kl, overlong, 5) || !h.str(size_t(kl), k) || !h.varint(vl, overlong, 5) ||
+          !h.str(size_t(vl), v))
+        return false;
+      kv.emplace_back(std::string(k), std::string(v));
+    }
+  }
+  for (const auto& [k, v] : set) {
+    auto it = std::find_if(kv.begin(), kv.end(), [&](const KeyValue& e) { return e.first == k; });
+    if (it != kv.end())
+      it->second = v;
+    else
+      kv.emplace_back(k, v);
+  }
+  Bytes hdr;
+  wire::put_varint(hdr, proto);
+  wire::put_varint(hdr, 0);
+  wire::put_varint(hdr, 1);  // one KEYVALUE info block
+  wire::put_varint(hdr, kv.size());
+  for (const auto& [k, v] : kv) {
+    wire::put_varint(hdr, k.size());
+    wire::put_bytes(hdr, k);
+    wire::put_varint(hdr, v.size());
+    wire::put_bytes(hdr, v);
+  }
+  while (hdr.size() % 4) hdr.push_back(0);
+  if (hdr.size() / 4 > 0xffff) return false;
+  Bytes out(frame.begin(), frame.begin() + 12);
+  wire::put_be16(out, uint16_t(hdr.size() / 4));
+  out.insert(out.end(), hdr.begin(), hdr.end());
+  out.insert(out.end(), frame.begin() + ptrdiff_t(hdr_end), frame.end());
+  wire::set_be32(out.data(), uint32_t(out.size() - 4));
+  Limits l = limits_;
+  l.max_message_bytes = std::max<uint32_t>(l.max_message_bytes, uint32_t(out.size()));
+  ThriftCodec again(l);
+  Message m;
+  if (again.decode(out, m).status != DecodeStatus::kDone) return false;
+  frame.swap(out);
+  msg = std::move(m);
   return true;
 }
 

@@ -16,7 +16,9 @@ import time
 sys.path.insert(0, os.environ.get("METANODE_GEN_PY", os.path.join(os.path.dirname(__file__), "gen-py")))
 
 from thrift.protocol import TBinaryProtocol, TCompactProtocol, THeaderProtocol  # noqa: E402
+from thrift.protocol.TMultiplexedProtocol import TMultiplexedProtocol  # noqa: E402
 from thrift.transport import TSocket, TTransport  # noqa: E402
+from thrift.transport.THeaderTransport import THeaderClientType, THeaderSubprotocolID  # noqa: E402
 from thrift.Thrift import TApplicationException  # noqa: E402
 
 from hello import SayHello  # noqa: E402
@@ -29,10 +31,14 @@ def main():
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--calls", type=int, default=10)
-    ap.add_argument("--method", choices=["sayHello", "sayGoodbye", "alternate"], default="sayHello")
-    ap.add_argument("--name", default="metanode")
+    ap.add_argument("--method", choices=["sayHello", "sayGoodbye", "alternate", "echoHeader"],
+                    default="sayHello")
+    ap.add_argument("--name", "--arg", dest="name", default="metanode")
     ap.add_argument("--transport", choices=["framed", "buffered", "header"], default="framed")
     ap.add_argument("--protocol", choices=["binary", "compact"], default="binary")
+    ap.add_argument("--multiplexed", action="store_true", help="call service 'SayHello' multiplexed")
+    ap.add_argument("--header", action="append", default=[], metavar="K=V",
+                    help="THeader info header on every request (header transport)")
     ap.add_argument("--interval", type=float, default=0.0)
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args()
@@ -41,25 +47,33 @@ def main():
     sock.setTimeout(10000)
     if a.transport == "header":
         trans = TTransport.TBufferedTransport(sock)
-        proto = THeaderProtocol.THeaderProtocol(trans)
+        sub = THeaderSubprotocolID.COMPACT if a.protocol == "compact" else THeaderSubprotocolID.BINARY
+        proto = THeaderProtocol.THeaderProtocol(trans, (THeaderClientType.HEADERS,), sub)
     else:
         trans = (TTransport.TFramedTransport(sock) if a.transport == "framed"
                  else TTransport.TBufferedTransport(sock))
         proto = (TBinaryProtocol.TBinaryProtocol(trans) if a.protocol == "binary"
                  else TCompactProtocol.TCompactProtocol(trans))
+    header_trans = proto.trans if a.transport == "header" else None
+    if a.multiplexed:
+        proto = TMultiplexedProtocol(proto, "SayHello")
     client = SayHello.Client(proto)
     trans.open()
 
     # switches: consecutive replies from different servers (calls - 1 when
     # every request goes somewhere else than the one before it).
     summary = {"calls": 0, "ok": 0, "errors": 0, "by_server": {}, "by_method_server": {},
-               "error_messages": [], "switches": 0}
+               "error_messages": [], "switches": 0, "replies": []}
     last = None
     for i in range(a.calls):
         method = a.method
         if method == "alternate":
             method = "sayHello" if i % 2 == 0 else "sayGoodbye"
         summary["calls"] += 1
+        # THeaderTransport forgets written headers after each message.
+        for kv in a.header if header_trans else []:
+            k, _, v = kv.partition("=")
+            header_trans.set_header(k.encode(), v.encode())
         try:
             reply = getattr(client, method)(a.name)
         except TApplicationException as e:
@@ -70,6 +84,8 @@ def main():
                 print("error: %s" % e, flush=True)
             continue
         summary["ok"] += 1
+        if len(summary["replies"]) < 3:
+            summary["replies"].append(reply)
         m = SERVER_RE.search(reply)
         server = m.group(1) if m else "?"
         summary["by_server"][server] = summary["by_server"].get(server, 0) + 1

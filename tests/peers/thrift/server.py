@@ -3,20 +3,25 @@
 
 Answers like the Aeraki tutorial's sample server:
   "Hello <name>, response from <server-name>/<ip>"
-and prints one line per accepted connection ("peer IP:PORT") so tests can
-prove who connected to it.
+echoHeader(key) returns the THeader info header `key` of the request (or
+"<absent>"), and one line is printed per accepted connection
+("peer IP:PORT") so tests can prove who connected to it.
 """
 import argparse
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.environ.get("METANODE_GEN_PY", os.path.join(os.path.dirname(__file__), "gen-py")))
 
+from thrift.TMultiplexedProcessor import TMultiplexedProcessor  # noqa: E402
 from thrift.protocol import TBinaryProtocol, TCompactProtocol, THeaderProtocol  # noqa: E402
 from thrift.server import TServer  # noqa: E402
 from thrift.transport import TSocket, TTransport  # noqa: E402
 
 from hello import SayHello  # noqa: E402
+
+current = threading.local()
 
 
 class Handler:
@@ -28,6 +33,23 @@ class Handler:
 
     def sayGoodbye(self, name):
         return "Goodbye %s, response from %s" % (name, self.who)
+
+    def echoHeader(self, key):
+        iprot = getattr(current, "iprot", None)
+        headers = iprot.get_headers() if iprot is not None and hasattr(iprot, "get_headers") else {}
+        value = headers.get(key.encode())
+        return value.decode() if value is not None else "<absent>"
+
+
+class RememberProtocol:
+    """Lets the handler see the request's protocol (for its THeader headers)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def process(self, iprot, oprot):
+        current.iprot = iprot
+        return self.inner.process(iprot, oprot)
 
 
 class LoggingServerSocket(TSocket.TServerSocket):
@@ -47,9 +69,14 @@ def main():
     ap.add_argument("--ip", default=None, help="address to print in replies")
     ap.add_argument("--transport", choices=["framed", "buffered", "header"], default="framed")
     ap.add_argument("--protocol", choices=["binary", "compact"], default="binary")
+    ap.add_argument("--multiplexed", action="store_true", help="serve as 'SayHello' in a TMultiplexedProcessor")
     a = ap.parse_args()
 
     processor = SayHello.Processor(Handler(a.name, a.ip or a.host))
+    if a.multiplexed:
+        mux = TMultiplexedProcessor()
+        mux.registerProcessor("SayHello", processor)
+        processor = mux
     sock = LoggingServerSocket(host=a.host, port=a.port)
     if a.transport == "header":
         tf = TTransport.TBufferedTransportFactory()
@@ -59,7 +86,7 @@ def main():
               else TTransport.TBufferedTransportFactory())
         pf = (TBinaryProtocol.TBinaryProtocolFactory() if a.protocol == "binary"
               else TCompactProtocol.TCompactProtocolFactory())
-    server = TServer.TThreadedServer(processor, sock, tf, pf, daemon=True)
+    server = TServer.TThreadedServer(RememberProtocol(processor), sock, tf, pf, daemon=True)
     print("listening %s:%d as %s" % (a.host, a.port, a.name), flush=True)
     server.serve()
 

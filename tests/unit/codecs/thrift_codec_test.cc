@@ -229,3 +229,37 @@ TEST(ThriftCodec, FrameShorterThanItsHeaderIsAnError) {
 
 }  // namespace
 }  // namespace metanode::codecs::thrift
+
+namespace metanode::codecs::thrift {
+namespace {
+
+TEST(ThriftCodec, THeaderMutationAddsAndReplacesInfoHeaders) {
+  Bytes b = read_file(corpus_dir() + "/py_theader_binary_request_with_header.c2s");
+  ThriftCodec c;
+  Message m;
+  ASSERT_EQ(c.decode(b, m).status, DecodeStatus::kDone);
+  Bytes f(b.begin(), b.begin() + ptrdiff_t(m.size));
+  ASSERT_TRUE(c.mutate(f, m, {{"x-route", "green"}, {"x-metanode", "v1"}}));
+  EXPECT_EQ(*m.metadata.get("x-route"), "green");
+  EXPECT_EQ(*m.metadata.get("x-metanode"), "v1");
+  EXPECT_EQ(*m.metadata.get("method"), "add");
+  ASSERT_TRUE(c.set_request_id(f, m, 77));
+  ThriftCodec again;
+  Message m2;
+  ASSERT_EQ(again.decode(f, m2).status, DecodeStatus::kDone);
+  EXPECT_EQ(m2.request_id, 77u);
+  EXPECT_EQ(m2.size, f.size());
+}
+
+TEST(ThriftCodec, MutationRefusedWithoutAHeaderTransport) {
+  Bytes b = read_file(corpus_dir() + "/pytest_binary_framed.1.c2s");
+  ThriftCodec c;
+  Message m;
+  ASSERT_EQ(c.decode(b, m).status, DecodeStatus::kDone);
+  Bytes f = b;
+  EXPECT_FALSE(c.mutate(f, m, {{"k", "v"}}));
+  EXPECT_EQ(f, b);
+}
+
+}  // namespace
+}  // namespace metanode::codecs::thrift

@@ -79,8 +79,11 @@ enum class ErrorKind : uint8_t {
 };
 
 struct Limits {
-  uint32_t max_message_bytes = 16u << 20;  // larger frames are a decode error
+  uint32_t max_message_bytes = 16u << 20;   // larger frames are a decode error
+  uint32_t max_dubbo_body_bytes = 8u << 20;  // Dubbo's own default payload limit
 };
+
+using KeyValue = std::pair<std::string, std::string>;
 
 // One instance per connection: it may learn the wire form from the first
 // bytes and keep it for the rest of the stream.
@@ -102,15 +105,31 @@ class Codec {
   virtual void encode_error(const Message& req, ErrorKind kind, std::string_view text,
                             Bytes& out) = 0;
 
-  // Appends the reply to a heartbeat request; false when the protocol has none.
+  // Appends the reply to a heartbeat request; false when the protocol has
+  // none or the request wants no reply.
   virtual bool encode_heartbeat_reply(const Message& req, Bytes& out) {
     (void)req;
     (void)out;
+    return false;
+  }
+
+  // Adds or replaces metadata carried on the wire (Dubbo attachments, Thrift
+  // THeader info headers) in `frame`, then re-decodes it into `msg`. False
+  // when the wire form has nowhere to carry them; the frame is then unchanged.
+  virtual bool mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) {
+    (void)frame;
+    (void)msg;
+    (void)set;
     return false;
   }
 };
 
 // "thrift" or "dubbo"; nullptr for an unknown protocol name.
 std::unique_ptr<Codec> make_codec(std::string_view protocol, const Limits& limits = {});
+
+// Recognises a protocol from the first bytes of a stream: "dubbo" (magic
+// 0xdabb), "thrift" (framed, THeader, strict binary or compact), "" when
+// more bytes are needed, "unknown" when it is neither.
+std::string_view sniff_protocol(std::span<const uint8_t> first);
 
 }  // namespace metanode::codecs

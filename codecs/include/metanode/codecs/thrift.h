@@ -44,6 +44,9 @@ class ThriftCodec final : public Codec {
   bool set_request_id(Bytes& frame, Message& msg, uint64_t id) override;
   void encode_error(const Message& req, ErrorKind kind, std::string_view text,
                     Bytes& out) override;
+  // THeader frames carry info headers; other wire forms have nowhere to put
+  // metadata, so mutation is refused for them.
+  bool mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) override;
 
   Transport transport() const { return transport_; }
   Protocol protocol_kind() const { return protocol_; }

@@ -33,6 +33,7 @@ namespace metanode::core {
   X(upstream_rq_error_reply, "Requests answered with a locally generated error")           \
   X(responses, "Replies relayed to downstream")                                            \
   X(responses_orphaned, "Replies whose id matched no pending request")                     \
+  X(mutation_unsupported, "Metadata mutations the wire form could not carry")              \
   X(config_reload_ok, "Configuration snapshots applied")                                   \
   X(config_reload_rejected, "Configuration changes rejected (last good kept)")
 

@@ -63,10 +63,9 @@ struct ClusterRef {
   std::shared_ptr<const Cluster> cluster;  // null if no such cluster (yet)
 };
 
-struct KeyValue {
-  std::string key;
-  std::string value;
-};
+// Same shape as codecs::KeyValue, so routes hand their mutations to a codec
+// without copying.
+using KeyValue = std::pair<std::string, std::string>;
 
 struct Mirror {
   ClusterRef target;

@@ -1,0 +1,127 @@
+#include "local_daemon.h"
+
+#include <arpa/inet.h>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace metanode::testbed {
+
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+std::string slurp(const std::string& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+uint64_t metric(const std::string& text, const std::string& name) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(name + " ", 0) == 0) return std::stoull(line.substr(name.size() + 1));
+  return ~0ull;
+}
+
+ClientSummary parse_summary(const std::string& output, int status) {
+  ClientSummary s;
+  s.status = status;
+  s.output = output;
+  auto p = output.find("SUMMARY ");
+  if (p == std::string::npos) return s;
+  std::string json = output.substr(p + 8, output.find('\n', p) - p - 8);
+  google::protobuf::Struct st;
+  if (!google::protobuf::util::JsonStringToMessage(json, &st).ok()) return s;
+  const auto& f = st.fields();
+  auto num = [&](const char* k) { return f.count(k) ? int(f.at(k).number_value()) : 0; };
+  s.calls = num("calls");
+  s.ok = num("ok");
+  s.errors = num("errors");
+  s.switches = num("switches");
+  if (f.count("by_server"))
+    for (const auto& [k, v] : f.at("by_server").struct_value().fields()) s.by_server[k] = int(v.number_value());
+  if (f.count("by_method_server"))
+    for (const auto& [k, v] : f.at("by_method_server").struct_value().fields())
+      s.by_method_server[k] = int(v.number_value());
+  if (f.count("error_messages") && f.at("error_messages").list_value().values_size() > 0)
+    s.first_error = f.at("error_messages").list_value().values(0).string_value();
+  if (f.count("replies"))
+    for (const auto& v : f.at("replies").list_value().values()) s.replies.push_back(v.string_value());
+  return s;
+}
+
+LocalDaemon::LocalDaemon() {
+  char tmpl[] = "/tmp/metanode-local-XXXXXX";
+  if (mkdtemp(tmpl)) dir_ = tmpl;
+  mkdir(config_dir().c_str(), 0755);
+  setenv("METANODE_GEN_PY", sample_options_from_build().gen_py.c_str(), 1);
+}
+
+LocalDaemon::~LocalDaemon() {
+  procs_.kill_all();
+  if (!dir_.empty() && !std::getenv("METANODE_KEEP_TESTBED")) run({"rm", "-rf", dir_});
+}
+
+void LocalDaemon::write_config(const std::string& name, const std::string& yaml) {
+  std::string tmp = config_dir() + "/." + name + ".tmp";
+  std::ofstream(tmp) << yaml;
+  std::rename(tmp.c_str(), (config_dir() + "/" + name).c_str());
+}
+
+bool LocalDaemon::start_peer(const std::vector<std::string>& argv, const std::string& log,
+                             const std::string& ready) {
+  std::string path = dir_ + "/" + log + ".log";
+  if (!procs_.spawn(argv, "", "", path)) return false;
+  if (ready.empty()) return true;
+  for (int i = 0; i < 300; ++i) {
+    if (slurp(path).find(ready) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+bool LocalDaemon::start(const std::vector<std::string>& extra) {
+  admin_port_ = free_port();
+  std::vector<std::string> argv = {sample_options_from_build().metanoded, "--no-bpf", "--config-dir",
+                                   config_dir(), "--admin-address",
+                                   "127.0.0.1:" + std::to_string(admin_port_)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  if (!procs_.spawn(argv, "", "", dir_ + "/daemon.log")) return false;
+  for (int i = 0; i < 300; ++i) {
+    if (admin("/ready") == "ready\n") return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+ClientSummary LocalDaemon::run_client(const std::vector<std::string>& argv, int timeout_ms) {
+  std::string log = dir_ + "/client" + std::to_string(++clients_) + ".log";
+  auto pid = procs_.spawn(argv, "", "", log);
+  if (!pid) return {};
+  int status = procs_.wait(*pid, timeout_ms);
+  return parse_summary(slurp(log), status);
+}
+
+std::string LocalDaemon::admin(const std::string& path) {
+  return http_get("", "127.0.0.1:" + std::to_string(admin_port_), path).value_or("");
+}
+
+}  // namespace metanode::testbed

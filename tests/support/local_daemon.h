@@ -1,0 +1,51 @@
+// metanoded --no-bpf on loopback with real peers as child processes: the
+// integration tier that needs no root. Free ports come from the kernel.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "testbed.h"
+#include "thrift_sample.h"
+
+namespace metanode::testbed {
+
+int free_port();
+std::string slurp(const std::string& path);
+// The value of an unlabelled Prometheus sample, or ~0 when absent.
+uint64_t metric(const std::string& text, const std::string& name);
+// Parses a peer's "SUMMARY {json}" line (client.py / cpp_peer / node consumers).
+ClientSummary parse_summary(const std::string& output, int status);
+
+class LocalDaemon {
+ public:
+  LocalDaemon();
+  ~LocalDaemon();
+
+  const std::string& dir() const { return dir_; }
+  std::string config_dir() const { return dir_ + "/config"; }
+  void write_config(const std::string& name, const std::string& yaml);
+
+  // Starts a peer process (server) with its output in dir()/<log>.log and
+  // waits until that log contains `ready` (empty: no wait).
+  bool start_peer(const std::vector<std::string>& argv, const std::string& log,
+                  const std::string& ready = "listening");
+  // Starts metanoded on config_dir() and waits for /ready.
+  bool start(const std::vector<std::string>& extra_args = {});
+  // Runs a client to completion and parses its summary.
+  ClientSummary run_client(const std::vector<std::string>& argv, int timeout_ms = 60000);
+
+  std::string admin(const std::string& path);
+  uint64_t metric(const std::string& name) { return testbed::metric(admin("/stats/prometheus"), name); }
+  std::string log() const { return slurp(dir_ + "/daemon.log"); }
+  ProcessGroup& processes() { return procs_; }
+
+ private:
+  ProcessGroup procs_;
+  std::string dir_;
+  int admin_port_ = 0;
+  int clients_ = 0;
+};
+
+}  // namespace metanode::testbed
