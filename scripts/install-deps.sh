@@ -10,7 +10,7 @@ PKGS="
   libboost1.81-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libre2-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev
-  libgtest-dev libgmock-dev googletest
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-thrift thrift-compiler libthrift-dev
   iproute2 util-linux procps psmisc
   haproxy
@@ -25,3 +25,16 @@ if [ -n "$missing" ]; then
   apt-get install -y -qq --no-install-recommends $missing
 fi
 echo "install-deps: all packages present"
+
+# Independent Dubbo implementations (sofa-rpc-node, dubbo-remoting,
+# apache-dubbo-js) used as real peers by the tests, from the npm registry at
+# the versions pinned in the lockfile.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+peers="$(dirname "$0")/../tests/peers/dubbo"
+if [ ! -f "$peers/node_modules/.package-lock.json" ] ||
+   [ "$peers/package-lock.json" -nt "$peers/node_modules/.package-lock.json" ]; then
+  (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+echo "install-deps: npm peers present"
