@@ -89,6 +89,9 @@ class MessageStream {
   // Accounts `n` new bytes, then hands every complete message to
   // on_msg(Message&, Bytes frame) while keep_going() holds. Returns the
   // decode error, if the stream stopped making sense.
+  // What is buffered but not yet decoded (for error replies).
+  std::span<const uint8_t> pending_bytes() const { return {rbuf_.data(), rlen_}; }
+
   template <class OnMsg, class KeepGoing>
   std::optional<std::string> decode(size_t n, codecs::Codec& codec, OnMsg&& on_msg,
                                     KeepGoing&& keep_going) {
@@ -210,6 +213,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
   size_t inflight_ = 0;
   bool reading_ = false;
   bool closed_ = false;
+  bool closing_ = false;  // close once the queued writes are out
 };
 
 // ---------------------------------------------------------------------------
@@ -465,7 +469,7 @@ DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, std
 }
 
 void DownstreamConn::do_read() {
-  if (closed_ || reading_) return;
+  if (closed_ || closing_ || reading_) return;
   if (inflight_ >= w_.opts().max_inflight_per_conn) return;  // resumed by request_done()
   auto space = stream_.read_space();
   if (space.size() == 0) {
@@ -494,6 +498,15 @@ void DownstreamConn::on_read(size_t n) {
     boost::system::error_code ec;
     spdlog::warn("closing downstream {} -> {}: malformed {} {}",
                  to_endpoint(sock_.remote_endpoint(ec)).str(), orig_.str(), codec_->protocol(), *err);
+    // Say why in the protocol's own terms when the request id is readable,
+    // then close: after garbage the stream cannot be trusted to resync.
+    Bytes reply;
+    if (codec_->encode_decode_error(stream_.pending_bytes(), *err, reply)) {
+      w_.stats().inc(Counter::downstream_error_reply);
+      closing_ = true;
+      queue(std::move(reply));
+      return;
+    }
     close(nullptr);
     return;
   }
@@ -597,7 +610,10 @@ void DownstreamConn::queue(Bytes b) {
 void DownstreamConn::do_write() {
   if (closed_) return;
   auto bufs = stream_.take();
-  if (bufs.empty()) return;
+  if (bufs.empty()) {
+    if (closing_ && !stream_.in_flight()) close(nullptr);
+    return;
+  }
   asio::async_write(sock_, bufs,
                     [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
                       self->stream_.written();

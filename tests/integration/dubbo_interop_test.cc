@@ -81,7 +81,7 @@ class DubboInterop : public ::testing::Test {
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) return "<no connect>";
     (void)!write(fd, bytes.data(), bytes.size());
-    timeval tv{0, wait_ms * 1000};
+    timeval tv{wait_ms / 1000, (wait_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     std::string out;
     char buf[4096];
@@ -178,6 +178,20 @@ TEST_F(DubboInterop, OneWayRequestGetsNoReplyEvenWhenTheProviderSendsOne) {
   for (int i = 0; i < 50 && d_.metric("metanode_responses_orphaned_total") != 1; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(d_.metric("metanode_responses_orphaned_total"), 1u);
+}
+
+// A two-way request whose body is malformed gets Dubbo's BAD_REQUEST (40)
+// for its id, then its connection closes; nothing reaches a provider.
+TEST_F(DubboInterop, MalformedRequestGetsBadRequestThenClose) {
+  std::string f = corpus("java_req_oneway.bin");
+  f[2] = char(0xc2);  // make it two-way
+  f[16] = char(0x40);  // the body's first value: an unknown Hessian tag
+  std::string reply = raw_exchange(f, 1000);
+  ASSERT_GE(reply.size(), 16u) << "a status reply before the close";
+  EXPECT_EQ(uint8_t(reply[3]), 40);
+  EXPECT_EQ(uint8_t(reply[11]), 44) << "answers the request's own id";
+  EXPECT_EQ(d_.metric("metanode_downstream_error_reply_total"), 1u);
+  EXPECT_EQ(d_.metric("metanode_upstream_cx_total"), 0u);
 }
 
 }  // namespace

@@ -254,6 +254,14 @@ bool DubboCodec::encode_heartbeat_reply(const Message& req, Bytes& out) {
   return true;
 }
 
+bool DubboCodec::encode_decode_error(std::span<const uint8_t> in, std::string_view why, Bytes& out) {
+  if (in.size() < kHeaderSize || in[0] != 0xda || in[1] != 0xbb) return false;
+  Header h = parse_header(in);
+  if (!(h.flags & kFlagRequest) || !(h.flags & kFlagTwoWay) || (h.flags & kFlagEvent)) return false;
+  encode_status(h.id, kHessian2, kBadRequest, "metanode: malformed request: " + std::string(why), out);
+  return true;
+}
+
 bool DubboCodec::mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) {
   if (set.empty()) return true;
   if (frame.size() < kHeaderSize) return false;

@@ -544,6 +544,20 @@ bool ThriftCodec::set_request_id(Bytes& frame, Message& msg, uint64_t id) {
   return true;
 }
 
+bool ThriftCodec::encode_decode_error(std::span<const uint8_t> in, std::string_view why, Bytes& out) {
+  if (transport_ == Transport::kUnknown || transport_ == Transport::kHeader) return false;
+  std::string err;
+  Ctx c{&err, limits_.max_message_bytes};
+  Reader r(in, transport_ == Transport::kFramed ? 4 : 0);
+  MsgHeader h;
+  if (message_header(r, protocol_, h, c) != Parse::kOk || h.type != kCall) return false;
+  std::string_view name = h.name;
+  if (auto colon = name.find(':'); colon != std::string_view::npos) name.remove_prefix(colon + 1);
+  encode_app_exception(pack_wire(transport_, protocol_), name, h.seqid, kAppProtocolError,
+                       "metanode: malformed request: " + std::string(why), out);
+  return true;
+}
+
 bool ThriftCodec::mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) {
   if (set.empty()) return true;
   if (wire_transport(msg.wire) != Transport::kHeader || frame.size() < 14) return false;
@@ -573,12 +587,12 @@ bool ThriftCodec::mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>
       kv.emplace_back(std::string(k), std::string(v));
     }
   }
-  for (const auto& [k, v] : set) {
-    auto it = std::find_if(kv.begin(), kv.end(), [&](const KeyValue& e) { return e.first == k; });
+  for (const KeyValue& s : set) {
+    auto it = std::find_if(kv.begin(), kv.end(), [&](const KeyValue& e) { return e.first == s.first; });
     if (it != kv.end())
-      it->second = v;
+      it->second = s.second;
     else
-      kv.emplace_back(k, v);
+      kv.push_back(s);
   }
   Bytes hdr;
   wire::put_varint(hdr, proto);

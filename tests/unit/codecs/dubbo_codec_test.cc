@@ -318,3 +318,25 @@ TEST(DecodeStream, ReportsOffsetsAndStopsAtGarbage) {
 
 }  // namespace
 }  // namespace metanode::codecs::dubbo
+
+namespace metanode::codecs::dubbo {
+namespace {
+
+TEST(DubboCodec, MalformedTwoWayRequestGetsBadRequestReply) {
+  Bytes f = request_with_args({0x40}, "Ljava/lang/Object;");  // unknown tag in the argument
+  DubboCodec c;
+  Message m;
+  auto r = c.decode(f, m);
+  ASSERT_EQ(r.status, DecodeStatus::kError);
+  Bytes out;
+  ASSERT_TRUE(c.encode_decode_error(f, r.error, out));
+  Message reply;
+  ASSERT_EQ(DubboCodec().decode(out, reply).status, DecodeStatus::kDone);
+  EXPECT_EQ(wire_status(reply.wire), kBadRequest);
+  EXPECT_EQ(reply.request_id, 7u);
+  Bytes junk = {'G', 'E', 'T', ' ', '/', ' ', 'H', 'T', 'T', 'P', '/', '1', '.', '1', '\r', '\n', 'x'};
+  EXPECT_FALSE(c.encode_decode_error(junk, "x", out)) << "no request id to answer";
+}
+
+}  // namespace
+}  // namespace metanode::codecs::dubbo

@@ -263,3 +263,25 @@ TEST(ThriftCodec, MutationRefusedWithoutAHeaderTransport) {
 
 }  // namespace
 }  // namespace metanode::codecs::thrift
+
+namespace metanode::codecs::thrift {
+namespace {
+
+TEST(ThriftCodec, MalformedCallGetsProtocolErrorReply) {
+  // Unframed binary call "m", seqid 9, whose argument struct has a bad type.
+  Bytes b = {0x80, 0x01, 0x00, 0x01, 0, 0, 0, 1, 'm', 0, 0, 0, 9, 0x42, 0, 1};
+  ThriftCodec c;
+  Message m;
+  auto r = c.decode(b, m);
+  ASSERT_EQ(r.status, DecodeStatus::kError);
+  Bytes out;
+  ASSERT_TRUE(c.encode_decode_error(b, r.error, out));
+  ThriftCodec back;
+  Message reply;
+  ASSERT_EQ(back.decode(out, reply).status, DecodeStatus::kDone);
+  EXPECT_EQ(reply.kind, MessageKind::kException);
+  EXPECT_EQ(reply.request_id, 9u);
+}
+
+}  // namespace
+}  // namespace metanode::codecs::thrift

@@ -113,6 +113,16 @@ class Codec {
     return false;
   }
 
+  // After decode() failed on `in`: a protocol-native error reply for the
+  // malformed request at its front, when enough of it (the request id) is
+  // readable; false otherwise. The connection is closed after it is sent.
+  virtual bool encode_decode_error(std::span<const uint8_t> in, std::string_view why, Bytes& out) {
+    (void)in;
+    (void)why;
+    (void)out;
+    return false;
+  }
+
   // Adds or replaces metadata carried on the wire (Dubbo attachments, Thrift
   // THeader info headers) in `frame`, then re-decodes it into `msg`. False
   // when the wire form has nowhere to carry them; the frame is then unchanged.

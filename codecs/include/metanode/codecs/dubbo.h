@@ -52,6 +52,8 @@ class DubboCodec final : public Codec {
   void encode_error(const Message& req, ErrorKind kind, std::string_view text, Bytes& out) override;
   bool encode_heartbeat_reply(const Message& req, Bytes& out) override;
   bool mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) override;
+  // Status 40 (bad request) for a two-way request whose header is intact.
+  bool encode_decode_error(std::span<const uint8_t> in, std::string_view why, Bytes& out) override;
 
   // A response frame with status `status` whose body is the error string.
   static void encode_status(uint64_t id, uint8_t serialization, uint8_t status,

@@ -22,6 +22,7 @@ enum AppExceptionType : int32_t {
   kAppUnknown = 0,
   kAppUnknownMethod = 1,
   kAppInternalError = 6,
+  kAppProtocolError = 7,
   kAppLoadShedding = 10,
 };
 
@@ -47,6 +48,8 @@ class ThriftCodec final : public Codec {
   // THeader frames carry info headers; other wire forms have nowhere to put
   // metadata, so mutation is refused for them.
   bool mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) override;
+  // PROTOCOL_ERROR when the message header (name, seqid) of a call parses.
+  bool encode_decode_error(std::span<const uint8_t> in, std::string_view why, Bytes& out) override;
 
   Transport transport() const { return transport_; }
   Protocol protocol_kind() const { return protocol_; }

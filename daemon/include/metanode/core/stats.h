@@ -19,6 +19,7 @@ namespace metanode::core {
   X(downstream_cx_no_orig_dst, "Accepted connections whose original destination is unknown") \
   X(downstream_cx_no_listener, "Connections to an address no listener serves")            \
   X(downstream_decode_error, "Downstream connections closed for malformed input")          \
+  X(downstream_error_reply, "Malformed requests answered with a protocol error before closing") \
   X(downstream_unexpected_message, "Downstream messages that are not requests")            \
   X(requests, "Requests decoded from downstream")                                          \
   X(requests_oneway, "One-way requests forwarded")                                         \
