@@ -2,16 +2,20 @@
 /*
  * metanode.bpf.c - connect interception and socket-to-socket payload path.
  *
- *   cgroup/connect4      pod connects to a mesh VIP:port -> rewritten to the
- *                        daemon's redirect address; original destination kept
- *                        in the socket's mn_orig_dst storage.
- *   cgroup/getpeername4  the pod keeps seeing the VIP as its peer.
- *   sockops              ACTIVE_ESTABLISHED (pod side) publishes the tuple;
- *                        PASSIVE_ESTABLISHED (daemon side) copies the original
- *                        destination onto the accepted socket; both sockets
- *                        enter mn_sock_hash.
- *   sk_msg               bytes written on one end go straight to the other
- *                        end's receive queue: no TCP/IP stack, no veth.
+ *   cgroup/connect4,6     pod connects to a mesh VIP:port (IPv4, or IPv4-mapped
+ *                         IPv6) -> rewritten to the daemon's redirect address;
+ *                         the original destination is kept in the socket's
+ *                         mn_orig_dst storage.
+ *   cgroup/getpeername4,6 the pod keeps seeing the VIP as its peer.
+ *   cgroup/getsockopt     SO_ORIGINAL_DST on the daemon's accepted socket, for
+ *                         tools that ask the iptables way.
+ *   sockops               ACTIVE_ESTABLISHED (pod side) publishes the tuple;
+ *                         PASSIVE_ESTABLISHED (daemon side) copies the original
+ *                         destination onto the accepted socket; both sockets
+ *                         enter mn_sock_hash. Optionally the same for the
+ *                         daemon's upstream connects to pods on this node.
+ *   sk_msg                bytes written on one end go straight to the other
+ *                         end's receive queue: no TCP/IP stack, no veth.
  *
  * Every hook fails open: whatever goes wrong, the connect or the message
  * proceeds unchanged and a per-CPU counter says why.
@@ -22,8 +26,11 @@
 #include "metanode_abi.h"
 
 #define AF_INET 2
+#define AF_INET6 10
 #define SOCK_STREAM 1
 #define SK_PASS 1
+#define SOL_IP 0
+#define SO_ORIGINAL_DST 80
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -35,13 +42,21 @@ struct {
 	__type(value, struct mn_svc_val);
 } mn_services SEC(".maps");
 
-/* netns cookie -> pod policy. Writer: daemon. */
+/* netns cookie -> pod policy. Writer: daemon / metanodectl. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MN_MAX_PODS);
 	__type(key, __u64);
 	__type(value, struct mn_pod_val);
 } mn_pods SEC(".maps");
+
+/* {netns or 0, destination port} never intercepted. Writer: daemon / metanodectl. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MN_MAX_EXCL);
+	__type(key, struct mn_excl_key);
+	__type(value, __u32);
+} mn_excl SEC(".maps");
 
 /* Single entry. Writer: daemon (config at start, heartbeat periodically). */
 struct {
@@ -51,8 +66,8 @@ struct {
 	__type(value, struct mn_config);
 } mn_config SEC(".maps");
 
-/* Per-socket original destination. Writers: connect4, sockops. Freed by the
- * kernel with the socket, so it cannot leak. */
+/* Per-socket original destination. Writers: connect4/6, sockops. Freed by
+ * the kernel with the socket, so it cannot leak. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -61,9 +76,10 @@ struct {
 } mn_orig_dst SEC(".maps");
 
 /* Client-view tuple -> original destination, alive between the two ends'
- * ESTABLISHED callbacks. LRU so a daemon socket that sockops never sees
- * (daemon outside the attached cgroup) cannot make it grow without bound;
- * the daemon deletes what it consumes through the fallback path. */
+ * ESTABLISHED callbacks (and for daemon upstream connects, flag UPSTREAM).
+ * LRU so a peer that sockops never sees (daemon outside the attached cgroup,
+ * upstream on another node) cannot make it grow without bound; entries are
+ * deleted when consumed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MN_MAX_TUPLES);
@@ -107,6 +123,15 @@ static __always_inline int is_loopback(__u32 addr_be)
 	return (bpf_ntohl(addr_be) >> 24) == 127;
 }
 
+/* ::ffff:a.b.c.d -> a.b.c.d; false for any other IPv6 address. */
+static __always_inline int v4_mapped(const __u32 *ip6, __u32 *v4)
+{
+	if (ip6[0] != 0 || ip6[1] != 0 || ip6[2] != bpf_htonl(0xffff))
+		return 0;
+	*v4 = ip6[3];
+	return 1;
+}
+
 /* sock_ops and sk_msg expose remote_port as the big-endian 16-bit port
  * shifted into the upper half of a host-order u32, local_port in host order.
  * Normalise both to a network-order u16. */
@@ -120,108 +145,239 @@ static __always_inline __u16 local_port_be(__u32 local_port)
 	return bpf_htons((__u16)local_port);
 }
 
-SEC("cgroup/connect4")
-int mn_connect4(struct bpf_sock_addr *ctx)
+/* The selection shared by connect4 and connect6: is this connect to
+ * addr:port one to send to the daemon? On yes the original destination is
+ * stored and the redirect target returned in *cfg_out. */
+static __always_inline int intercept(struct bpf_sock_addr *ctx, __u32 addr, __u16 port,
+				     struct mn_config **cfg_out)
 {
 	struct mn_svc_key key = {};
+	struct mn_excl_key ex = {};
 	struct mn_orig_dst *orig;
+	struct mn_pod_val *pod;
 	struct mn_config *cfg;
 	struct bpf_sock *sk;
 	__u64 netns;
+	int managed;
 
-	count(MN_C_CONNECT_SEEN);
 	if (ctx->type != SOCK_STREAM) {
 		count(MN_C_SKIP_NOT_TCP);
-		return 1;
+		return 0;
 	}
 	cfg = mn_cfg();
 	if (!cfg) {
 		count(MN_C_ERR_NO_CONFIG);
-		return 1;
+		return 0;
 	}
 	if (!(cfg->flags & MN_CFG_F_ENABLED)) {
 		count(MN_C_SKIP_DISABLED);
-		return 1;
+		return 0;
 	}
 
 	/* Cheapest selective test first: most connects are not to a mesh VIP. */
-	key.addr = ctx->user_ip4;
-	key.port = (__u16)ctx->user_port;
+	key.addr = addr;
+	key.port = port;
 	if (!bpf_map_lookup_elem(&mn_services, &key)) {
 		count(MN_C_SKIP_NOT_SERVICE);
-		return 1;
+		return 0;
 	}
 
 	sk = ctx->sk;
 	if (!sk)
-		return 1;
+		return 0;
 	if (sk->mark == cfg->daemon_mark) {
 		count(MN_C_SKIP_DAEMON_SOCK);
-		return 1;
+		return 0;
 	}
 
 	netns = bpf_get_netns_cookie(ctx);
 	if (netns == bpf_get_netns_cookie(NULL) && !(cfg->flags & MN_CFG_F_HOST_NETNS)) {
 		count(MN_C_SKIP_HOST_NETNS);
-		return 1;
+		return 0;
 	}
-	{
-		struct mn_pod_val *pod = bpf_map_lookup_elem(&mn_pods, &netns);
-		int managed = (cfg->flags & MN_CFG_F_ALL_NETNS) != 0;
-
-		if (pod)
-			managed = (pod->flags & MN_POD_F_MANAGED) && !(pod->flags & MN_POD_F_OPT_OUT);
-		if (!managed) {
-			count(MN_C_SKIP_NOT_POD);
-			return 1;
-		}
+	pod = bpf_map_lookup_elem(&mn_pods, &netns);
+	managed = (cfg->flags & MN_CFG_F_ALL_NETNS) != 0;
+	if (pod)
+		managed = (pod->flags & MN_POD_F_MANAGED) && !(pod->flags & MN_POD_F_OPT_OUT);
+	if (!managed) {
+		count(MN_C_SKIP_NOT_POD);
+		return 0;
+	}
+	ex.port = port;
+	if (bpf_map_lookup_elem(&mn_excl, &ex)) {
+		count(MN_C_SKIP_EXCLUDED_PORT);
+		return 0;
+	}
+	ex.netns = netns;
+	if (bpf_map_lookup_elem(&mn_excl, &ex)) {
+		count(MN_C_SKIP_EXCLUDED_PORT);
+		return 0;
 	}
 
 	/* A daemon that stopped heartbeating is treated as gone: the pod then
 	 * connects where it asked to, instead of to a dead port. */
 	if (bpf_ktime_get_ns() - cfg->heartbeat_ns > cfg->liveness_ns) {
 		count(MN_C_SKIP_DAEMON_DOWN);
-		return 1;
+		return 0;
 	}
 
 	orig = bpf_sk_storage_get(&mn_orig_dst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!orig) {
 		count(MN_C_ERR_STORAGE);
-		return 1;
+		return 0;
 	}
-	orig->addr = ctx->user_ip4;
-	orig->port = (__u16)ctx->user_port;
+	orig->addr = addr;
+	orig->port = port;
 	orig->flags = MN_ORIG_F_REDIRECTED;
 	orig->pod_netns = netns;
-
-	ctx->user_ip4 = cfg->redirect_addr;
-	ctx->user_port = cfg->redirect_port;
+	*cfg_out = cfg;
 	count(MN_C_REDIRECTED);
 	return 1;
+}
+
+SEC("cgroup/connect4")
+int mn_connect4(struct bpf_sock_addr *ctx)
+{
+	struct mn_config *cfg;
+
+	count(MN_C_CONNECT_SEEN);
+	if (!intercept(ctx, ctx->user_ip4, (__u16)ctx->user_port, &cfg))
+		return 1;
+	ctx->user_ip4 = cfg->redirect_addr;
+	ctx->user_port = cfg->redirect_port;
+	return 1;
+}
+
+/* Dual-stack sockets reach IPv4 services through ::ffff:a.b.c.d. */
+SEC("cgroup/connect6")
+int mn_connect6(struct bpf_sock_addr *ctx)
+{
+	struct mn_config *cfg;
+	__u32 ip6[4], v4;
+
+	count(MN_C_CONNECT_SEEN);
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+	if (!v4_mapped(ip6, &v4)) {
+		count(MN_C_SKIP_NOT_V4MAPPED);
+		return 1;
+	}
+	if (!intercept(ctx, v4, (__u16)ctx->user_port, &cfg))
+		return 1;
+	ctx->user_ip6[3] = cfg->redirect_addr;
+	ctx->user_port = cfg->redirect_port;
+	return 1;
+}
+
+static __always_inline struct mn_orig_dst *redirected(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct mn_orig_dst *orig;
+
+	if (!sk)
+		return 0;
+	orig = bpf_sk_storage_get(&mn_orig_dst, sk, 0, 0);
+	if (!orig || !(orig->flags & MN_ORIG_F_REDIRECTED))
+		return 0;
+	count(MN_C_PEERNAME);
+	return orig;
 }
 
 /* Applications that ask who they are talking to keep seeing the VIP. */
 SEC("cgroup/getpeername4")
 int mn_getpeername4(struct bpf_sock_addr *ctx)
 {
-	struct bpf_sock *sk = ctx->sk;
-	struct mn_orig_dst *orig;
+	struct mn_orig_dst *orig = redirected(ctx);
 
-	if (!sk)
-		return 1;
-	orig = bpf_sk_storage_get(&mn_orig_dst, sk, 0, 0);
-	if (!orig || !(orig->flags & MN_ORIG_F_REDIRECTED))
-		return 1;
-	ctx->user_ip4 = orig->addr;
-	ctx->user_port = orig->port;
-	count(MN_C_PEERNAME);
+	if (orig) {
+		ctx->user_ip4 = orig->addr;
+		ctx->user_port = orig->port;
+	}
 	return 1;
 }
 
-static __always_inline void ops_tuple(struct bpf_sock_ops *ops, struct mn_tuple_key *k,
-				      int local_is_src)
+SEC("cgroup/getpeername6")
+int mn_getpeername6(struct bpf_sock_addr *ctx)
 {
-	__u32 l = ops->local_ip4, r = ops->remote_ip4;
+	struct mn_orig_dst *orig = redirected(ctx);
+
+	if (orig) {
+		ctx->user_ip6[3] = orig->addr; /* the socket is v4-mapped: prefix unchanged */
+		ctx->user_port = orig->port;
+	}
+	return 1;
+}
+
+/* getsockopt(SOL_IP, SO_ORIGINAL_DST) on the daemon's accepted socket answers
+ * from mn_orig_dst, as iptables REDIRECT would have. */
+SEC("cgroup/getsockopt")
+int mn_getsockopt(struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct mn_orig_dst *orig;
+	struct sockaddr_in *sa;
+
+	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || !sk)
+		return 1;
+	orig = bpf_sk_storage_get(&mn_orig_dst, sk, 0, 0);
+	if (!orig || !(orig->flags & MN_ORIG_F_ACCEPTED))
+		return 1;
+	sa = ctx->optval;
+	if ((void *)(sa + 1) > ctx->optval_end)
+		return 1;
+	sa->sin_family = AF_INET;
+	sa->sin_port = orig->port;
+	sa->sin_addr.s_addr = orig->addr;
+	ctx->optlen = sizeof(*sa);
+	ctx->retval = 0;
+	count(MN_C_ORIG_DST_SOCKOPT);
+	return 1;
+}
+
+/* The IPv4 addresses of a socket, v4-mapped IPv6 included. Every field is
+ * loaded unconditionally: choosing between context fields in a branch lets
+ * the compiler compute a pointer into the context, which the verifier
+ * rejects ("dereference of modified ctx ptr"). */
+static __always_inline int v4_addrs(__u32 family, __u32 l4, __u32 r4, __u32 *l6, __u32 *r6,
+				    __u32 *l, __u32 *r)
+{
+	/* Pin every loaded value in a register here, so no load is sunk into
+	 * a branch that selects between context offsets. */
+	barrier_var(l4);
+	barrier_var(r4);
+	barrier_var(l6[3]);
+	barrier_var(r6[3]);
+	if (family == AF_INET) {
+		*l = l4;
+		*r = r4;
+		return 1;
+	}
+	return family == AF_INET6 && v4_mapped(l6, l) && v4_mapped(r6, r);
+}
+
+static __always_inline int ops_addrs(struct bpf_sock_ops *ops, __u32 *l, __u32 *r)
+{
+	__u32 l6[4], r6[4], l4, r4, family;
+
+	family = ops->family;
+	l4 = ops->local_ip4;
+	r4 = ops->remote_ip4;
+	l6[0] = ops->local_ip6[0];
+	l6[1] = ops->local_ip6[1];
+	l6[2] = ops->local_ip6[2];
+	l6[3] = ops->local_ip6[3];
+	r6[0] = ops->remote_ip6[0];
+	r6[1] = ops->remote_ip6[1];
+	r6[2] = ops->remote_ip6[2];
+	r6[3] = ops->remote_ip6[3];
+	return v4_addrs(family, l4, r4, l6, r6, l, r);
+}
+
+static __always_inline void ops_tuple(struct bpf_sock_ops *ops, __u32 l, __u32 r,
+				      struct mn_tuple_key *k, int local_is_src)
+{
 	__u16 lp = local_port_be(ops->local_port), rp = remote_port_be(ops->remote_port);
 
 	k->saddr = local_is_src ? l : r;
@@ -232,21 +388,34 @@ static __always_inline void ops_tuple(struct bpf_sock_ops *ops, struct mn_tuple_
 	k->netns = is_loopback(l) ? bpf_get_netns_cookie(ops) : 0;
 }
 
-static __always_inline void ops_active(struct bpf_sock_ops *ops, struct mn_config *cfg)
+static __always_inline void ops_active(struct bpf_sock_ops *ops, struct mn_config *cfg, __u32 l,
+				       __u32 r)
 {
 	struct bpf_sock *sk = ops->sk;
+	struct mn_orig_dst up = {}, *orig;
 	struct mn_tuple_key key = {};
-	struct mn_orig_dst *orig;
 
 	/* Read ctx->sk once: the verifier tracks the NULL check on this copy. */
 	if (!sk)
 		return;
 	orig = bpf_sk_storage_get(&mn_orig_dst, sk, 0, 0);
-	if (!orig || !(orig->flags & MN_ORIG_F_REDIRECTED))
+	if (!orig || !(orig->flags & MN_ORIG_F_REDIRECTED)) {
+		/* The daemon's own upstream connect: offered to the peer, which
+		 * joins at PASSIVE_ESTABLISHED only if it is a pod on this node. */
+		if (!(cfg->flags & MN_CFG_F_SKMSG_UPSTREAM) || sk->mark != cfg->daemon_mark)
+			return;
+		count(MN_C_OPS_UPSTREAM);
+		ops_tuple(ops, l, r, &key, 1);
+		up.flags = MN_ORIG_F_UPSTREAM;
+		if (bpf_map_update_elem(&mn_tuple, &key, &up, BPF_ANY))
+			count(MN_C_ERR_TUPLE);
+		else if (bpf_sock_hash_update(ops, &mn_sock_hash, &key, BPF_ANY))
+			count(MN_C_ERR_SOCKHASH);
 		return;
+	}
 	count(MN_C_OPS_ACTIVE);
 	/* Pod side: local is the source of the connection. */
-	ops_tuple(ops, &key, 1);
+	ops_tuple(ops, l, r, &key, 1);
 	if (bpf_map_update_elem(&mn_tuple, &key, orig, BPF_ANY))
 		count(MN_C_ERR_TUPLE);
 	if (cfg->flags & MN_CFG_F_SKMSG) {
@@ -255,17 +424,27 @@ static __always_inline void ops_active(struct bpf_sock_ops *ops, struct mn_confi
 	}
 }
 
-static __always_inline void ops_passive(struct bpf_sock_ops *ops, struct mn_config *cfg)
+static __always_inline void ops_passive(struct bpf_sock_ops *ops, struct mn_config *cfg, __u32 l,
+					__u32 r)
 {
 	struct mn_tuple_key ckey = {}, own = {};
 	struct mn_orig_dst *orig, *st;
 	struct bpf_sock *sk;
 
-	/* Daemon side: the client's view has the remote end as source. */
-	ops_tuple(ops, &ckey, 0);
+	/* This end accepted: the client's view has the remote end as source. */
+	ops_tuple(ops, l, r, &ckey, 0);
 	orig = bpf_map_lookup_elem(&mn_tuple, &ckey);
 	if (!orig) {
 		count(MN_C_OPS_PASSIVE_MISS);
+		return;
+	}
+	ops_tuple(ops, l, r, &own, 1);
+	if (orig->flags & MN_ORIG_F_UPSTREAM) {
+		/* A pod on this node accepted the daemon's upstream connect. */
+		bpf_map_delete_elem(&mn_tuple, &ckey);
+		count(MN_C_OPS_UPSTREAM_PEER);
+		if (bpf_sock_hash_update(ops, &mn_sock_hash, &own, BPF_ANY))
+			count(MN_C_ERR_SOCKHASH);
 		return;
 	}
 	sk = ops->sk;
@@ -283,7 +462,6 @@ static __always_inline void ops_passive(struct bpf_sock_ops *ops, struct mn_conf
 	bpf_map_delete_elem(&mn_tuple, &ckey);
 	count(MN_C_OPS_PASSIVE);
 	if (cfg->flags & MN_CFG_F_SKMSG) {
-		ops_tuple(ops, &own, 1);
 		if (bpf_sock_hash_update(ops, &mn_sock_hash, &own, BPF_ANY))
 			count(MN_C_ERR_SOCKHASH);
 	}
@@ -293,41 +471,75 @@ SEC("sockops")
 int mn_sockops(struct bpf_sock_ops *ops)
 {
 	struct mn_config *cfg;
+	__u32 l, r;
 
-	if (ops->family != AF_INET)
-		return 1;
 	if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
 	    ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return 1;
+	if (!ops_addrs(ops, &l, &r))
 		return 1;
 	cfg = mn_cfg();
 	if (!cfg)
 		return 1;
 	if (ops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-		ops_active(ops, cfg);
+		ops_active(ops, cfg, l, r);
 	else
-		ops_passive(ops, cfg);
+		ops_passive(ops, cfg, l, r);
 	return 1;
 }
 
 /* Runs for every sendmsg on a socket in mn_sock_hash. The peer registered
  * itself under the mirrored tuple; if it is there, the bytes are queued
- * directly on its receive side. If not (peer closed, or never inserted) the
- * message takes the normal TCP path: SK_PASS either way. */
+ * directly on its receive side, otherwise they take the normal TCP path.
+ *
+ * Ordering: the pod's socket enters the map at ACTIVE_ESTABLISHED, the
+ * daemon's only when the handshake's last ACK reaches it. A message sent in
+ * between goes by TCP and may still be in flight when the peer appears; a
+ * later message redirected straight into the peer's queue would overtake it.
+ * So once a socket has sent anything by TCP it stays on TCP (TCP_ONLY in its
+ * storage): the path is chosen per connection direction, never mixed. */
 SEC("sk_msg")
 int mn_sk_msg(struct sk_msg_md *msg)
 {
 	struct mn_tuple_key peer = {};
+	__u32 l, r, l4, r4, l6[4], r6[4], family;
+	struct mn_orig_dst *st;
+	struct bpf_sock *sk;
 
-	if (msg->family != AF_INET)
+	sk = msg->sk;
+	if (!sk)
 		return SK_PASS;
-	peer.saddr = msg->remote_ip4;
-	peer.daddr = msg->local_ip4;
+	st = bpf_sk_storage_get(&mn_orig_dst, sk, 0, 0);
+	if (st && (st->flags & MN_ORIG_F_TCP_ONLY)) {
+		count(MN_C_MSG_PASS);
+		return SK_PASS;
+	}
+	family = msg->family;
+	l4 = msg->local_ip4;
+	r4 = msg->remote_ip4;
+	l6[0] = msg->local_ip6[0];
+	l6[1] = msg->local_ip6[1];
+	l6[2] = msg->local_ip6[2];
+	l6[3] = msg->local_ip6[3];
+	r6[0] = msg->remote_ip6[0];
+	r6[1] = msg->remote_ip6[1];
+	r6[2] = msg->remote_ip6[2];
+	r6[3] = msg->remote_ip6[3];
+	if (!v4_addrs(family, l4, r4, l6, r6, &l, &r))
+		return SK_PASS;
+	peer.saddr = r;
+	peer.daddr = l;
 	peer.sport = remote_port_be(msg->remote_port);
 	peer.dport = local_port_be(msg->local_port);
-	peer.netns = is_loopback(msg->local_ip4) ? bpf_get_netns_cookie(msg) : 0;
-	if (bpf_msg_redirect_hash(msg, &mn_sock_hash, &peer, BPF_F_INGRESS) == SK_PASS)
+	peer.netns = is_loopback(l) ? bpf_get_netns_cookie(msg) : 0;
+	if (bpf_msg_redirect_hash(msg, &mn_sock_hash, &peer, BPF_F_INGRESS) == SK_PASS) {
 		count(MN_C_MSG_REDIRECT);
-	else
-		count(MN_C_MSG_PASS);
+		return SK_PASS;
+	}
+	count(MN_C_MSG_PASS);
+	if (!st)
+		st = bpf_sk_storage_get(&mn_orig_dst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		st->flags |= MN_ORIG_F_TCP_ONLY;
 	return SK_PASS;
 }

@@ -20,6 +20,10 @@ void usage(FILE* f) {
                "  --pin-dir DIR             bpffs pin directory (default /sys/fs/bpf/metanode)\n"
                "  --no-bpf                  no interception: listen on each service address\n"
                "  --no-skmsg                keep pod<->daemon bytes on the TCP path\n"
+               "  --skmsg-upstream          also daemon<->upstream socket-to-socket for local pods\n"
+               "  --pods all|listed         intercept every non-host netns (default) or only\n"
+               "                            namespaces registered with `metanodectl pod add`\n"
+               "  --exclude-ports P,P,...   destination ports never intercepted\n"
                "  --manage-host-netns       also intercept processes in the host netns\n"
                "  --workers N               event loops (default: one per core)\n"
                "  --request-timeout-ms N    default per-request timeout (30000)\n"
@@ -42,7 +46,7 @@ int main(int argc, char** argv) {
   metanode::core::DaemonOptions o;
   bool uninstall = false;
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
-         kWorkers, kTimeout, kLogLevel, kUninstall, kHelp };
+         kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -57,6 +61,9 @@ int main(int argc, char** argv) {
       {"log-level", required_argument, nullptr, kLogLevel},
       {"uninstall", no_argument, nullptr, kUninstall},
       {"help", no_argument, nullptr, kHelp},
+      {"skmsg-upstream", no_argument, nullptr, kSkmsgUpstream},
+      {"pods", required_argument, nullptr, kPods},
+      {"exclude-ports", required_argument, nullptr, kExclude},
       {nullptr, 0, nullptr, 0}};
   int c;
   metanode::net::Endpoint ep;
@@ -80,6 +87,31 @@ int main(int argc, char** argv) {
       case kLogLevel: spdlog::set_level(spdlog::level::from_str(optarg)); break;
       case kUninstall: uninstall = true; break;
       case kHelp: usage(stdout); return 0;
+      case kSkmsgUpstream: o.skmsg_upstream = true; break;
+      case kPods:
+        if (std::string(optarg) != "all" && std::string(optarg) != "listed") {
+          std::fprintf(stderr, "--pods: 'all' or 'listed'\n");
+          return 2;
+        }
+        o.pod_mode_all = std::string(optarg) == "all";
+        break;
+      case kExclude: {
+        std::string list = optarg;
+        for (size_t pos = 0; pos <= list.size();) {
+          size_t comma = list.find(',', pos);
+          std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+          char* end = nullptr;
+          unsigned long port = std::strtoul(item.c_str(), &end, 10);
+          if (item.empty() || *end || port == 0 || port > 65535) {
+            std::fprintf(stderr, "--exclude-ports: '%s' is not a port\n", item.c_str());
+            return 2;
+          }
+          o.exclude_ports.push_back(uint16_t(port));
+          if (comma == std::string::npos) break;
+          pos = comma + 1;
+        }
+        break;
+      }
       default: usage(stderr); return 2;
     }
   }

@@ -28,11 +28,13 @@
 #define MN_MAP_TUPLE "mn_tuple"
 #define MN_MAP_SOCK_HASH "mn_sock_hash"
 #define MN_MAP_COUNTERS "mn_counters"
+#define MN_MAP_EXCL "mn_excl"
 
 #define MN_MAX_SERVICES 65536
 #define MN_MAX_PODS 16384
 #define MN_MAX_TUPLES 65536
 #define MN_MAX_SOCKS 131072
+#define MN_MAX_EXCL 4096
 
 /* SO_MARK the daemon puts on every socket it connects itself. connect4 never
  * redirects a socket carrying it: without this the daemon's upstream connect
@@ -69,6 +71,7 @@ struct mn_pod_val {
 #define MN_CFG_F_ALL_NETNS 0x2u  /* every non-host netns is a managed pod */
 #define MN_CFG_F_SKMSG 0x4u      /* put redirected sockets into mn_sock_hash */
 #define MN_CFG_F_HOST_NETNS 0x8u /* also manage the host netns (tests only) */
+#define MN_CFG_F_SKMSG_UPSTREAM 0x10u /* also daemon<->upstream when both ends are local */
 
 struct mn_config {
 	__u32 redirect_addr; /* where pods reach the daemon, network order */
@@ -90,6 +93,8 @@ struct mn_config {
  * PASSIVE_ESTABLISHED. The daemon reads it with a lookup keyed by its fd. */
 #define MN_ORIG_F_REDIRECTED 0x1u /* set on the client socket */
 #define MN_ORIG_F_ACCEPTED 0x2u   /* set on the daemon's accepted socket */
+#define MN_ORIG_F_UPSTREAM 0x4u   /* mn_tuple only: a daemon upstream connect, no redirect */
+#define MN_ORIG_F_TCP_ONLY 0x8u   /* a message of this socket took the TCP path: stay on it */
 
 struct mn_orig_dst {
 	__u32 addr; /* original destination IPv4, network order */
@@ -112,6 +117,14 @@ struct mn_tuple_key {
 	__u16 dport; /* network order */
 	__u32 pad;
 	__u64 netns;
+};
+
+/* mn_excl: destination ports never intercepted, per pod (netns cookie) or
+ * for every pod (netns 0). Writer: daemon (--exclude-ports, metanodectl). */
+struct mn_excl_key {
+	__u64 netns; /* 0: all pods */
+	__u16 port;  /* network order */
+	__u16 pad[3];
 };
 
 /* mn_counters: per-CPU array of __u64 indexed by these values. Every path
@@ -137,6 +150,11 @@ enum mn_counter {
 	MN_C_MSG_REDIRECT,
 	MN_C_MSG_PASS,
 	MN_C_PEERNAME,
+	MN_C_SKIP_EXCLUDED_PORT,
+	MN_C_SKIP_NOT_V4MAPPED,
+	MN_C_ORIG_DST_SOCKOPT,
+	MN_C_OPS_UPSTREAM,
+	MN_C_OPS_UPSTREAM_PEER,
 	MN_C__COUNT
 };
 
@@ -146,7 +164,9 @@ enum mn_counter {
 	    "skip_daemon_down", "skip_disabled", "err_no_config",              \
 	    "err_storage", "sockops_active", "sockops_passive",                \
 	    "sockops_passive_miss", "err_tuple", "err_sockhash",               \
-	    "msg_redirect", "msg_pass", "getpeername_rewrite"
+	    "msg_redirect", "msg_pass", "getpeername_rewrite",                 \
+	    "skip_excluded_port", "skip_not_v4mapped", "so_original_dst",      \
+	    "sockops_upstream", "sockops_upstream_peer"
 
 #ifdef __cplusplus
 #define MN_STATIC_ASSERT static_assert
@@ -159,5 +179,6 @@ MN_STATIC_ASSERT(sizeof(struct mn_pod_val) == 8, "mn_pod_val ABI");
 MN_STATIC_ASSERT(sizeof(struct mn_config) == 40, "mn_config ABI");
 MN_STATIC_ASSERT(sizeof(struct mn_orig_dst) == 16, "mn_orig_dst ABI");
 MN_STATIC_ASSERT(sizeof(struct mn_tuple_key) == 24, "mn_tuple_key ABI");
+MN_STATIC_ASSERT(sizeof(struct mn_excl_key) == 16, "mn_excl_key ABI");
 
 #endif /* METANODE_ABI_H */

@@ -35,5 +35,20 @@ Result<OrigDst> FakeMaps::original_dst(int fd) {
   return it->second;
 }
 Result<std::vector<Counter>> FakeMaps::counters() { return std::vector<Counter>{}; }
+Result<void> FakeMaps::set_pod(uint64_t netns, uint32_t flags) {
+  pods_[netns] = flags;
+  return Ok();
+}
+Result<void> FakeMaps::remove_pod(uint64_t netns) {
+  pods_.erase(netns);
+  return Ok();
+}
+Result<std::map<uint64_t, uint32_t>> FakeMaps::pods() { return pods_; }
+Result<void> FakeMaps::exclude_port(uint64_t netns, uint16_t port, bool excluded) {
+  std::erase(excl_, std::pair(netns, port));
+  if (excluded) excl_.emplace_back(netns, port);
+  return Ok();
+}
+Result<std::vector<std::pair<uint64_t, uint16_t>>> FakeMaps::excluded_ports() { return excl_; }
 
 }  // namespace metanode::bpf

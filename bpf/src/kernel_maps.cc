@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "metanode.skel.h"
 #include "metanode/bpf/maps.h"
@@ -117,14 +119,10 @@ mn_tuple_key tuple_key(const sockaddr_in& src, const sockaddr_in& dst, uint64_t 
 class KernelMaps final : public Maps {
  public:
   // Takes ownership of the skeleton (may be null for open_pinned()).
-  KernelMaps(metanode_bpf* skel, Fd services, Fd pods, Fd config, Fd orig, Fd tuple, Fd counters)
-      : skel_(skel),
-        services_(std::move(services)),
-        pods_(std::move(pods)),
-        config_(std::move(config)),
-        orig_(std::move(orig)),
-        tuple_(std::move(tuple)),
-        counters_(std::move(counters)) {}
+  struct Fds {
+    Fd services, pods, config, orig, tuple, counters, excl, sockhash;
+  };
+  KernelMaps(metanode_bpf* skel, Fds fds) : skel_(skel), f_(std::move(fds)) {}
   ~KernelMaps() override {
     if (skel_) metanode_bpf__destroy(skel_);  // closes fds; pins and pinned links stay
   }
@@ -134,12 +132,13 @@ class KernelMaps final : public Maps {
     cfg_.redirect_addr = htonl(c.redirect.addr);
     cfg_.redirect_port = htons(c.redirect.port);
     cfg_.flags = MN_CFG_F_ENABLED | (c.manage_all_netns ? MN_CFG_F_ALL_NETNS : 0) |
-                 (c.skmsg ? MN_CFG_F_SKMSG : 0) | (c.manage_host_netns ? MN_CFG_F_HOST_NETNS : 0);
+                 (c.skmsg ? MN_CFG_F_SKMSG : 0) | (c.manage_host_netns ? MN_CFG_F_HOST_NETNS : 0) |
+                 (c.skmsg && c.skmsg_upstream ? MN_CFG_F_SKMSG_UPSTREAM : 0);
     cfg_.daemon_mark = MN_DAEMON_MARK;
     cfg_.liveness_ns = uint64_t(c.liveness.count());
     mn_config old{};
     uint32_t zero = 0;
-    if (bpf_map_lookup_elem(config_.get(), &zero, &old) == 0) cfg_.generation = old.generation + 1;
+    if (bpf_map_lookup_elem(f_.config.get(), &zero, &old) == 0) cfg_.generation = old.generation + 1;
     return write_config();
   }
   Result<void> heartbeat() override { return write_config(); }
@@ -151,13 +150,13 @@ class KernelMaps final : public Maps {
   Result<void> upsert_service(net::Endpoint vip, uint32_t id) override {
     mn_svc_key k{htonl(vip.addr), htons(vip.port), 0};
     mn_svc_val v{MN_SVC_F_ENABLED, id};
-    if (bpf_map_update_elem(services_.get(), &k, &v, BPF_ANY) != 0)
+    if (bpf_map_update_elem(f_.services.get(), &k, &v, BPF_ANY) != 0)
       return Error::errno_error("mn_services update " + vip.str());
     return Ok();
   }
   Result<void> remove_service(net::Endpoint vip) override {
     mn_svc_key k{htonl(vip.addr), htons(vip.port), 0};
-    if (bpf_map_delete_elem(services_.get(), &k) != 0 && errno != ENOENT)
+    if (bpf_map_delete_elem(f_.services.get(), &k) != 0 && errno != ENOENT)
       return Error::errno_error("mn_services delete " + vip.str());
     return Ok();
   }
@@ -165,9 +164,9 @@ class KernelMaps final : public Maps {
     std::map<net::Endpoint, uint32_t> out;
     mn_svc_key k{}, next{};
     void* prev = nullptr;
-    while (bpf_map_get_next_key(services_.get(), prev, &next) == 0) {
+    while (bpf_map_get_next_key(f_.services.get(), prev, &next) == 0) {
       mn_svc_val v{};
-      if (bpf_map_lookup_elem(services_.get(), &next, &v) == 0)
+      if (bpf_map_lookup_elem(f_.services.get(), &next, &v) == 0)
         out[{ntohl(next.addr), ntohs(next.port)}] = v.listener_id;
       k = next;
       prev = &k;
@@ -177,7 +176,7 @@ class KernelMaps final : public Maps {
 
   Result<OrigDst> original_dst(int fd) override {
     mn_orig_dst v{};
-    if (bpf_map_lookup_elem(orig_.get(), &fd, &v) == 0 && (v.flags & MN_ORIG_F_ACCEPTED))
+    if (bpf_map_lookup_elem(f_.orig.get(), &fd, &v) == 0 && (v.flags & MN_ORIG_F_ACCEPTED))
       return OrigDst{{ntohl(v.addr), ntohs(v.port)}, v.pod_netns, false};
     // Fallback: the accepted socket was not seen by sockops (daemon outside
     // the attached cgroup). The client side published its tuple; find it by
@@ -193,11 +192,60 @@ class KernelMaps final : public Maps {
       getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &nl);
     }
     mn_tuple_key k = tuple_key(peer, self, netns);
-    if (bpf_map_lookup_elem(tuple_.get(), &k, &v) != 0)
+    if (bpf_map_lookup_elem(f_.tuple.get(), &k, &v) != 0)
       return Error{std::make_error_code(std::errc::no_such_file_or_directory),
                    "no original destination recorded for this connection"};
-    bpf_map_delete_elem(tuple_.get(), &k);
+    bpf_map_delete_elem(f_.tuple.get(), &k);
     return OrigDst{{ntohl(v.addr), ntohs(v.port)}, v.pod_netns, true};
+  }
+
+  Result<void> set_pod(uint64_t netns, uint32_t flags) override {
+    mn_pod_val v{flags, 0};
+    if (bpf_map_update_elem(f_.pods.get(), &netns, &v, BPF_ANY) != 0)
+      return Error::errno_error("mn_pods update");
+    return Ok();
+  }
+  Result<void> remove_pod(uint64_t netns) override {
+    if (bpf_map_delete_elem(f_.pods.get(), &netns) != 0 && errno != ENOENT)
+      return Error::errno_error("mn_pods delete");
+    return Ok();
+  }
+  Result<std::map<uint64_t, uint32_t>> pods() override {
+    std::map<uint64_t, uint32_t> out;
+    for_each_key<uint64_t>(f_.pods.get(), [&](const uint64_t& k) {
+      mn_pod_val v{};
+      if (bpf_map_lookup_elem(f_.pods.get(), &k, &v) == 0) out[k] = v.flags;
+    });
+    return out;
+  }
+  Result<void> exclude_port(uint64_t netns, uint16_t port, bool excluded) override {
+    mn_excl_key k{};
+    k.netns = netns;
+    k.port = htons(port);
+    uint32_t one = 1;
+    int rc = excluded ? bpf_map_update_elem(f_.excl.get(), &k, &one, BPF_ANY)
+                      : bpf_map_delete_elem(f_.excl.get(), &k);
+    if (rc != 0 && !(errno == ENOENT && !excluded)) return Error::errno_error("mn_excl update");
+    return Ok();
+  }
+  Result<std::vector<std::pair<uint64_t, uint16_t>>> excluded_ports() override {
+    std::vector<std::pair<uint64_t, uint16_t>> out;
+    for_each_key<mn_excl_key>(f_.excl.get(),
+                              [&](const mn_excl_key& k) { out.emplace_back(k.netns, ntohs(k.port)); });
+    return out;
+  }
+  Result<std::vector<SocketEntry>> sockets() override {
+    std::vector<SocketEntry> out;
+    if (f_.sockhash.get() < 0) return out;
+    for_each_key<mn_tuple_key>(f_.sockhash.get(), [&](const mn_tuple_key& k) {
+      out.push_back({{ntohl(k.saddr), ntohs(k.sport)}, {ntohl(k.daddr), ntohs(k.dport)}, k.netns});
+    });
+    return out;
+  }
+  Result<size_t> pending_tuples() override {
+    size_t n = 0;
+    for_each_key<mn_tuple_key>(f_.tuple.get(), [&](const mn_tuple_key&) { ++n; });
+    return n;
   }
 
   Result<std::vector<Counter>> counters() override {
@@ -207,7 +255,7 @@ class KernelMaps final : public Maps {
     std::vector<Counter> out;
     for (uint32_t i = 0; i < MN_C__COUNT; ++i) {
       uint64_t sum = 0;
-      if (bpf_map_lookup_elem(counters_.get(), &i, per_cpu.data()) == 0)
+      if (bpf_map_lookup_elem(f_.counters.get(), &i, per_cpu.data()) == 0)
         for (uint64_t v : per_cpu) sum += v;
       out.push_back({kCounterNames[i], sum});
     }
@@ -218,22 +266,28 @@ class KernelMaps final : public Maps {
   Result<void> write_config() {
     cfg_.heartbeat_ns = monotonic_ns();
     uint32_t zero = 0;
-    if (bpf_map_update_elem(config_.get(), &zero, &cfg_, BPF_ANY) != 0)
+    if (bpf_map_update_elem(f_.config.get(), &zero, &cfg_, BPF_ANY) != 0)
       return Error::errno_error("mn_config update");
     return Ok();
   }
 
+  template <class K, class F>
+  static void for_each_key(int fd, F&& f) {
+    K k{}, next{};
+    void* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+      f(next);
+      k = next;
+      prev = &k;
+    }
+  }
+
   metanode_bpf* skel_;
-  Fd services_, pods_, config_, orig_, tuple_, counters_;
+  Fds f_;
   mn_config cfg_{};
 };
 
 Fd dup_fd(int fd) { return Fd(fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
-
-struct CgroupProg {
-  bpf_program* prog;
-  const char* pin;  // file name under <pin_dir>/links/
-};
 
 // Attaches `prog` to the cgroup through a pinned link. An existing pinned
 // link attached to the same cgroup is switched to the new program in place
@@ -267,18 +321,23 @@ Result<void> attach_pinned(bpf_program* prog, int cg_fd, uint64_t cg_id, const s
   return Ok();
 }
 
-Result<metanode_bpf*> open_and_load(const std::string& pin_dir, bool skmsg, bool getpeername) {
+Result<metanode_bpf*> open_and_load(const std::string& pin_dir, bool skmsg, bool getpeername,
+                                    bool getsockopt) {
   metanode_bpf* skel = metanode_bpf__open();
   if (!skel) return Error::errno_error("open BPF skeleton");
-  bpf_map* maps[] = {skel->maps.mn_services, skel->maps.mn_pods,    skel->maps.mn_config,
-                     skel->maps.mn_orig_dst, skel->maps.mn_tuple,   skel->maps.mn_sock_hash,
-                     skel->maps.mn_counters};
+  bpf_map* maps[] = {skel->maps.mn_services, skel->maps.mn_pods,      skel->maps.mn_config,
+                     skel->maps.mn_orig_dst, skel->maps.mn_tuple,     skel->maps.mn_sock_hash,
+                     skel->maps.mn_counters, skel->maps.mn_excl};
   for (bpf_map* m : maps) {
     std::string p = pin_dir + "/" + bpf_map__name(m);
     bpf_map__set_pin_path(m, p.c_str());
   }
-  if (!getpeername) bpf_program__set_autoload(skel->progs.mn_getpeername4, false);
+  if (!getpeername) {
+    bpf_program__set_autoload(skel->progs.mn_getpeername4, false);
+    bpf_program__set_autoload(skel->progs.mn_getpeername6, false);
+  }
   if (!skmsg) bpf_program__set_autoload(skel->progs.mn_sk_msg, false);
+  if (!getsockopt) bpf_program__set_autoload(skel->progs.mn_getsockopt, false);
   int err = metanode_bpf__load(skel);
   if (err) {
     metanode_bpf__destroy(skel);
@@ -306,8 +365,47 @@ Result<void> sync_services(Maps& maps, const std::vector<net::Endpoint>& wanted)
   return Ok();
 }
 
-Result<std::unique_ptr<Maps>> install_kernel(const InstallOptions& opts) {
+std::string Features::missing_required() const {
+  std::string m;
+  if (!cgroup_sock_addr) m += " cgroup sock_addr programs;";
+  if (!sock_ops) m += " sock_ops programs;";
+  if (!sk_storage) m += " socket-local storage maps;";
+  if (!netns_cookie) m += " bpf_get_netns_cookie in sock_addr programs;";
+  return m;
+}
+
+Features probe_features() {
+  Features f;
+  f.cgroup_sock_addr = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, nullptr) > 0;
+  f.sock_ops = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, nullptr) > 0;
+  f.sk_storage = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SK_STORAGE, nullptr) > 0;
+  f.sk_msg = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) > 0 &&
+             libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SOCKHASH, nullptr) > 0;
+  f.sockopt = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCKOPT, nullptr) > 0;
+  f.netns_cookie = libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                                           BPF_FUNC_get_netns_cookie, nullptr) > 0;
+  return f;
+}
+
+Result<Installed> install_kernel(const InstallOptions& in) {
+  InstallOptions opts = in;
   std::string pin_dir = opts.pin_dir.empty() ? MN_PIN_DIR_DEFAULT : opts.pin_dir;
+  Installed result;
+
+  // Probe first: a clear message (or a fallback) beats a verifier log.
+  Features feat = probe_features();
+  if (auto m = feat.missing_required(); !m.empty())
+    return Error::invalid("this kernel lacks what interception needs:" + m +
+                          " run with --no-bpf (plain layer-7 proxy) instead");
+  if (opts.skmsg && !feat.sk_msg) {
+    opts.skmsg = false;
+    result.notes += "no sk_msg/sockhash support: payload takes the TCP path (connect redirect only); ";
+  }
+  if (opts.getsockopt && !feat.sockopt) {
+    opts.getsockopt = false;
+    result.notes += "no cgroup getsockopt support: SO_ORIGINAL_DST not answered; ";
+  }
+
   if (auto r = ensure_bpffs(pin_dir); !r) return r.error();
   if (auto r = mkdir_p(pin_dir); !r) return r.error();
   if (auto r = mkdir_p(pin_dir + "/links"); !r) return r.error();
@@ -318,15 +416,16 @@ Result<std::unique_ptr<Maps>> install_kernel(const InstallOptions& opts) {
   if (cg.get() < 0) return Error::errno_error("open cgroup " + opts.cgroup_path);
   uint64_t cg_id = cgroup_id_of_path(opts.cgroup_path);
 
-  auto loaded = open_and_load(pin_dir, opts.skmsg, opts.getpeername);
+  auto loaded = open_and_load(pin_dir, opts.skmsg, opts.getpeername, opts.getsockopt);
   if (!loaded) {
     // Pinned maps from an incompatible earlier version cannot be reused:
     // start over rather than run half-adopted.
     if (auto u = uninstall_kernel(pin_dir); !u) return u.error();
     if (auto r = mkdir_p(pin_dir); !r) return r.error();
     if (auto r = mkdir_p(pin_dir + "/links"); !r) return r.error();
-    loaded = open_and_load(pin_dir, opts.skmsg, opts.getpeername);
+    loaded = open_and_load(pin_dir, opts.skmsg, opts.getpeername, opts.getsockopt);
     if (!loaded) return loaded.error();
+    result.notes += "pinned maps were incompatible: reinstalled; ";
   }
   metanode_bpf* skel = loaded.value();
 
@@ -340,44 +439,88 @@ Result<std::unique_ptr<Maps>> install_kernel(const InstallOptions& opts) {
       return Error::errno_error("attach sk_msg to mn_sock_hash", e);
     }
   }
-  std::vector<CgroupProg> progs = {{skel->progs.mn_sockops, "mn_sockops"},
-                                   {skel->progs.mn_connect4, "mn_connect4"}};
-  if (opts.getpeername) progs.push_back({skel->progs.mn_getpeername4, "mn_getpeername4"});
-  for (const auto& p : progs) {
-    if (auto r = attach_pinned(p.prog, cg.get(), cg_id, pin_dir + "/links/" + p.pin); !r) {
+  struct Link {
+    bpf_program* prog;
+    const char* pin;
+    bool wanted;
+  };
+  const Link links[] = {{skel->progs.mn_sockops, "mn_sockops", true},
+                        {skel->progs.mn_connect4, "mn_connect4", true},
+                        {skel->progs.mn_connect6, "mn_connect6", true},
+                        {skel->progs.mn_getpeername4, "mn_getpeername4", opts.getpeername},
+                        {skel->progs.mn_getpeername6, "mn_getpeername6", opts.getpeername},
+                        {skel->progs.mn_getsockopt, "mn_getsockopt", opts.getsockopt}};
+  for (const auto& l : links) {
+    std::string path = pin_dir + "/links/" + l.pin;
+    if (!l.wanted) {
+      // A previous install may have had it: detach what this one does not run.
+      if (exists(path)) {
+        int fd = bpf_obj_get(path.c_str());
+        if (fd >= 0) {
+          bpf_link_detach(fd);
+          close(fd);
+        }
+        unlink(path.c_str());
+      }
+      continue;
+    }
+    if (auto r = attach_pinned(l.prog, cg.get(), cg_id, path); !r) {
       metanode_bpf__destroy(skel);
       return r.error();
     }
   }
-  // A previous install may have had getpeername4 and this one not.
-  if (!opts.getpeername) {
-    std::string p = pin_dir + "/links/mn_getpeername4";
-    if (exists(p)) {
-      int fd = bpf_obj_get(p.c_str());
-      if (fd >= 0) {
-        bpf_link_detach(fd);
-        close(fd);
-      }
-      unlink(p.c_str());
-    }
-  }
 
-  auto m = std::make_unique<KernelMaps>(
-      skel, dup_fd(bpf_map__fd(skel->maps.mn_services)), dup_fd(bpf_map__fd(skel->maps.mn_pods)),
-      dup_fd(bpf_map__fd(skel->maps.mn_config)), dup_fd(bpf_map__fd(skel->maps.mn_orig_dst)),
-      dup_fd(bpf_map__fd(skel->maps.mn_tuple)), dup_fd(bpf_map__fd(skel->maps.mn_counters)));
-  return std::unique_ptr<Maps>(std::move(m));
+  KernelMaps::Fds fds;
+  fds.services = dup_fd(bpf_map__fd(skel->maps.mn_services));
+  fds.pods = dup_fd(bpf_map__fd(skel->maps.mn_pods));
+  fds.config = dup_fd(bpf_map__fd(skel->maps.mn_config));
+  fds.orig = dup_fd(bpf_map__fd(skel->maps.mn_orig_dst));
+  fds.tuple = dup_fd(bpf_map__fd(skel->maps.mn_tuple));
+  fds.counters = dup_fd(bpf_map__fd(skel->maps.mn_counters));
+  fds.excl = dup_fd(bpf_map__fd(skel->maps.mn_excl));
+  fds.sockhash = dup_fd(bpf_map__fd(skel->maps.mn_sock_hash));
+  result.maps = std::make_unique<KernelMaps>(skel, std::move(fds));
+  result.skmsg = opts.skmsg;
+  result.getsockopt = opts.getsockopt;
+  return result;
 }
 
 Result<std::unique_ptr<Maps>> open_pinned(const std::string& pin_dir) {
   auto get = [&](const char* name) { return Fd(bpf_obj_get((pin_dir + "/" + name).c_str())); };
-  Fd s = get(MN_MAP_SERVICES), p = get(MN_MAP_PODS), c = get(MN_MAP_CONFIG), o = get(MN_MAP_ORIG_DST),
-     t = get(MN_MAP_TUPLE), k = get(MN_MAP_COUNTERS);
-  if (s.get() < 0 || p.get() < 0 || c.get() < 0 || o.get() < 0 || t.get() < 0 || k.get() < 0)
-    return Error::errno_error("open pinned maps under " + pin_dir);
-  return std::unique_ptr<Maps>(std::make_unique<KernelMaps>(nullptr, std::move(s), std::move(p),
-                                                            std::move(c), std::move(o),
-                                                            std::move(t), std::move(k)));
+  KernelMaps::Fds f;
+  f.services = get(MN_MAP_SERVICES);
+  f.pods = get(MN_MAP_PODS);
+  f.config = get(MN_MAP_CONFIG);
+  f.orig = get(MN_MAP_ORIG_DST);
+  f.tuple = get(MN_MAP_TUPLE);
+  f.counters = get(MN_MAP_COUNTERS);
+  f.excl = get(MN_MAP_EXCL);
+  f.sockhash = get(MN_MAP_SOCK_HASH);  // absent when sk_msg is unsupported
+  for (const Fd* fd : {&f.services, &f.pods, &f.config, &f.orig, &f.tuple, &f.counters, &f.excl})
+    if (fd->get() < 0) return Error::errno_error("open pinned maps under " + pin_dir);
+  return std::unique_ptr<Maps>(std::make_unique<KernelMaps>(nullptr, std::move(f)));
+}
+
+Result<uint64_t> netns_cookie(const std::string& netns_path) {
+  Result<uint64_t> out = Error::invalid("netns cookie: not computed");
+  // setns() affects only the calling thread: do it on a thread of its own.
+  std::thread t([&] {
+    Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (ns.get() < 0 || setns(ns.get(), CLONE_NEWNET) != 0) {
+      out = Error::errno_error("enter netns " + netns_path);
+      return;
+    }
+    Fd s(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    uint64_t cookie = 0;
+    socklen_t len = sizeof(cookie);
+    if (s.get() < 0 || getsockopt(s.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) {
+      out = Error::errno_error("SO_NETNS_COOKIE in " + netns_path);
+      return;
+    }
+    out = cookie;
+  });
+  t.join();
+  return out;
 }
 
 Result<void> uninstall_kernel(const std::string& pin_dir_in) {
@@ -404,8 +547,8 @@ Result<void> uninstall_kernel(const std::string& pin_dir_in) {
     closedir(d);
     rmdir(links.c_str());
   }
-  const char* maps[] = {MN_MAP_SERVICES, MN_MAP_PODS,      MN_MAP_CONFIG,  MN_MAP_ORIG_DST,
-                        MN_MAP_TUPLE,    MN_MAP_SOCK_HASH, MN_MAP_COUNTERS};
+  const char* maps[] = {MN_MAP_SERVICES, MN_MAP_PODS,      MN_MAP_CONFIG,   MN_MAP_ORIG_DST,
+                        MN_MAP_TUPLE,    MN_MAP_SOCK_HASH, MN_MAP_COUNTERS, MN_MAP_EXCL};
   for (const char* m : maps) {
     std::string p = pin_dir + "/" + m;
     if (unlink(p.c_str()) != 0 && errno != ENOENT) return Error::errno_error("unpin " + p);

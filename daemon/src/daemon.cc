@@ -105,9 +105,12 @@ int run_daemon(const DaemonOptions& opts) {
       spdlog::critical("cannot install BPF interception: {}", m.error().message());
       return 1;
     }
-    maps = std::move(m.value());
+    if (!m->notes.empty()) spdlog::warn("kernel features: {}", m->notes);
+    maps = std::move(m->maps);
     rc.redirect = so.redirect;
-    rc.skmsg = opts.skmsg;
+    rc.skmsg = m->skmsg;
+    rc.skmsg_upstream = opts.skmsg_upstream;
+    rc.manage_all_netns = opts.pod_mode_all;
     rc.manage_host_netns = opts.manage_host_netns;
     spdlog::info("interception attached to cgroup {}, pinned under {}, redirect {}", io.cgroup_path,
                  io.pin_dir.empty() ? "/sys/fs/bpf/metanode" : io.pin_dir, so.redirect.str());
@@ -129,6 +132,11 @@ int run_daemon(const DaemonOptions& opts) {
       spdlog::critical("{}", r.error().message());
       return 1;
     }
+    for (uint16_t port : opts.exclude_ports)
+      if (auto r = maps->exclude_port(0, port, true); !r) {
+        spdlog::critical("{}", r.error().message());
+        return 1;
+      }
   }
 
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {

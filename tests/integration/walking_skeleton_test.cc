@@ -25,12 +25,14 @@ constexpr uint64_t kRequestBytes = 40;
 
 class WalkingSkeleton : public ::testing::Test {
  protected:
-  void start(bool skmsg = true) {
+  void start(bool skmsg = true, bool local_upstream = false) {
     auto tb = Testbed::create("skeleton");
     ASSERT_TRUE(tb) << tb.error().message();
     tb_ = std::move(tb.value());
     auto opts = sample_options_from_build();
     opts.skmsg = skmsg;
+    opts.skmsg_upstream = local_upstream;
+    opts.servers_in_pods_cgroup = local_upstream;
     auto s = ThriftSample::start(*tb_, opts);
     ASSERT_TRUE(s) << s.error().message();
     s_ = std::move(s.value());
@@ -148,6 +150,28 @@ TEST_F(WalkingSkeleton, WithoutSkMsgPayloadCrossesTheVeth) {
   EXPECT_GT(tx, n * kRequestBytes);
   std::cout << "[ numbers ] sk_msg off: pod eth0 tx " << tx << " bytes for "
             << n * kRequestBytes << " payload bytes\n";
+}
+
+// With --skmsg-upstream and the servers being pods under the attached
+// cgroup, the daemon's upstream hop goes socket to socket as well: neither
+// the client's nor the servers' veth carries requests.
+TEST_F(WalkingSkeleton, LocalUpstreamHopAlsoGoesSocketToSocket) {
+  start(/*skmsg=*/true, /*local_upstream=*/true);
+  const int n = 2000;
+  auto s0 = tb_->if_stats(s_->server_netns("v1"), "eth0");
+  auto c0 = s_->bpf_counters();
+  auto r = s_->run_client(n, "sayHello", true);
+  auto s1 = tb_->if_stats(s_->server_netns("v1"), "eth0");
+  auto c1 = s_->bpf_counters();
+  ASSERT_TRUE(r && s0 && s1);
+  ASSERT_EQ(r->ok, n) << r->first_error;
+  EXPECT_GE(c1["sockops_upstream"], 2u) << "one upstream connect per server";
+  EXPECT_GE(c1["sockops_upstream_peer"], 2u) << "both servers joined";
+  EXPECT_GE(c1["msg_redirect"] - c0["msg_redirect"], uint64_t(4 * n)) << "both hops, both ways";
+  uint64_t rx = s1->rx_bytes - s0->rx_bytes;
+  EXPECT_LT(rx, n / 2 * kRequestBytes / 20) << "server v1 eth0 received " << rx << " bytes";
+  std::cout << "[ numbers ] local upstream: server v1 eth0 rx " << rx << " bytes for "
+            << n / 2 * kRequestBytes << " request bytes\n";
 }
 
 // A dead daemon must not strand pods: once heartbeats stop, connect4 lets

@@ -200,6 +200,25 @@ Result<void> Testbed::setup() {
   return Ok();
 }
 
+RunResult Testbed::exec(const std::vector<std::string>& argv, const std::string& netns,
+                        const std::string& cgroup, int timeout_ms) {
+  static int n = 0;
+  std::string log = work_dir_ + "/exec-" + std::to_string(++n) + ".log";
+  RunResult r;
+  auto pid = procs_.spawn(argv, netns, cgroup, log);
+  if (!pid) return r;
+  r.status = procs_.wait(*pid, timeout_ms);
+  if (r.status < 0) {
+    kill(*pid, SIGKILL);
+    procs_.wait(*pid, 1000);
+  }
+  std::ifstream in(log);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  r.out = ss.str();
+  return r;
+}
+
 std::string Testbed::pod_veth(const std::string& name) const {
   auto it = pod_veths_.find(name);
   return it == pod_veths_.end() ? "" : it->second;

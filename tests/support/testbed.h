@@ -84,6 +84,10 @@ class Testbed {
     return procs_.spawn(argv, netns, cgroup, log);
   }
   int wait(pid_t pid, int timeout_ms) { return procs_.wait(pid, timeout_ms); }
+  // Runs argv to completion in `netns` and `cgroup`; its output, or status -1
+  // on timeout (the process is then killed).
+  RunResult exec(const std::vector<std::string>& argv, const std::string& netns,
+                 const std::string& cgroup, int timeout_ms = 30000);
 
 
   // Interface byte counters read from /proc/net/dev inside `netns`.

@@ -138,6 +138,10 @@ std::string ThriftSample::split_route_yaml(int v1, int v2) {
                      "      weight: " + std::to_string(v2) + "\n");
 }
 
+std::string ThriftSample::server_netns(const std::string& version) const {
+  return Testbed::ns_path(tb_.tag() + "-server-" + version);
+}
+
 std::string ThriftSample::server_ip(const std::string& version) const {
   return tb_.pod_ip(version == "v1" ? kV1Host : kV2Host);
 }
@@ -156,7 +160,8 @@ Result<std::unique_ptr<ThriftSample>> ThriftSample::start(Testbed& tb, const Sam
     auto pid = tb.spawn({"/usr/bin/python3", opts.peers_dir + "/server.py", "--port",
                          std::to_string(kPort), "--name", std::string("thrift-sample-server-") + ver,
                          "--ip", tb.pod_ip(host)},
-                        *ns, "", tb.work_dir() + "/server-" + ver + ".log");
+                        *ns, opts.servers_in_pods_cgroup ? tb.pods_cgroup() : "",
+                        tb.work_dir() + "/server-" + ver + ".log");
     if (!pid) return pid.error();
   }
 
@@ -183,6 +188,7 @@ Result<std::unique_ptr<ThriftSample>> ThriftSample::start(Testbed& tb, const Sam
                                    "--pin-dir", tb.pin_dir(),
                                    "--admin-address", "127.0.0.1:15000"};
   if (!opts.skmsg) argv.push_back("--no-skmsg");
+  if (opts.skmsg_upstream) argv.push_back("--skmsg-upstream");
   auto d = tb.spawn(argv, tb.node_ns(), tb.daemon_cgroup(), tb.work_dir() + "/metanoded.log");
   if (!d) return d.error();
   s->daemon_ = *d;

@@ -17,6 +17,8 @@ namespace metanode::testbed {
 
 struct SampleOptions {
   bool skmsg = true;
+  bool skmsg_upstream = false;         // daemon --skmsg-upstream
+  bool servers_in_pods_cgroup = false;  // so sockops sees the servers' accepted sockets
   std::string metanoded;  // path to the binary
   std::string peers_dir;  // tests/peers/thrift
   std::string gen_py;     // generated Python for hello.thrift
@@ -55,6 +57,7 @@ class ThriftSample {
   std::string daemon_log();
   std::string client_netns() const { return client_ns_; }
   std::string server_ip(const std::string& version) const;
+  std::string server_netns(const std::string& version) const;
   pid_t daemon_pid() const { return daemon_; }
 
   static std::string method_route_yaml();  // sayHello -> v1, the rest to the service

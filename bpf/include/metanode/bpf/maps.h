@@ -26,6 +26,7 @@ struct RuntimeConfig {
   bool manage_all_netns = true;    // every non-host netns is a pod (standalone default)
   bool manage_host_netns = false;  // also intercept the host netns (tests/demo on one host)
   bool skmsg = true;               // socket-to-socket payload path
+  bool skmsg_upstream = false;     // also daemon<->upstream when the upstream is a local pod
   std::chrono::nanoseconds liveness = std::chrono::seconds(1);
 };
 
@@ -33,6 +34,14 @@ struct Counter {
   std::string name;
   uint64_t value = 0;
 };
+
+// A socket in mn_sock_hash, as its own end sees the connection.
+struct SocketEntry {
+  net::Endpoint local, remote;
+  uint64_t netns = 0;  // only for loopback tuples
+};
+
+enum PodFlags : uint32_t { kPodManaged = 1, kPodOptOut = 2 };
 
 class Maps {
  public:
@@ -49,7 +58,22 @@ class Maps {
   // Original destination of a connection the daemon accepted on `fd`.
   virtual Result<OrigDst> original_dst(int fd) = 0;
   virtual Result<std::vector<Counter>> counters() = 0;
+
+  // Pods (network namespace cookies) and their policy; netns 0 in
+  // exclude_port means every pod.
+  virtual Result<void> set_pod(uint64_t netns, uint32_t flags) = 0;
+  virtual Result<void> remove_pod(uint64_t netns) = 0;
+  virtual Result<std::map<uint64_t, uint32_t>> pods() = 0;
+  virtual Result<void> exclude_port(uint64_t netns, uint16_t port, bool excluded) = 0;
+  virtual Result<std::vector<std::pair<uint64_t, uint16_t>>> excluded_ports() = 0;
+  // Live entries, for inspection and for the map-size tests.
+  virtual Result<std::vector<SocketEntry>> sockets() = 0;
+  virtual Result<size_t> pending_tuples() = 0;
 };
+
+// The cookie of the network namespace at `netns_path` (e.g. /run/netns/X or
+// /proc/PID/ns/net), as bpf_get_netns_cookie() reports it.
+Result<uint64_t> netns_cookie(const std::string& netns_path);
 
 // Makes mn_services hold exactly `wanted` (id = position + 1), touching only
 // the differences so live entries never blink.
@@ -60,12 +84,31 @@ struct InstallOptions {
   std::string pin_dir;      // default MN_PIN_DIR_DEFAULT
   bool skmsg = true;
   bool getpeername = true;
+  bool getsockopt = true;  // SO_ORIGINAL_DST answers
+};
+
+// What this kernel supports, probed before loading.
+struct Features {
+  bool cgroup_sock_addr = false, sock_ops = false, sk_storage = false;  // required
+  bool sk_msg = false;       // sockhash + sk_msg: the socket-to-socket path
+  bool sockopt = false;      // cgroup getsockopt: SO_ORIGINAL_DST
+  bool netns_cookie = false; // bpf_get_netns_cookie in sock_addr programs: required
+  std::string missing_required() const;
+};
+Features probe_features();
+
+// What install_kernel actually set up (features may have forced fallbacks).
+struct Installed {
+  std::unique_ptr<class Maps> maps;
+  bool skmsg = false;
+  bool getsockopt = false;
+  std::string notes;  // human-readable fallbacks taken
 };
 
 // Loads, pins and attaches the programs, or adopts an existing pinned
 // install (maps reused, pinned links switched to the new programs in place,
 // so interception never pauses across a daemon restart).
-Result<std::unique_ptr<Maps>> install_kernel(const InstallOptions& opts);
+Result<Installed> install_kernel(const InstallOptions& opts);
 
 // Removes every pin under `pin_dir` (links first: that detaches the
 // programs) and the directory itself. Safe to call when nothing is there.
@@ -86,6 +129,13 @@ class FakeMaps final : public Maps {
   Result<std::map<net::Endpoint, uint32_t>> services() override;
   Result<OrigDst> original_dst(int fd) override;
   Result<std::vector<Counter>> counters() override;
+  Result<void> set_pod(uint64_t netns, uint32_t flags) override;
+  Result<void> remove_pod(uint64_t netns) override;
+  Result<std::map<uint64_t, uint32_t>> pods() override;
+  Result<void> exclude_port(uint64_t netns, uint16_t port, bool excluded) override;
+  Result<std::vector<std::pair<uint64_t, uint16_t>>> excluded_ports() override;
+  Result<std::vector<SocketEntry>> sockets() override { return std::vector<SocketEntry>{}; }
+  Result<size_t> pending_tuples() override { return size_t(0); }
 
   void set_orig_dst_for_test(int fd, OrigDst d) { orig_[fd] = d; }
   const RuntimeConfig& config() const { return cfg_; }
@@ -100,6 +150,8 @@ class FakeMaps final : public Maps {
   int writes_ = 0;
   std::map<net::Endpoint, uint32_t> services_;
   std::map<int, OrigDst> orig_;
+  std::map<uint64_t, uint32_t> pods_;
+  std::vector<std::pair<uint64_t, uint16_t>> excl_;
 };
 
 }  // namespace metanode::bpf

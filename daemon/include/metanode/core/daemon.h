@@ -5,6 +5,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "metanode/net.h"
 
@@ -19,7 +20,10 @@ struct DaemonOptions {
   net::Endpoint admin{0x7f000001, 15000};
   size_t workers = 0;
   bool skmsg = true;
+  bool skmsg_upstream = false;  // also daemon<->upstream when the upstream is a local pod
+  bool pod_mode_all = true;     // every non-host netns is a pod; false: only mn_pods entries
   bool manage_host_netns = false;
+  std::vector<uint16_t> exclude_ports;  // never intercepted, for every pod
   std::chrono::milliseconds request_timeout{30000};
   std::chrono::milliseconds watch_interval{1000};
 };
