@@ -184,7 +184,11 @@ TEST_F(Interception, ListedPodModeInterceptsOnlyRegisteredPods) {
 TEST_F(Interception, DaemonsOwnConnectsAreNeverRedirected) {
   // A second service whose only endpoint is the first service's VIP.
   std::ofstream(config_dir_ + "/chain.yaml") << service("chain", "10.96.0.20", 9090, kVip, 9090);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // watcher picks it up
+  for (int i = 0; i < 200; ++i) {  // until the watcher has applied it
+    auto dump = http_get(tb_->node_ns(), "127.0.0.1:15000", "/config_dump");
+    if (dump && dump->find("10.96.0.20_9090") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   auto c0 = counters();
   auto gen = sample_options_from_build();
   setenv("METANODE_GEN_PY", gen.gen_py.c_str(), 1);
