@@ -1,0 +1,334 @@
+// One RPC hop, side by side (root; builds its own namespaces): a Thrift
+// framed-binary client pod and server pod on a node bridge, with the paths
+//   direct      client -> server pod IP                  (the physical limit)
+//   haproxy     client -> HAProxy mode tcp on the node -> server (the peer a user would pick)
+//   metanode    client -> metanoded --no-bpf on the node -> server (layer 7, per request routing)
+//   metanode+bpf client -> service VIP, redirected by connect4, sk_msg to
+//               metanoded -> server
+// measured in interleaved rounds (A B C D A B C D ...). Closed loop: every
+// connection keeps one request outstanding. The load generator speaks Thrift
+// itself (pre-encoded requests, seqids checked) on one epoll thread.
+// Reported per path: requests/s, p50/p99 latency and the proxy's CPU per
+// 1000 requests, as median [min-max] over rounds, with ratios to direct.
+//
+//   sudo build/bench/proxy_bench [--rounds 5] [--seconds 3] [--conns 1,16] [--sizes 64,1024]
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "local_daemon.h"
+#include "testbed.h"
+
+using namespace metanode;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+void put32(std::vector<uint8_t>& b, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) b.push_back(uint8_t(v >> s));
+}
+
+// sayHello(payload) as a framed binary call; the seqid sits at offset 24.
+std::vector<uint8_t> request(size_t payload) {
+  std::vector<uint8_t> m;
+  put32(m, 0x80010001);
+  put32(m, 8);
+  m.insert(m.end(), {'s', 'a', 'y', 'H', 'e', 'l', 'l', 'o'});
+  put32(m, 0);
+  m.insert(m.end(), {11, 0, 1});
+  put32(m, uint32_t(payload));
+  m.insert(m.end(), payload, 'x');
+  m.push_back(0);
+  std::vector<uint8_t> f;
+  put32(f, uint32_t(m.size()));
+  f.insert(f.end(), m.begin(), m.end());
+  return f;
+}
+constexpr size_t kSeqidOffset = 4 + 4 + 4 + 8;
+
+sockaddr_in addr(const std::string& hp) {
+  auto c = hp.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(uint16_t(std::stoi(hp.substr(c + 1))));
+  inet_pton(AF_INET, hp.substr(0, c).c_str(), &sa.sin_addr);
+  return sa;
+}
+
+bool full_write(int fd, const uint8_t* p, size_t n) {
+  while (n) {
+    ssize_t r = write(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+// The server: one thread per connection, answers each call with the same
+// frame turned into a REPLY (same name, same seqid): cheap and valid.
+int server(int port) {
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(uint16_t(port));
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || listen(lfd, 1024) != 0) return 1;
+  std::printf("listening\n");
+  std::fflush(stdout);
+  for (;;) {
+    int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    std::thread([fd] {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      std::vector<uint8_t> buf(1 << 20);
+      size_t have = 0;
+      for (;;) {
+        ssize_t r = read(fd, buf.data() + have, buf.size() - have);
+        if (r <= 0) break;
+        have += size_t(r);
+        size_t off = 0;
+        while (have - off >= 4) {
+          uint32_t len = uint32_t(buf[off]) << 24 | uint32_t(buf[off + 1]) << 16 | uint32_t(buf[off + 2]) << 8 |
+                         buf[off + 3];
+          if (have - off < 4 + size_t(len)) break;
+          buf[off + 7] = 2;  // CALL -> REPLY
+          if (!full_write(fd, buf.data() + off, 4 + len)) goto done;
+          off += 4 + len;
+        }
+        std::memmove(buf.data(), buf.data() + off, have - off);
+        have -= off;
+      }
+    done:
+      close(fd);
+    }).detach();
+  }
+}
+
+struct Conn {
+  int fd = -1;
+  std::vector<uint8_t> req, in;
+  uint32_t seq = 0;
+  Clock::time_point sent;
+};
+
+// The load generator: prints "qps p50_us p99_us errors".
+int load(const std::string& target, int conns, size_t payload, double seconds) {
+  sockaddr_in sa = addr(target);
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  std::vector<Conn> cs(static_cast<size_t>(conns));
+  auto base = request(payload);
+  auto send = [&](Conn& c) {
+    ++c.seq;
+    c.req[kSeqidOffset] = uint8_t(c.seq >> 24);
+    c.req[kSeqidOffset + 1] = uint8_t(c.seq >> 16);
+    c.req[kSeqidOffset + 2] = uint8_t(c.seq >> 8);
+    c.req[kSeqidOffset + 3] = uint8_t(c.seq);
+    c.sent = Clock::now();
+    return full_write(c.fd, c.req.data(), c.req.size());
+  };
+  for (auto& c : cs) {
+    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c.fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) return 1;
+    c.req = base;
+    epoll_event ev{EPOLLIN, {.ptr = &c}};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev);
+  }
+  std::vector<double> lat;
+  lat.reserve(1 << 20);
+  long errors = 0, done = 0;
+  auto warm_end = Clock::now() + std::chrono::milliseconds(300);
+  auto end = warm_end + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  for (auto& c : cs) send(c);
+  epoll_event evs[64];
+  uint8_t buf[65536];
+  while (Clock::now() < end) {
+    int n = epoll_wait(ep, evs, 64, 100);
+    for (int i = 0; i < n; ++i) {
+      Conn& c = *static_cast<Conn*>(evs[i].data.ptr);
+      ssize_t r = read(c.fd, buf, sizeof(buf));
+      if (r <= 0) return 1;
+      c.in.insert(c.in.end(), buf, buf + r);
+      while (c.in.size() >= 4) {
+        uint32_t len = uint32_t(c.in[0]) << 24 | uint32_t(c.in[1]) << 16 | uint32_t(c.in[2]) << 8 | c.in[3];
+        if (c.in.size() < 4 + size_t(len)) break;
+        auto now = Clock::now();
+        uint32_t seq = uint32_t(c.in[kSeqidOffset]) << 24 | uint32_t(c.in[kSeqidOffset + 1]) << 16 |
+                       uint32_t(c.in[kSeqidOffset + 2]) << 8 | c.in[kSeqidOffset + 3];
+        if (seq != c.seq || c.in[7] != 2) ++errors;
+        if (now >= warm_end) {
+          lat.push_back(std::chrono::duration<double, std::micro>(now - c.sent).count());
+          ++done;
+        }
+        c.in.erase(c.in.begin(), c.in.begin() + 4 + len);
+        if (!send(c)) return 1;
+      }
+    }
+  }
+  std::sort(lat.begin(), lat.end());
+  auto pct = [&](double p) { return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, size_t(p * lat.size()))]; };
+  std::printf("%.0f %.1f %.1f %ld\n", double(done) / seconds, pct(0.5), pct(0.99), errors);
+  return 0;
+}
+
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto p = s.rfind(')');
+  std::istringstream f(s.substr(p + 2));
+  std::string x;
+  unsigned long long ut = 0, st = 0;
+  for (int i = 3; i <= 15; ++i) {
+    f >> x;
+    if (i == 14) ut = std::stoull(x);
+    if (i == 15) st = std::stoull(x);
+  }
+  return double(ut + st) / double(sysconf(_SC_CLK_TCK));
+}
+
+std::vector<int> ints(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ',')) v.push_back(std::stoi(x));
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 2 && std::string(argv[1]) == "server") return server(std::stoi(argv[2]));
+  if (argc > 5 && std::string(argv[1]) == "load")
+    return load(argv[2], std::stoi(argv[3]), std::stoul(argv[4]), std::stod(argv[5]));
+  int rounds = 5;
+  double seconds = 3;
+  std::vector<int> conns = {1, 16}, sizes = {64, 1024};
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (!std::strcmp(argv[i], "--rounds")) rounds = std::stoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--seconds")) seconds = std::stod(argv[++i]);
+    else if (!std::strcmp(argv[i], "--conns")) conns = ints(argv[++i]);
+    else if (!std::strcmp(argv[i], "--sizes")) sizes = ints(argv[++i]);
+  }
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  exe[n > 0 ? n : 0] = 0;
+
+  auto tb = testbed::Testbed::create("proxy-bench", "10.81");
+  if (!tb) {
+    std::fprintf(stderr, "%s\n", tb.error().message().c_str());
+    return 1;
+  }
+  auto client = (*tb)->add_pod("client", 10);
+  auto srv = (*tb)->add_pod("server", 11);
+  if (!client || !srv) return 1;
+  std::string node = (*tb)->node_ip(), server_ip = (*tb)->pod_ip(11);
+  (void)(*tb)->spawn({exe, "server", "9090"}, *srv, "", (*tb)->work_dir() + "/server.log");
+
+  // HAProxy, TCP mode, the defaults a user would start from.
+  std::string cfg = (*tb)->work_dir() + "/haproxy.cfg";
+  std::ofstream(cfg) << "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                        "  timeout client 60s\n  timeout server 60s\n"
+                        "listen thrift\n  bind " << node << ":19091\n  server s1 " << server_ip << ":9090\n";
+  auto haproxy = (*tb)->spawn({"haproxy", "-f", cfg, "-db"}, (*tb)->node_ns(), "", (*tb)->work_dir() + "/haproxy.log");
+
+  // metanoded twice: as a plain L7 proxy on the node address, and
+  // intercepting the client pod's connects to a VIP (sk_msg on).
+  auto se = [&](const std::string& vip, int port) {
+    return "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+           "metadata: {name: bench, namespace: b}\nspec:\n  hosts: [bench.b.svc.cluster.local]\n"
+           "  addresses: [" + vip + "]\n  ports: [{number: " + std::to_string(port) +
+           ", name: tcp-metaprotocol-thrift-b}]\n  endpoints: [{address: " + server_ip +
+           ", ports: {tcp-metaprotocol-thrift-b: 9090}}]\n";
+  };
+  std::string d1 = (*tb)->work_dir() + "/l7", d2 = (*tb)->work_dir() + "/bpf";
+  mkdir(d1.c_str(), 0755);
+  mkdir(d2.c_str(), 0755);
+  std::ofstream(d1 + "/svc.yaml") << se(node, 19092);
+  std::ofstream(d2 + "/svc.yaml") << se("10.96.0.10", 9090);
+  std::string daemon = testbed::sample_options_from_build().metanoded;
+  auto l7 = (*tb)->spawn({daemon, "--no-bpf", "--config-dir", d1, "--admin-address", "127.0.0.1:15000"},
+                         (*tb)->node_ns(), "", (*tb)->work_dir() + "/l7.log");
+  auto bpfd = (*tb)->spawn({daemon, "--config-dir", d2, "--cgroup", (*tb)->cgroup(), "--redirect-address",
+                            node + ":15001", "--pin-dir", (*tb)->pin_dir(), "--admin-address",
+                            "127.0.0.1:15002"},
+                           (*tb)->node_ns(), (*tb)->daemon_cgroup(), (*tb)->work_dir() + "/bpf.log");
+  if (!haproxy || !l7 || !bpfd) return 1;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+
+  struct Path {
+    const char* name;
+    std::string target;
+    pid_t proxy;
+  };
+  std::vector<Path> paths = {{"direct", server_ip + ":9090", -1},
+                             {"haproxy", node + ":19091", *haproxy},
+                             {"metanode", node + ":19092", *l7},
+                             {"metanode+bpf", "10.96.0.10:9090", *bpfd}};
+  struct Sample {
+    double qps, p50, p99, cpu_per_k;
+  };
+  std::map<std::string, std::vector<Sample>> res;
+  for (int r = 0; r < rounds; ++r)
+    for (int c : conns)
+      for (int sz : sizes)
+        for (const auto& p : paths) {
+          double cpu0 = p.proxy > 0 ? cpu_seconds(p.proxy) : 0;
+          auto out = (*tb)->exec({exe, "load", p.target, std::to_string(c), std::to_string(sz),
+                                  std::to_string(seconds)},
+                                 *client, (*tb)->pods_cgroup(), int(seconds * 1000) + 30000);
+          double cpu1 = p.proxy > 0 ? cpu_seconds(p.proxy) : 0;
+          Sample s{};
+          long errors = 0;
+          std::istringstream in(out.out);
+          in >> s.qps >> s.p50 >> s.p99 >> errors;
+          if (out.status != 0 || errors) std::fprintf(stderr, "%s: status %d errors %ld\n", p.name, out.status, errors);
+          s.cpu_per_k = s.qps > 0 ? (cpu1 - cpu0) / (s.qps * seconds) * 1000 : 0;
+          res[std::to_string(c) + "/" + std::to_string(sz) + "/" + p.name].push_back(s);
+        }
+
+  auto med = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::printf("| conns | payload | path | req/s (x direct) | p50 us | p99 us | proxy CPU ms / 1k req |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (int c : conns)
+    for (int sz : sizes) {
+      double direct_qps = 0;
+      for (const auto& p : paths) {
+        auto& v = res[std::to_string(c) + "/" + std::to_string(sz) + "/" + p.name];
+        std::vector<double> q, a, b, cpu;
+        for (auto& s : v) q.push_back(s.qps), a.push_back(s.p50), b.push_back(s.p99), cpu.push_back(s.cpu_per_k);
+        double mq = med(q);
+        if (std::string(p.name) == "direct") direct_qps = mq;
+        auto [mn, mx] = std::minmax_element(q.begin(), q.end());
+        char cpu_s[32] = "-";
+        if (p.proxy > 0) std::snprintf(cpu_s, sizeof(cpu_s), "%.1f", med(cpu) * 1000);
+        std::printf("| %d | %d B | %s | %.0f [%.0f-%.0f] (%.2f) | %.1f | %.1f | %s |\n", c, sz, p.name, mq, *mn,
+                    *mx, direct_qps > 0 ? mq / direct_qps : 0, med(a), med(b), cpu_s);
+      }
+    }
+  std::printf("(median [min-max] of %d interleaved rounds, %.0f s each after 0.3 s warm-up; closed loop)\n",
+              rounds, seconds);
+  return 0;
+}
