@@ -21,8 +21,11 @@ void usage(FILE* f) {
                "  --no-bpf                  no interception: listen on each service address\n"
                "  --no-skmsg                keep pod<->daemon bytes on the TCP path\n"
                "  --skmsg-upstream          also daemon<->upstream socket-to-socket for local pods\n"
-               "  --pods all|listed         intercept every non-host netns (default) or only\n"
-               "                            namespaces registered with `metanodectl pod add`\n"
+               "  --pods all|listed|netns-dir=DIR[:PREFIX]\n"
+               "                            which namespaces are pods: every non-host netns\n"
+               "                            (default), those registered with `metanodectl pod\n"
+               "                            add`, or every netns file DIR/PREFIX* (containerd,\n"
+               "                            CRI-O: /var/run/netns:cni-), rescanned every second\n"
                "  --exclude-ports P,P,...   destination ports never intercepted\n"
                "  --manage-host-netns       also intercept processes in the host netns\n"
                "  --workers N               event loops (default: one per core)\n"
@@ -89,12 +92,22 @@ int main(int argc, char** argv) {
       case kHelp: usage(stdout); return 0;
       case kSkmsgUpstream: o.skmsg_upstream = true; break;
       case kPods:
-        if (std::string(optarg) != "all" && std::string(optarg) != "listed") {
-          std::fprintf(stderr, "--pods: 'all' or 'listed'\n");
+      {
+        std::string v = optarg;
+        if (v.rfind("netns-dir=", 0) == 0) {
+          std::string d = v.substr(10);
+          auto colon = d.find(':');
+          o.pods_netns_dir = d.substr(0, colon);
+          if (colon != std::string::npos) o.pods_netns_prefix = d.substr(colon + 1);
+          o.pod_mode_all = false;
+        } else if (v == "all" || v == "listed") {
+          o.pod_mode_all = v == "all";
+        } else {
+          std::fprintf(stderr, "--pods: all, listed or netns-dir=DIR[:PREFIX]\n");
           return 2;
         }
-        o.pod_mode_all = std::string(optarg) == "all";
         break;
+      }
       case kExclude: {
         std::string list = optarg;
         for (size_t pos = 0; pos <= list.size();) {

@@ -11,6 +11,7 @@
 #include "metanode/bpf/maps.h"
 #include "metanode/sys.h"
 #include "metanode/core/admin.h"
+#include "metanode/core/pod_watcher.h"
 #include "metanode/core/server.h"
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/snapshot.h"
@@ -167,6 +168,14 @@ int run_daemon(const DaemonOptions& opts) {
   }
   spdlog::info("metanoded ready: admin http://{}/", admin.bound().str());
 
+  // Pods from the container runtime's namespace files, when asked to.
+  std::unique_ptr<PodWatcher> pods;
+  if (maps && !opts.pods_netns_dir.empty()) {
+    pods = std::make_unique<PodWatcher>(*maps, opts.pods_netns_dir, opts.pods_netns_prefix);
+    auto ch = pods->sync();
+    spdlog::info("pods from {}/{}*: {} managed", opts.pods_netns_dir, opts.pods_netns_prefix, ch.added);
+  }
+
   asio::io_context io;
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code&, int sig) {
@@ -195,6 +204,7 @@ int run_daemon(const DaemonOptions& opts) {
     watch.expires_after(opts.watch_interval);
     watch.async_wait([&](const boost::system::error_code& ec) {
       if (ec) return;
+      if (pods) pods->sync();
       std::string fp = xds::manifest_dir_fingerprint(opts.config_dir);
       if (fp != fingerprint) {
         fingerprint = fp;

@@ -264,7 +264,9 @@ class Worker {
     std::vector<std::shared_ptr<UpstreamConn>> conns;
     std::atomic<uint64_t>* requests = nullptr;  // owned by ep_requests_
   };
-  std::map<net::Endpoint, Pool> pools_;
+  // Keyed by endpoint and protocol: a port with protocol "auto" may reach
+  // one backend with both Dubbo and Thrift clients.
+  std::map<std::pair<net::Endpoint, std::string>, Pool> pools_;
   std::unordered_map<std::string, ClusterCounters> cluster_counters_;
   asio::steady_timer sweep_timer_;
   mutable std::mutex ep_mu_;  // guards ep_requests_'s structure for the admin thread
@@ -320,7 +322,7 @@ ClusterCounters* Worker::counters_for(const xds::Cluster& c, const std::string& 
 
 std::shared_ptr<UpstreamConn> Worker::upstream(const net::Endpoint& ep, const std::string& protocol,
                                                std::chrono::milliseconds connect_timeout) {
-  auto& pool = pools_[ep];
+  auto& pool = pools_[{ep, protocol}];
   if (!pool.requests) {
     std::lock_guard<std::mutex> l(ep_mu_);
     auto& slot = ep_requests_[ep];
@@ -344,10 +346,9 @@ std::shared_ptr<UpstreamConn> Worker::upstream(const net::Endpoint& ep, const st
 }
 
 uint32_t Worker::active_requests(const net::Endpoint& ep) {
-  auto it = pools_.find(ep);
-  if (it == pools_.end()) return 0;
   uint32_t n = 0;
-  for (const auto& c : it->second.conns) n += uint32_t(c->pending());
+  for (auto it = pools_.lower_bound({ep, std::string()}); it != pools_.end() && it->first.first == ep; ++it)
+    for (const auto& c : it->second.conns) n += uint32_t(c->pending());
   return n;
 }
 

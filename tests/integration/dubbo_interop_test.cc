@@ -194,5 +194,24 @@ TEST_F(DubboInterop, MalformedRequestGetsBadRequestThenClose) {
   EXPECT_EQ(d_.metric("metanode_upstream_cx_total"), 0u);
 }
 
+// A port named tcp-metaprotocol-auto-... is recognised per connection: the
+// same service serves Dubbo consumers (and, in the Thrift tests, Thrift).
+TEST_F(DubboInterop, AutoProtocolPortRecognisesDubbo) {
+  std::string svc = d_.admin("/config_dump");
+  std::string h = kHost;
+  d_.write_config("svc.yaml",
+                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                  "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
+                  "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-auto-demo}]\n"
+                  "  endpoints:\n  - {address: 127.0.0.1, ports: {tcp-metaprotocol-auto-demo: " +
+                  std::to_string(ports_[0]) + "}, labels: {version: v1}}\n");
+  for (int i = 0; i < 100 && d_.admin("/config_dump").find("codec.auto") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto r = consumer("sofa", 5, "sayHello");
+  EXPECT_EQ(r.ok, 5) << r.output << d_.log();
+  EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 5);
+}
+
 }  // namespace
 }  // namespace metanode::testbed

@@ -179,6 +179,16 @@ TEST_F(Interception, ListedPodModeInterceptsOnlyRegisteredPods) {
   EXPECT_TRUE(intercepted(out)) << out;
 }
 
+// In a cluster the runtime keeps one netns file per pod sandbox; the daemon
+// learns pods from them (here: this testbed's namespaces named ...-client).
+TEST_F(Interception, PodsLearnedFromTheRuntimesNetnsFiles) {
+  stop_daemon(SIGTERM);
+  start_daemon({"--pods", "netns-dir=/run/netns:" + tb_->tag() + "-client"});
+  EXPECT_TRUE(intercepted(probe(client_ns_, vip(9090)))) << "client pod learned at start";
+  std::string out = probe(optout_ns_, vip(9090));
+  EXPECT_TRUE(direct_from(out, tb_->pod_ip(kOptOut))) << "not matching the prefix: " << out;
+}
+
 // The daemon's upstream connects carry SO_MARK: even to a mesh VIP they are
 // never sent back to the daemon.
 TEST_F(Interception, DaemonsOwnConnectsAreNeverRedirected) {

@@ -103,6 +103,21 @@ TEST_F(NoBpfDaemon, BadConfigChangeKeepsTheLastGoodOne) {
   EXPECT_EQ(r.ok, 10) << "still served by the last good configuration";
 }
 
+TEST_F(NoBpfDaemon, AutoProtocolPortRecognisesThrift) {
+  d_.write_config("svc.yaml",
+                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                  "metadata: {name: thrift-sample-server, namespace: meta-thrift}\n"
+                  "spec:\n  hosts: [" + std::string(kHost) + "]\n"
+                  "  addresses: [127.0.0.1]\n  ports:\n  - number: " + std::to_string(vip_port_) +
+                  "\n    name: tcp-metaprotocol-auto-hello\n  endpoints:\n"
+                  "  - address: 127.0.0.1\n    ports: {tcp-metaprotocol-auto-hello: " +
+                  std::to_string(ports_[0]) + "}\n");
+  for (int i = 0; i < 100 && d_.admin("/config_dump").find("codec.auto") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto r = client(10);
+  EXPECT_EQ(r.ok, 10) << r.output << d_.log();
+}
+
 TEST(NoBpfDaemonStart, RejectsBadConfigAtStartNamingTheField) {
   LocalDaemon d;
   d.write_config("dr.yaml",

@@ -238,8 +238,10 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, const Origin& o) {
     p.target_port = number(ports[i]["targetPort"], o, f + ".targetPort", 65535);
     p.name = checked_name(ports[i]["name"], o, f + ".name");
     p.protocol = metaprotocol_of(p.name);
-    if (!p.protocol.empty() && p.protocol != "thrift" && p.protocol != "dubbo")
-      fail(o, f + ".name", "unsupported metaprotocol '" + p.protocol + "' (thrift, dubbo)");
+    // "auto" (a metanode extension): the protocol is recognised from the
+    // first bytes of each connection, for services that speak both.
+    if (!p.protocol.empty() && p.protocol != "thrift" && p.protocol != "dubbo" && p.protocol != "auto")
+      fail(o, f + ".name", "unsupported metaprotocol '" + p.protocol + "' (thrift, dubbo, auto)");
     se.ports.push_back(p);
   }
   const YAML::Node eps = spec["endpoints"];

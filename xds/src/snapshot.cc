@@ -375,7 +375,7 @@ Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources res) {
         std::string proto = mpp.has_protocol() ? mpp.protocol().name() : mpp.application_protocol();
         constexpr std::string_view kPrefix = "aeraki.meta_protocol.codec.";
         if (ieq_prefix(codec, kPrefix)) proto = codec.substr(kPrefix.size());
-        if (proto != "thrift" && proto != "dubbo")
+        if (proto != "thrift" && proto != "dubbo" && proto != "auto")
           return bad(where, "unsupported application protocol '" + proto + "'");
         out.protocol = proto;
         out.stat_prefix = mpp.stat_prefix();

@@ -22,6 +22,8 @@ struct DaemonOptions {
   bool skmsg = true;
   bool skmsg_upstream = false;  // also daemon<->upstream when the upstream is a local pod
   bool pod_mode_all = true;     // every non-host netns is a pod; false: only mn_pods entries
+  std::string pods_netns_dir;   // learn pods from netns files here (implies !pod_mode_all)
+  std::string pods_netns_prefix;
   bool manage_host_netns = false;
   std::vector<uint16_t> exclude_ports;  // never intercepted, for every pod
   std::chrono::milliseconds request_timeout{30000};
