@@ -14,7 +14,11 @@
 // Runs are interleaved (A B C A B C ...) and reported as median [min-max] of
 // the per-run medians, with ratios to "none".
 //
-//   sudo build/bench/kernel_bench [--runs 5] [--connects 2000] [--messages 5000]
+//   sudo build/bench/kernel_bench [--runs 5] [--connects 2000] [--messages 5000] [--cpu N]
+//
+// --cpu N pins client and server to one CPU: on a VM an idle vCPU takes tens
+// of microseconds to wake for a cross-CPU wakeup, which otherwise swamps the
+// path cost being measured (runs then come out bimodal).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -138,11 +142,18 @@ void serve(int lfd) {
 
 int main(int argc, char** argv) {
   if (argc > 5 && std::string(argv[1]) == "client") return client(argc, argv);
-  int runs = 5, connects = 2000, messages = 5000;
+  int runs = 5, connects = 2000, messages = 5000, cpu = -1;
   for (int i = 1; i + 1 < argc; ++i) {
     if (!std::strcmp(argv[i], "--runs")) runs = std::stoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--connects")) connects = std::stoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--messages")) messages = std::stoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--cpu")) cpu = std::stoi(argv[++i]);
+  }
+  if (cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    sched_setaffinity(0, sizeof(set), &set);  // threads created later inherit it
   }
   auto tb = testbed::Testbed::create("kernel-bench", "10.80");
   if (!tb) {
@@ -217,8 +228,9 @@ int main(int argc, char** argv) {
     (void)bpf::uninstall_kernel((*tb)->pin_dir());
   };
   auto measure = [&](const char* mode, const std::string& target, size_t size, int n) {
-    auto r = (*tb)->exec({exe, "client", mode, target, std::to_string(size), std::to_string(n)}, *pod,
-                         (*tb)->pods_cgroup(), 120000);
+    std::vector<std::string> argv = {exe, "client", mode, target, std::to_string(size), std::to_string(n)};
+    if (cpu >= 0) argv.insert(argv.begin(), {"taskset", "-c", std::to_string(cpu)});
+    auto r = (*tb)->exec(argv, *pod, (*tb)->pods_cgroup(), 120000);
     return r.status == 0 ? std::stod(r.out) : -1.0;
   };
 
@@ -272,7 +284,8 @@ int main(int argc, char** argv) {
                 cell(std::string("pingpong ") + sz + " skmsg").c_str(),
                 ratio(std::string("pingpong ") + sz + " skmsg", base).c_str());
   }
-  std::printf("(median [min-max] of %d interleaved runs; connect: %d per run; ping-pong: %d round trips per run)\n",
-              runs, connects, messages);
+  std::printf("(median [min-max] of %d interleaved runs; connect: %d per run; ping-pong: %d round trips per run; %s)\n",
+              runs, connects, messages, cpu >= 0 ? ("client and server pinned to CPU " + std::to_string(cpu)).c_str()
+                                                  : "not pinned");
   return 0;
 }
