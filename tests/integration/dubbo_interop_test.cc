@@ -159,6 +159,22 @@ TEST_F(DubboInterop, AttachmentAddedByTheRouteIsReadByHessianJs) {
   EXPECT_EQ(d_.metric("metanode_mutation_unsupported_total"), 0u);
 }
 
+// A reply gaining attachments (response flag 1 -> 4, map appended) still
+// decodes in both consumers' hessian.js.
+TEST_F(DubboInterop, RepliesWithAddedAttachmentsDecodeInTheConsumers) {
+  std::string h = kHost;
+  route("  - name: all\n    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+        "    responseMutation: [{key: served-by, value: metanode}]\n");
+  for (const char* impl : {"sofa", "dubbojs"}) {
+    auto r = consumer(impl, 5, "sayHello");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.ok, 5) << impl << ": " << r.first_error << r.output;
+    ASSERT_FALSE(r.replies.empty());
+    EXPECT_EQ(r.replies[0], "Hello metanode, response from dubbo-sample-server-v1/127.0.0.1") << impl;
+  }
+  EXPECT_EQ(d_.metric("metanode_mutation_unsupported_total"), 0u);
+}
+
 TEST_F(DubboInterop, HeartbeatIsAnsweredLocally) {
   std::string reply = raw_exchange(corpus("java_heartbeat_req.bin"), 500);
   ASSERT_EQ(reply.size(), 17u) << "one heartbeat response frame";
