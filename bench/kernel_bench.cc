@@ -38,31 +38,16 @@
 #include <vector>
 
 #include "metanode/bpf/maps.h"
+#include "bench_util.h"
 #include "testbed.h"
 
 using namespace metanode;
+using bench::addr;
+using bench::full_io;
+using bench::median;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-bool full_io(int fd, char* buf, size_t n, bool reading) {
-  size_t done = 0;
-  while (done < n) {
-    ssize_t r = reading ? read(fd, buf + done, n - done) : write(fd, buf + done, n - done);
-    if (r <= 0) return false;
-    done += size_t(r);
-  }
-  return true;
-}
-
-sockaddr_in addr(const std::string& hp) {
-  auto c = hp.rfind(':');
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(uint16_t(std::stoi(hp.substr(c + 1))));
-  inet_pton(AF_INET, hp.substr(0, c).c_str(), &sa.sin_addr);
-  return sa;
-}
 
 std::string testbed_cgroup_root() {
   FILE* f = std::fopen("/proc/mounts", "r");
@@ -75,11 +60,6 @@ std::string testbed_cgroup_root() {
     }
   if (f) std::fclose(f);
   return out;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 // Client side, run in the pod: prints one number, the median in ns.

@@ -33,9 +33,13 @@
 #include <vector>
 
 #include "local_daemon.h"
+#include "bench_util.h"
 #include "testbed.h"
 
 using namespace metanode;
+using bench::addr;
+using bench::full_io;
+using bench::median;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -61,25 +65,6 @@ std::vector<uint8_t> request(size_t payload) {
   return f;
 }
 constexpr size_t kSeqidOffset = 4 + 4 + 4 + 8;
-
-sockaddr_in addr(const std::string& hp) {
-  auto c = hp.rfind(':');
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(uint16_t(std::stoi(hp.substr(c + 1))));
-  inet_pton(AF_INET, hp.substr(0, c).c_str(), &sa.sin_addr);
-  return sa;
-}
-
-bool full_write(int fd, const uint8_t* p, size_t n) {
-  while (n) {
-    ssize_t r = write(fd, p, n);
-    if (r <= 0) return false;
-    p += r;
-    n -= size_t(r);
-  }
-  return true;
-}
 
 // The server: one thread per connection, answers each call with the same
 // frame turned into a REPLY (same name, same seqid): cheap and valid.
@@ -111,7 +96,7 @@ int server(int port) {
                          buf[off + 3];
           if (have - off < 4 + size_t(len)) break;
           buf[off + 7] = 2;  // CALL -> REPLY
-          if (!full_write(fd, buf.data() + off, 4 + len)) goto done;
+          if (!full_io(fd, buf.data() + off, 4 + len, false)) goto done;
           off += 4 + len;
         }
         std::memmove(buf.data(), buf.data() + off, have - off);
@@ -143,7 +128,7 @@ int load(const std::string& target, int conns, size_t payload, double seconds) {
     c.req[kSeqidOffset + 2] = uint8_t(c.seq >> 8);
     c.req[kSeqidOffset + 3] = uint8_t(c.seq);
     c.sent = Clock::now();
-    return full_write(c.fd, c.req.data(), c.req.size());
+    return full_io(c.fd, c.req.data(), c.req.size(), false);
   };
   for (auto& c : cs) {
     c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -306,10 +291,7 @@ int main(int argc, char** argv) {
           res[std::to_string(c) + "/" + std::to_string(sz) + "/" + p.name].push_back(s);
         }
 
-  auto med = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
+  auto med = [](std::vector<double> v) { return median(std::move(v)); };
   std::printf("| conns | payload | path | req/s (x direct) | p50 us | p99 us | proxy CPU ms / 1k req |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (int c : conns)

@@ -28,17 +28,21 @@ class NoBpfDaemon : public ::testing::Test {
                                 "server" + std::to_string(i)));
     }
     vip_port_ = free_port();  // a loopback "VIP" unlikely to be used by anything else
-    d_.write_config("svc.yaml",
-                    "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
-                    "metadata: {name: thrift-sample-server, namespace: meta-thrift}\n"
-                    "spec:\n  hosts: [" + std::string(kHost) + "]\n"
-                    "  addresses: [127.0.0.1]\n  ports:\n  - number: " + std::to_string(vip_port_) +
-                    "\n    name: tcp-metaprotocol-thrift-hello\n  endpoints:\n"
-                    "  - address: 127.0.0.1\n    ports: {tcp-metaprotocol-thrift-hello: " +
-                    std::to_string(ports_[0]) + "}\n    labels: {version: v1}\n"
-                    "  - address: 127.0.0.1\n    ports: {tcp-metaprotocol-thrift-hello: " +
-                    std::to_string(ports_[1]) + "}\n    labels: {version: v2}\n");
+    d_.write_config("svc.yaml", service_yaml("tcp-metaprotocol-thrift-hello"));
     ASSERT_TRUE(d_.start({"--workers", "2"})) << d_.log();
+  }
+
+  // The sample service with both servers as endpoints, on a port with `port_name`.
+  std::string service_yaml(const std::string& port_name) {
+    return "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+           "metadata: {name: thrift-sample-server, namespace: meta-thrift}\n"
+           "spec:\n  hosts: [" + std::string(kHost) + "]\n"
+           "  addresses: [127.0.0.1]\n  ports:\n  - number: " + std::to_string(vip_port_) +
+           "\n    name: " + port_name + "\n  endpoints:\n"
+           "  - address: 127.0.0.1\n    ports: {" + port_name + ": " + std::to_string(ports_[0]) +
+           "}\n    labels: {version: v1}\n"
+           "  - address: 127.0.0.1\n    ports: {" + port_name + ": " + std::to_string(ports_[1]) +
+           "}\n    labels: {version: v2}\n";
   }
 
   ClientSummary client(int calls, const std::string& method = "sayHello", double interval = 0) {
@@ -104,14 +108,7 @@ TEST_F(NoBpfDaemon, BadConfigChangeKeepsTheLastGoodOne) {
 }
 
 TEST_F(NoBpfDaemon, AutoProtocolPortRecognisesThrift) {
-  d_.write_config("svc.yaml",
-                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
-                  "metadata: {name: thrift-sample-server, namespace: meta-thrift}\n"
-                  "spec:\n  hosts: [" + std::string(kHost) + "]\n"
-                  "  addresses: [127.0.0.1]\n  ports:\n  - number: " + std::to_string(vip_port_) +
-                  "\n    name: tcp-metaprotocol-auto-hello\n  endpoints:\n"
-                  "  - address: 127.0.0.1\n    ports: {tcp-metaprotocol-auto-hello: " +
-                  std::to_string(ports_[0]) + "}\n");
+  d_.write_config("svc.yaml", service_yaml("tcp-metaprotocol-auto-hello"));
   for (int i = 0; i < 100 && d_.admin("/config_dump").find("codec.auto") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   auto r = client(10);

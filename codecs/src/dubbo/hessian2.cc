@@ -207,6 +207,20 @@ bool Reader::object_body(uint64_t def, int depth) {
   return true;
 }
 
+// Variable-length maps and lists: entries of `values` values until 'Z'.
+bool Reader::skip_until_end(int depth, int values, const char* what) {
+  for (;;) {
+    auto p = peek();
+    if (!p) return fail(std::string(what) + " without end" + at(pos_));
+    if (*p == 'Z') {
+      ++pos_;
+      return true;
+    }
+    for (int i = 0; i < values; ++i)
+      if (!skip_value(depth + 1)) return false;
+  }
+}
+
 bool Reader::skip_value(int depth) {
   if (depth > kMaxDepth) return fail("nesting deeper than " + std::to_string(kMaxDepth) + at(pos_));
   uint8_t t;
@@ -247,33 +261,15 @@ bool Reader::skip_value(int depth) {
       return true;
     }
     case 'H':
-    case 'M': {
+    case 'M':
       if (t == 'M' && !type_ref(depth)) return false;
       count_ref();
-      for (;;) {
-        auto p = peek();
-        if (!p) return fail("map without end" + at(pos_));
-        if (*p == 'Z') {
-          ++pos_;
-          return true;
-        }
-        if (!skip_value(depth + 1) || !skip_value(depth + 1)) return false;
-      }
-    }
+      return skip_until_end(depth, 2, "map");
     case 'U':
-    case 'W': {
+    case 'W':
       if (t == 'U' && !type_ref(depth)) return false;
       count_ref();
-      for (;;) {
-        auto p = peek();
-        if (!p) return fail("list without end" + at(pos_));
-        if (*p == 'Z') {
-          ++pos_;
-          return true;
-        }
-        if (!skip_value(depth + 1)) return false;
-      }
-    }
+      return skip_until_end(depth, 1, "list");
     case 'V':
     case 'X': {
       if (t == 'V' && !type_ref(depth)) return false;

@@ -55,6 +55,7 @@ class Reader {
   bool u8(uint8_t& v);
   bool be(size_t n, uint64_t& v);
   bool skip_value(int depth);
+  bool skip_until_end(int depth, int values, const char* what);
   bool skip_utf8_chars(uint64_t chars, std::string* out);
   bool string_body(uint8_t tag, std::string* out);
   bool binary_body(uint8_t tag);
