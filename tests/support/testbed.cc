@@ -11,6 +11,7 @@
 #include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
 #include <sys/stat.h>
@@ -253,9 +254,14 @@ Result<std::string> Testbed::add_pod(const std::string& name, int host) {
 
 Result<pid_t> ProcessGroup::spawn(const std::vector<std::string>& argv, const std::string& netns,
                              const std::string& cgroup, const std::string& log) {
+  pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return Error::errno_error("fork");
   if (pid == 0) {
+    // Die with the test: a test killed by a timeout must not leave daemons
+    // and peers running behind it.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(124);
     if (!cgroup.empty() && !write_file(cgroup + "/cgroup.procs", std::to_string(getpid()))) _exit(125);
     if (!netns.empty()) {
       int fd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
