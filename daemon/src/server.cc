@@ -241,7 +241,9 @@ class Worker {
   std::shared_ptr<UpstreamConn> upstream(const net::Endpoint& ep, const std::string& protocol,
                                          std::chrono::milliseconds connect_timeout);
   uint32_t active_requests(const net::Endpoint& ep);
-  void reconcile_listeners();
+  // Binds what the configuration wants and closes what it no longer does;
+  // returns the first bind failure (the others are still attempted).
+  Result<void> reconcile_listeners();
   void start_timers();
   void shutdown();
   std::map<net::Endpoint, uint64_t> endpoint_requests();
@@ -372,7 +374,8 @@ void Worker::sweep() {
   });
 }
 
-void Worker::reconcile_listeners() {
+Result<void> Worker::reconcile_listeners() {
+  Result<void> result = Ok();
   std::vector<net::Endpoint> want;
   if (opts().intercept) {
     want.push_back(opts().redirect);
@@ -404,11 +407,13 @@ void Worker::reconcile_listeners() {
     if (!ec) a->listen(4096, ec);
     if (ec) {
       spdlog::error("worker {}: cannot listen on {}: {}", index_, ep.str(), ec.message());
+      if (result) result = Error{std::error_code(ec.value(), std::system_category()), "listen on " + ep.str()};
       continue;
     }
     accept_on(*a);
     acceptors_.emplace(ep, std::move(a));
   }
+  return result;
 }
 
 void Worker::accept_on(tcp::acceptor& a) {
@@ -848,7 +853,8 @@ void Server::publish(std::shared_ptr<const xds::Snapshot> snap) {
   }
   impl_->control.inc(Counter::config_reload_ok);
   if (impl_->started.load() && !impl_->opts.intercept)
-    for (auto& w : impl_->workers) asio::post(w->io(), [wp = w.get()] { wp->reconcile_listeners(); });
+    for (auto& w : impl_->workers)
+      asio::post(w->io(), [wp = w.get()] { (void)wp->reconcile_listeners(); });  // failures are logged
 }
 
 std::shared_ptr<const xds::Snapshot> Server::snapshot() const {
@@ -858,8 +864,16 @@ std::shared_ptr<const xds::Snapshot> Server::snapshot() const {
 
 Result<void> Server::start() {
   if (impl_->started.exchange(true)) return Ok();
-  // Bind synchronously so start() can report a port that is taken.
-  for (auto& w : impl_->workers) w->reconcile_listeners();
+  // Bind synchronously so start() can report a port that is taken: with
+  // interception, redirecting pods to an address nobody listens on would
+  // strand them until the liveness window closes.
+  for (auto& w : impl_->workers) {
+    if (auto r = w->reconcile_listeners(); !r) {
+      for (auto& other : impl_->workers) other->shutdown();
+      impl_->started = false;
+      return r;
+    }
+  }
   for (auto& w : impl_->workers) {
     w->start_timers();
     impl_->threads.emplace_back([wp = w.get()] { wp->run(); });

@@ -128,5 +128,30 @@ TEST(NoBpfDaemonStart, RejectsBadConfigAtStartNamingTheField) {
       << r.out;
 }
 
+// A listener address that cannot be bound fails the start, rather than a
+// daemon that looks ready and serves nothing.
+TEST(NoBpfDaemonStart, PortAlreadyTakenFailsTheStart) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  LocalDaemon d;
+  d.write_config("svc.yaml",
+                 "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                 "metadata: {name: taken, namespace: t}\nspec:\n  hosts: [taken.t.svc.cluster.local]\n"
+                 "  addresses: [127.0.0.1]\n  ports: [{number: " + std::to_string(ntohs(sa.sin_port)) +
+                 ", name: tcp-metaprotocol-thrift-x}]\n"
+                 "  endpoints: [{address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-x: 1}}]\n");
+  auto r = run({sample_options_from_build().metanoded, "--no-bpf", "--config-dir", d.config_dir(),
+                "--admin-address", "127.0.0.1:0"});
+  close(fd);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("listen on 127.0.0.1:"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace metanode::testbed
