@@ -160,7 +160,9 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
  public:
   UpstreamConn(Worker& w, net::Endpoint ep, std::string protocol);
   void connect(std::chrono::milliseconds timeout);
-  void send(Bytes frame, Message& msg, Pending p);
+  // Forwards one request; for two-way requests `p` becomes the pending entry
+  // (and takes the request message, kept for an error reply).
+  void send(Bytes frame, Message msg, Pending p);
   size_t pending() const { return pending_.size(); }
   bool closed() const { return state_ == State::kClosed; }
   void sweep_timeouts(Clock::time_point now);
@@ -570,7 +572,6 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
   if (!oneway) {
     p.down = weak_from_this();
     p.orig_id = msg.request_id;
-    p.req = msg;
     auto timeout = route->timeout.count() > 0 ? route->timeout : w_.opts().request_timeout;
     p.deadline = Clock::now() + timeout;
     p.counters = counters;
@@ -581,7 +582,7 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
     st.inc(Counter::requests_oneway);
     if (counters) counters->by_outcome[kOk]->fetch_add(1, std::memory_order_relaxed);
   }
-  up->send(std::move(frame), msg, std::move(p));
+  up->send(std::move(frame), std::move(msg), std::move(p));
 }
 
 void DownstreamConn::request_done() {
@@ -693,24 +694,21 @@ void UpstreamConn::connect(std::chrono::milliseconds timeout) {
   });
 }
 
-void UpstreamConn::send(Bytes frame, Message& msg, Pending p) {
-  if (state_ == State::kClosed) {
-    if (auto d = p.down.lock())
-      d->reply_error(p.req, ErrorKind::kUpstreamFailure, "metanode: upstream closed", p.counters);
-    return;
-  }
+void UpstreamConn::send(Bytes frame, Message msg, Pending p) {
+  auto fail = [&](const char* why) {
+    msg.request_id = p.orig_id;
+    if (auto d = p.down.lock()) d->reply_error(msg, ErrorKind::kUpstreamFailure, why, p.counters);
+  };
+  if (state_ == State::kClosed) return fail("metanode: upstream closed");
   bool oneway = msg.kind == MessageKind::kOneway;
   // Ids unique on this connection; 31 bits so a Thrift i32 stays positive.
   uint32_t id = next_id_;
   next_id_ = next_id_ >= 0x7ffffffe ? 1 : next_id_ + 1;
-  if (!codec_->set_request_id(frame, msg, id)) {
-    if (auto d = p.down.lock())
-      d->reply_error(p.req, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite request id",
-                     p.counters);
-    return;
-  }
+  if (!codec_->set_request_id(frame, msg, id)) return fail("metanode: cannot rewrite request id");
   if (!oneway) {
     w_.stats().gauge_add(Gauge::upstream_rq_active, 1);
+    p.req = std::move(msg);
+    p.req.request_id = p.orig_id;  // an error reply answers the client's own id
     pending_[id] = std::move(p);
   }
   stream_.push(std::move(frame));

@@ -210,6 +210,30 @@ TEST_F(DubboInterop, MalformedRequestGetsBadRequestThenClose) {
   EXPECT_EQ(d_.metric("metanode_upstream_cx_total"), 0u);
 }
 
+// An upstream that refuses connections: the request already forwarded to the
+// pool is answered with SERVER_ERROR (80) under the client's own request id,
+// not the id the daemon used upstream.
+TEST_F(DubboInterop, UpstreamFailureIsAnsweredWithTheClientsRequestId) {
+  std::string h = kHost;
+  int dead = free_port();  // nothing listens here
+  d_.write_config("svc.yaml",
+                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                  "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
+                  "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-dubbo-demo}]\n"
+                  "  endpoints:\n  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " +
+                  std::to_string(dead) + "}}\n");
+  for (int i = 0; i < 100 && d_.admin("/clusters").find(":" + std::to_string(dead)) == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::string f = corpus("java_req_oneway.bin");
+  f[2] = char(0xc2);  // two-way, request id 44
+  std::string reply = raw_exchange(f, 1000);
+  ASSERT_GE(reply.size(), 16u) << d_.log();
+  EXPECT_EQ(uint8_t(reply[3]), 80) << "SERVER_ERROR";
+  EXPECT_EQ(uint8_t(reply[11]), 44) << "the client's id, not the upstream one";
+  EXPECT_EQ(d_.metric("metanode_upstream_cx_connect_fail_total"), 1u);
+}
+
 // A port named tcp-metaprotocol-auto-... is recognised per connection: the
 // same service serves Dubbo consumers (and, in the Thrift tests, Thrift).
 TEST_F(DubboInterop, AutoProtocolPortRecognisesDubbo) {

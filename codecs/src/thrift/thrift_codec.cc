@@ -518,10 +518,11 @@ bool ThriftCodec::set_request_id(Bytes& frame, Message& msg, uint64_t id) {
   if (id > 0xffffffffu || msg.id_offset >= frame.size()) return false;
   Transport t = wire_transport(msg.wire);
   Protocol p = wire_protocol(msg.wire);
+  if (p != Protocol::kCompact && msg.id_offset + 4 > frame.size()) return false;
   if (t == Transport::kHeader && frame.size() >= 12) wire::set_be32(frame.data() + 8, uint32_t(id));
   if (p != Protocol::kCompact) {
-    if (msg.id_offset + 4 > frame.size()) return false;
     wire::set_be32(frame.data() + msg.id_offset, uint32_t(id));
+    msg.request_id = id;
     return true;
   }
   // Compact seqids are varints: the new id may be longer or shorter.
@@ -541,6 +542,7 @@ bool ThriftCodec::set_request_id(Bytes& frame, Message& msg, uint64_t id) {
   } else {
     std::memcpy(frame.data() + msg.id_offset, enc.data(), enc.size());
   }
+  msg.request_id = id;
   return true;
 }
 

@@ -155,6 +155,7 @@ TEST(ThriftCodec, RewritesSeqidInEveryWireForm) {
     Bytes frame(b.begin(), b.begin() + ptrdiff_t(m.size));
     for (uint64_t id : {1ull, 300ull, 70000ull, 0x7ffffffeull, 5ull}) {
       ASSERT_TRUE(c.set_request_id(frame, m, id)) << f;
+      EXPECT_EQ(m.request_id, id) << f << ": the message is updated too";
       ThriftCodec again;
       Message m2;
       ASSERT_EQ(again.decode(frame, m2).status, DecodeStatus::kDone) << f << " id " << id;
