@@ -33,6 +33,13 @@ inline bool full_io(int fd, void* buf, size_t n, bool reading) {
   return true;
 }
 
+// This program's own path, to run itself in another namespace.
+inline std::string self_exe() {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  return std::string(exe, n > 0 ? size_t(n) : 0);
+}
+
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "metanode/bpf/maps.h"
+#include "metanode/sys.h"
 #include "bench_util.h"
 #include "testbed.h"
 
@@ -48,19 +49,6 @@ using bench::median;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::string testbed_cgroup_root() {
-  FILE* f = std::fopen("/proc/mounts", "r");
-  char dev[256], path[4096], type[64];
-  std::string out;
-  while (f && std::fscanf(f, "%255s %4095s %63s %*[^\n]", dev, path, type) == 3)
-    if (!std::strcmp(type, "cgroup2")) {
-      out = path;
-      break;
-    }
-  if (f) std::fclose(f);
-  return out;
-}
 
 // Client side, run in the pod: prints one number, the median in ns.
 int client(int argc, char** argv) {
@@ -142,10 +130,7 @@ int main(int argc, char** argv) {
   }
   auto pod = (*tb)->add_pod("client", 10);
   if (!pod) return 1;
-  std::string self = "/proc/self/exe";
-  char exe[4096];
-  ssize_t len = readlink(self.c_str(), exe, sizeof(exe) - 1);
-  exe[len > 0 ? len : 0] = 0;
+  const std::string exe = bench::self_exe();
 
   // This process becomes "the daemon": in the daemon cgroup, listening in
   // the node namespace. It moves back before the testbed removes the cgroup.
@@ -233,7 +218,7 @@ int main(int argc, char** argv) {
   beating = false;
   beat.join();
   uninstall();
-  if (FILE* f = std::fopen((testbed_cgroup_root() + home_cgroup + "/cgroup.procs").c_str(), "w")) {
+  if (FILE* f = std::fopen((sys::mount_point("cgroup2") + home_cgroup + "/cgroup.procs").c_str(), "w")) {
     std::fprintf(f, "%d", getpid());
     std::fclose(f);
   }

@@ -214,9 +214,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--conns")) conns = ints(argv[++i]);
     else if (!std::strcmp(argv[i], "--sizes")) sizes = ints(argv[++i]);
   }
-  char exe[4096];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  exe[n > 0 ? n : 0] = 0;
+  const std::string exe = bench::self_exe();
 
   auto tb = testbed::Testbed::create("proxy-bench", "10.81");
   if (!tb) {

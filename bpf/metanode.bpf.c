@@ -336,10 +336,10 @@ int mn_getsockopt(struct bpf_sockopt *ctx)
 	return 1;
 }
 
-/* The IPv4 addresses of a socket, v4-mapped IPv6 included. Every field is
- * loaded unconditionally: choosing between context fields in a branch lets
- * the compiler compute a pointer into the context, which the verifier
- * rejects ("dereference of modified ctx ptr"). */
+/* The IPv4 addresses of a socket, v4-mapped IPv6 included. The caller loads
+ * every field unconditionally (CTX_V4_ADDRS): choosing between context
+ * fields in a branch lets the compiler compute a pointer into the context,
+ * which the verifier rejects ("dereference of modified ctx ptr"). */
 static __always_inline int v4_addrs(__u32 family, __u32 l4, __u32 r4, __u32 *l6, __u32 *r6,
 				    __u32 *l, __u32 *r)
 {
@@ -357,23 +357,21 @@ static __always_inline int v4_addrs(__u32 family, __u32 l4, __u32 r4, __u32 *l6,
 	return family == AF_INET6 && v4_mapped(l6, l) && v4_mapped(r6, r);
 }
 
-static __always_inline int ops_addrs(struct bpf_sock_ops *ops, __u32 *l, __u32 *r)
-{
-	__u32 l6[4], r6[4], l4, r4, family;
-
-	family = ops->family;
-	l4 = ops->local_ip4;
-	r4 = ops->remote_ip4;
-	l6[0] = ops->local_ip6[0];
-	l6[1] = ops->local_ip6[1];
-	l6[2] = ops->local_ip6[2];
-	l6[3] = ops->local_ip6[3];
-	r6[0] = ops->remote_ip6[0];
-	r6[1] = ops->remote_ip6[1];
-	r6[2] = ops->remote_ip6[2];
-	r6[3] = ops->remote_ip6[3];
-	return v4_addrs(family, l4, r4, l6, r6, l, r);
-}
+/* sock_ops and sk_msg contexts name their address fields alike. */
+#define CTX_V4_ADDRS(ctx, l, r)                                                \
+	({                                                                     \
+		__u32 l6_[4], r6_[4];                                          \
+		l6_[0] = (ctx)->local_ip6[0];                                  \
+		l6_[1] = (ctx)->local_ip6[1];                                  \
+		l6_[2] = (ctx)->local_ip6[2];                                  \
+		l6_[3] = (ctx)->local_ip6[3];                                  \
+		r6_[0] = (ctx)->remote_ip6[0];                                 \
+		r6_[1] = (ctx)->remote_ip6[1];                                 \
+		r6_[2] = (ctx)->remote_ip6[2];                                 \
+		r6_[3] = (ctx)->remote_ip6[3];                                 \
+		v4_addrs((ctx)->family, (ctx)->local_ip4, (ctx)->remote_ip4,   \
+			 l6_, r6_, l, r);                                      \
+	})
 
 static __always_inline void ops_tuple(struct bpf_sock_ops *ops, __u32 l, __u32 r,
 				      struct mn_tuple_key *k, int local_is_src)
@@ -476,7 +474,7 @@ int mn_sockops(struct bpf_sock_ops *ops)
 	if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
 	    ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
 		return 1;
-	if (!ops_addrs(ops, &l, &r))
+	if (!CTX_V4_ADDRS(ops, &l, &r))
 		return 1;
 	cfg = mn_cfg();
 	if (!cfg)
@@ -502,8 +500,8 @@ SEC("sk_msg")
 int mn_sk_msg(struct sk_msg_md *msg)
 {
 	struct mn_tuple_key peer = {};
-	__u32 l, r, l4, r4, l6[4], r6[4], family;
 	struct mn_orig_dst *st;
+	__u32 l, r;
 	struct bpf_sock *sk;
 
 	sk = msg->sk;
@@ -514,18 +512,7 @@ int mn_sk_msg(struct sk_msg_md *msg)
 		count(MN_C_MSG_PASS);
 		return SK_PASS;
 	}
-	family = msg->family;
-	l4 = msg->local_ip4;
-	r4 = msg->remote_ip4;
-	l6[0] = msg->local_ip6[0];
-	l6[1] = msg->local_ip6[1];
-	l6[2] = msg->local_ip6[2];
-	l6[3] = msg->local_ip6[3];
-	r6[0] = msg->remote_ip6[0];
-	r6[1] = msg->remote_ip6[1];
-	r6[2] = msg->remote_ip6[2];
-	r6[3] = msg->remote_ip6[3];
-	if (!v4_addrs(family, l4, r4, l6, r6, &l, &r))
+	if (!CTX_V4_ADDRS(msg, &l, &r))
 		return SK_PASS;
 	peer.saddr = r;
 	peer.daddr = l;

@@ -162,15 +162,11 @@ class KernelMaps final : public Maps {
   }
   Result<std::map<net::Endpoint, uint32_t>> services() override {
     std::map<net::Endpoint, uint32_t> out;
-    mn_svc_key k{}, next{};
-    void* prev = nullptr;
-    while (bpf_map_get_next_key(f_.services.get(), prev, &next) == 0) {
+    for_each_key<mn_svc_key>(f_.services.get(), [&](const mn_svc_key& k) {
       mn_svc_val v{};
-      if (bpf_map_lookup_elem(f_.services.get(), &next, &v) == 0)
-        out[{ntohl(next.addr), ntohs(next.port)}] = v.listener_id;
-      k = next;
-      prev = &k;
-    }
+      if (bpf_map_lookup_elem(f_.services.get(), &k, &v) == 0)
+        out[{ntohl(k.addr), ntohs(k.port)}] = v.listener_id;
+    });
     return out;
   }
 

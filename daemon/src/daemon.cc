@@ -141,7 +141,6 @@ int run_daemon(const DaemonOptions& opts) {
   }
 
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
-    AdminResponse r;
     if (method != "GET") return AdminResponse{405, "text/plain", "GET only\n"};
     if (path == "/ready") {
       bool ok = server.ready();

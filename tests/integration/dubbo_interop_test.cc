@@ -237,7 +237,6 @@ TEST_F(DubboInterop, UpstreamFailureIsAnsweredWithTheClientsRequestId) {
 // A port named tcp-metaprotocol-auto-... is recognised per connection: the
 // same service serves Dubbo consumers (and, in the Thrift tests, Thrift).
 TEST_F(DubboInterop, AutoProtocolPortRecognisesDubbo) {
-  std::string svc = d_.admin("/config_dump");
   std::string h = kHost;
   d_.write_config("svc.yaml",
                   "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"

@@ -20,12 +20,6 @@ std::string env_or(const char* name, const std::string& fallback) {
   return v && *v ? v : fallback;
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 bool write_atomically(const std::string& dir, const std::string& name, const std::string& content) {
   // The watcher only reads *.yaml; a dot-file is invisible until renamed.
@@ -247,7 +241,7 @@ Result<ClientSummary> ThriftSample::run_client(int calls, const std::string& met
   auto pid = tb_.spawn(argv, client_ns_, tb_.pods_cgroup(), log);
   if (!pid) return pid.error();
   int status = tb_.wait(*pid, 120000);
-  return parse_summary(read_file(log), status);
+  return parse_summary(slurp(log), status);
 }
 
 std::map<std::string, uint64_t> ThriftSample::bpf_counters() {
@@ -264,9 +258,9 @@ std::map<std::string, uint64_t> ThriftSample::bpf_counters() {
 }
 
 std::string ThriftSample::server_log(const std::string& version) {
-  return read_file(tb_.work_dir() + "/server-" + version + ".log");
+  return slurp(tb_.work_dir() + "/server-" + version + ".log");
 }
 
-std::string ThriftSample::daemon_log() { return read_file(tb_.work_dir() + "/metanoded.log"); }
+std::string ThriftSample::daemon_log() { return slurp(tb_.work_dir() + "/metanoded.log"); }
 
 }  // namespace metanode::testbed

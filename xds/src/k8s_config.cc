@@ -547,7 +547,7 @@ Result<Resources> generate(const Objects& objs) {
   }
 
   for (const auto& dr : objs.destination_rules) {
-    if (!by_host.count(dr.host) && !host_owner.count(dr.host))
+    if (!host_owner.count(dr.host))
       fail(dr.origin, "spec.host", "no ServiceEntry declares host " + dr.host);
   }
 

@@ -166,24 +166,19 @@ bool Reader::long_value(uint8_t tag, int64_t& v) {
   return true;
 }
 
-bool Reader::count_ref() {
-  ++refs_;
-  return true;
-}
+void Reader::count_ref() { ++refs_; }
 
 // type ::= string | int (a reference to an earlier type string)
-bool Reader::type_ref(int depth) {
+bool Reader::type_ref() {
   uint8_t t;
   if (!u8(t)) return false;
   if (t <= 0x1f || (t >= 0x30 && t <= 0x33) || t == 'S' || t == 'R') return string_body(t, nullptr);
   int64_t v;
-  (void)depth;
   return int_value(t, v);
 }
 
 // 'C' string int string*: a class name and its field names.
-bool Reader::class_def(int depth) {
-  (void)depth;
+bool Reader::class_def() {
   uint8_t t;
   if (!u8(t) || !string_body(t, nullptr)) return false;
   int64_t fields;
@@ -246,7 +241,7 @@ bool Reader::skip_value(int depth) {
       return be(2, x);
     case 'C':
       // A definition is not a value: the value that uses it follows.
-      return class_def(depth) && skip_value(depth);
+      return class_def() && skip_value(depth);
     case 'O': {
       uint8_t d;
       if (!u8(d) || !int_value(d, v)) return false;
@@ -262,17 +257,17 @@ bool Reader::skip_value(int depth) {
     }
     case 'H':
     case 'M':
-      if (t == 'M' && !type_ref(depth)) return false;
+      if (t == 'M' && !type_ref()) return false;
       count_ref();
       return skip_until_end(depth, 2, "map");
     case 'U':
     case 'W':
-      if (t == 'U' && !type_ref(depth)) return false;
+      if (t == 'U' && !type_ref()) return false;
       count_ref();
       return skip_until_end(depth, 1, "list");
     case 'V':
     case 'X': {
-      if (t == 'V' && !type_ref(depth)) return false;
+      if (t == 'V' && !type_ref()) return false;
       uint8_t d;
       if (!u8(d) || !int_value(d, v)) return false;
       if (v < 0 || uint64_t(v) > b_.size() - pos_)
@@ -292,7 +287,7 @@ bool Reader::skip_value(int depth) {
   if (t == 'L' || t >= 0xd8 || (t >= 0x38 && t <= 0x3f) || t == 'Y') return long_value(t, v);
   if (t >= 0x60 && t <= 0x6f) return object_body(uint64_t(t - 0x60), depth);
   if (t >= 0x70 && t <= 0x7f) {
-    if (t <= 0x77 && !type_ref(depth)) return false;
+    if (t <= 0x77 && !type_ref()) return false;
     count_ref();
     for (int i = 0, n = t <= 0x77 ? t - 0x70 : t - 0x78; i < n; ++i)
       if (!skip_value(depth + 1)) return false;
@@ -357,7 +352,7 @@ bool Reader::read_map(std::vector<Entry>& out, size_t* map_begin) {
   if (!u8(t)) return false;
   if (t == 'N') return true;
   if (t == 'M') {
-    if (!type_ref(0)) return false;
+    if (!type_ref()) return false;
   } else if (t != 'H') {
     return fail("expected a map" + at(pos_ - 1));
   }

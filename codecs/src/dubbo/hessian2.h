@@ -61,10 +61,10 @@ class Reader {
   bool binary_body(uint8_t tag);
   bool int_value(uint8_t tag, int64_t& v);
   bool long_value(uint8_t tag, int64_t& v);
-  bool type_ref(int depth);
-  bool class_def(int depth);
+  bool type_ref();
+  bool class_def();
   bool object_body(uint64_t def, int depth);
-  bool count_ref();
+  void count_ref();
 
   std::span<const uint8_t> b_;
   size_t pos_ = 0;
