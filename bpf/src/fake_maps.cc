@@ -3,18 +3,13 @@
 
 namespace metanode::bpf {
 
-Result<void> FakeMaps::configure(const RuntimeConfig& cfg) {
-  cfg_ = cfg;
-  enabled_ = true;
+Result<void> FakeMaps::configure(const RuntimeConfig&) {
   ++writes_;
   return Ok();
 }
-Result<void> FakeMaps::heartbeat() {
-  ++heartbeats_;
-  return Ok();
-}
+Result<void> FakeMaps::heartbeat() { return Ok(); }
 Result<void> FakeMaps::disable() {
-  enabled_ = false;
+  ++writes_;
   return Ok();
 }
 Result<void> FakeMaps::upsert_service(net::Endpoint vip, uint32_t id) {

@@ -220,16 +220,11 @@ RunResult Testbed::exec(const std::vector<std::string>& argv, const std::string&
   return r;
 }
 
-std::string Testbed::pod_veth(const std::string& name) const {
-  auto it = pod_veths_.find(name);
-  return it == pod_veths_.end() ? "" : it->second;
-}
-
 Result<std::string> Testbed::add_pod(const std::string& name, int host) {
   std::string ns = tag_ + "-" + name;
   std::string node = tag_ + "-node";
   // Interface names are limited to 15 characters.
-  std::string veth = "v" + std::to_string(getpid() % 100000) + "p" + std::to_string(pod_veths_.size());
+  std::string veth = "v" + std::to_string(getpid() % 100000) + "p" + std::to_string(pods_++);
   auto sh = [&](const std::vector<std::string>& argv) -> Result<void> {
     if (run(argv).status != 0) {
       std::string cmd;
@@ -248,7 +243,6 @@ Result<std::string> Testbed::add_pod(const std::string& name, int host) {
            {"ip", "-n", ns, "link", "set", "eth0", "up"},
            {"ip", "-n", ns, "route", "add", "default", "via", node_ip()}})
     if (auto r = sh(argv); !r) return r.error();
-  pod_veths_[name] = veth;
   return ns_path(ns);
 }
 

@@ -75,8 +75,6 @@ class Testbed {
   // node. Returns the netns path.
   Result<std::string> add_pod(const std::string& name, int host);
   std::string pod_ip(int host) const { return subnet_ + ".0." + std::to_string(host); }
-  // The host side of the pod's veth pair (lives in the node netns).
-  std::string pod_veth(const std::string& name) const;
 
   // Processes started here are killed when the testbed goes away.
   Result<pid_t> spawn(const std::vector<std::string>& argv, const std::string& netns,
@@ -110,7 +108,7 @@ class Testbed {
   std::string cgroup_;
   std::string work_dir_;
   std::vector<std::string> namespaces_;
-  std::map<std::string, std::string> pod_veths_;
+  int pods_ = 0;
   ProcessGroup procs_;
 };
 

@@ -138,15 +138,9 @@ class FakeMaps final : public Maps {
   Result<size_t> pending_tuples() override { return size_t(0); }
 
   void set_orig_dst_for_test(int fd, OrigDst d) { orig_[fd] = d; }
-  const RuntimeConfig& config() const { return cfg_; }
-  bool enabled() const { return enabled_; }
-  int heartbeats() const { return heartbeats_; }
   int writes() const { return writes_; }
 
  private:
-  RuntimeConfig cfg_;
-  bool enabled_ = false;
-  int heartbeats_ = 0;
   int writes_ = 0;
   std::map<net::Endpoint, uint32_t> services_;
   std::map<int, OrigDst> orig_;

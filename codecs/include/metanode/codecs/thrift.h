@@ -51,9 +51,6 @@ class ThriftCodec final : public Codec {
   // PROTOCOL_ERROR when the message header (name, seqid) of a call parses.
   bool encode_decode_error(std::span<const uint8_t> in, std::string_view why, Bytes& out) override;
 
-  Transport transport() const { return transport_; }
-  Protocol protocol_kind() const { return protocol_; }
-
   // Builds a complete message in the given wire form (used for errors and by
   // tests and benchmarks to produce traffic).
   static void encode_app_exception(uint32_t wire, std::string_view method, int32_t seqid,

@@ -27,7 +27,6 @@ class PodWatcher {
     int added = 0, removed = 0, failed = 0;
   };
   Change sync();
-  size_t known() const { return by_file_.size(); }
 
  private:
   bpf::Maps& maps_;
