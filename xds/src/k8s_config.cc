@@ -18,7 +18,10 @@
 #include <set>
 #include <sstream>
 
+#include <google/protobuf/util/json_util.h>
+
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
+#include "udpa/type/v1/typed_struct.pb.h"
 #include "metanode/net.h"
 
 namespace metanode::xds {
@@ -446,6 +449,28 @@ void set_ads(envoy::config::core::v3::ConfigSource* cs) {
   cs->set_resource_api_version(envoy::config::core::v3::V3);
 }
 
+// Aeraki's listeners fetch their routes from its own RDS server, the gRPC
+// cluster "aeraki-xds" (a static cluster in Aeraki's bootstrap override).
+void set_aeraki_rds(envoy::config::core::v3::ConfigSource* cs) {
+  cs->set_resource_api_version(envoy::config::core::v3::V3);
+  auto* api = cs->mutable_api_config_source();
+  api->set_api_type(envoy::config::core::v3::ApiConfigSource::GRPC);
+  api->set_transport_api_version(envoy::config::core::v3::V3);
+  api->add_grpc_services()->mutable_envoy_grpc()->set_cluster_name(kAerakiXdsCluster);
+}
+
+// What istiod sends for Aeraki's EnvoyFilter patch: a udpa TypedStruct whose
+// value is the MetaProtocolProxy as protojson (camelCase keys).
+void pack_as_typed_struct(const google::protobuf::Message& m, google::protobuf::Any* out) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opt;
+  (void)google::protobuf::util::MessageToJsonString(m, &json, opt);
+  udpa::type::v1::TypedStruct ts;
+  ts.set_type_url(std::string("type.googleapis.com/") + m.GetDescriptor()->full_name());
+  (void)google::protobuf::util::JsonStringToMessage(json, ts.mutable_value());
+  out->PackFrom(ts);
+}
+
 void set_address(envoy::config::core::v3::Address* a, const std::string& ip, uint32_t port) {
   auto* s = a->mutable_socket_address();
   s->set_address(ip);
@@ -624,10 +649,10 @@ Result<Resources> generate(const Objects& objs) {
         mpp.set_stat_prefix(cluster_name(port, "", host));
         mpp.set_application_protocol(svc.port->protocol);
         mpp.mutable_codec()->set_name("aeraki.meta_protocol.codec." + svc.port->protocol);
-        set_ads(mpp.mutable_rds()->mutable_config_source());
+        set_aeraki_rds(mpp.mutable_rds()->mutable_config_source());
         mpp.mutable_rds()->set_route_config_name(route_name);
         mpp.add_meta_protocol_filters()->set_name("aeraki.meta_protocol.filters.router");
-        f->mutable_typed_config()->PackFrom(mpp);
+        pack_as_typed_struct(mpp, f->mutable_typed_config());
         out.listeners.push_back(std::move(l));
       }
 

@@ -8,8 +8,12 @@
 
 #include <algorithm>
 #include <charconv>
+#include <optional>
+#include <set>
 
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
+#include "udpa/type/v1/typed_struct.pb.h"
+#include "xds/type/v3/typed_struct.pb.h"
 
 namespace metanode::xds {
 namespace {
@@ -246,159 +250,305 @@ std::string resources_to_json(const Resources& r) {
          ",\"routes\":" + list(r.routes) + "}";
 }
 
-Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources res) {
+namespace {
+
+using Clusters = std::map<std::string, std::shared_ptr<const Cluster>, std::less<>>;
+using ClaIndex =
+    std::map<std::string, const envoy::config::endpoint::v3::ClusterLoadAssignment*, std::less<>>;
+
+Result<std::shared_ptr<Cluster>> compile_cluster(const XdsCluster& c, const ClaIndex& cla) {
+  std::string where = "cluster " + c.name();
+  if (c.name().empty()) return bad("cluster", "empty name");
+  auto cl = std::make_shared<Cluster>();
+  cl->name = c.name();
+  cl->lb = lb_of(c.lb_policy());
+  if (c.has_connect_timeout())
+    cl->connect_timeout = std::chrono::milliseconds(c.connect_timeout().seconds() * 1000 +
+                                                    c.connect_timeout().nanos() / 1000000);
+  uint32_t port;
+  parse_cluster_name(c.name(), cl->service_host, cl->subset, port);
+  const envoy::config::endpoint::v3::ClusterLoadAssignment* src = nullptr;
+  if (c.type() == XdsCluster::EDS) {
+    cl->eds_service = c.eds_cluster_config().service_name().empty()
+                          ? c.name()
+                          : c.eds_cluster_config().service_name();
+    auto it = cla.find(cl->eds_service);
+    if (it != cla.end()) src = it->second;
+  } else if (c.has_load_assignment()) {
+    src = &c.load_assignment();
+  } else if (c.type() != XdsCluster::STATIC) {
+    // STRICT_DNS, ORIGINAL_DST...: Istio sends them for other traffic; we
+    // keep the name (routes may point at it) with no endpoints.
+  }
+  if (src) {
+    auto eps = endpoints_of(*src, where);
+    if (!eps) return eps.error();
+    cl->endpoints = std::move(eps.value());
+  }
+  return cl;
+}
+
+ClusterRef cluster_ref(const Clusters& clusters, const std::string& name, uint32_t weight) {
+  ClusterRef ref;
+  ref.name = name;
+  ref.weight = weight;
+  auto it = clusters.find(name);
+  if (it != clusters.end()) ref.cluster = it->second;
+  return ref;
+}
+
+// Route configurations in Aeraki's RDS form: one virtual host whose routes
+// carry attribute matchers in match.headers.
+Result<std::shared_ptr<RouteTable>> compile_routes(const envoy::config::route::v3::RouteConfiguration& rc,
+                                                   const Clusters& clusters) {
+  std::string where = "route_config " + rc.name();
+  if (rc.name().empty()) return bad("route_config", "empty name");
+  auto table = std::make_shared<RouteTable>();
+  table->name = rc.name();
+  if (rc.virtual_hosts_size() > 1) return bad(where, "more than one virtual_host");
+  if (rc.virtual_hosts_size() == 0) return table;
+  int idx = 0;
+  for (const auto& r : rc.virtual_hosts(0).routes()) {
+    std::string rw = where + " route[" + std::to_string(idx++) + "]" +
+                     (r.name().empty() ? "" : " '" + r.name() + "'");
+    Route out;
+    out.name = r.name();
+    for (const auto& h : r.match().headers()) {
+      auto m = compile_matcher(h, rw + " match");
+      if (!m) return m.error();
+      out.match.push_back(std::move(m.value()));
+    }
+    if (!r.has_route()) return bad(rw, "no route action");
+    const auto& a = r.route();
+    if (a.has_weighted_clusters()) {
+      for (const auto& w : a.weighted_clusters().clusters()) {
+        uint32_t wt = w.has_weight() ? w.weight().value() : 0;
+        if (wt == 0) continue;  // zero weight never selected
+        out.clusters.push_back(cluster_ref(clusters, w.name(), wt));
+        out.total_weight += wt;
+      }
+      if (out.clusters.empty()) return bad(rw, "weighted_clusters with no positive weight");
+    } else if (!a.cluster().empty()) {
+      out.clusters.push_back(cluster_ref(clusters, a.cluster(), 1));
+      out.total_weight = 1;
+    } else {
+      return bad(rw, "route action names no cluster");
+    }
+    for (const auto& hp : a.hash_policy())
+      if (hp.has_header()) out.hash_keys.push_back(hp.header().header_name());
+    for (const auto& mp : a.request_mirror_policies()) {
+      Mirror m;
+      m.target = cluster_ref(clusters, mp.cluster(), 1);
+      if (mp.has_runtime_fraction()) {
+        const auto& f = mp.runtime_fraction().default_value();
+        uint64_t scale = f.denominator() == envoy::type::v3::FractionalPercent::HUNDRED ? 10000
+                         : f.denominator() == envoy::type::v3::FractionalPercent::TEN_THOUSAND
+                             ? 100
+                             : 1;
+        m.per_million = uint32_t(std::min<uint64_t>(1000000, uint64_t(f.numerator()) * scale));
+      }
+      out.mirrors.push_back(std::move(m));
+    }
+    if (a.has_timeout())
+      out.timeout = std::chrono::milliseconds(a.timeout().seconds() * 1000 +
+                                              a.timeout().nanos() / 1000000);
+    for (const auto& hv : r.request_headers_to_add())
+      out.request_mutation.push_back({hv.header().key(), hv.header().value()});
+    for (const auto& hv : r.response_headers_to_add())
+      out.response_mutation.push_back({hv.header().key(), hv.header().value()});
+    table->routes.push_back(std::move(out));
+  }
+  return table;
+}
+
+// The MetaProtocolProxy config of a listener filter: typed, or as istiod
+// passes an EnvoyFilter patch, a TypedStruct with protojson (camelCase) keys.
+// nullopt: not a MetaProtocol filter, not ours to serve.
+Result<std::optional<aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy>> meta_protocol_config(
+    const envoy::config::listener::v3::Filter& f, const std::string& where) {
+  aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy mpp;
+  const auto& any = f.typed_config();
+  if (any.type_url() == kMetaProtocolProxyType) {
+    if (!any.UnpackTo(&mpp)) return bad(where, "cannot decode MetaProtocolProxy");
+    return std::optional(std::move(mpp));
+  }
+  const google::protobuf::Struct* value = nullptr;
+  std::string inner;
+  udpa::type::v1::TypedStruct udpa_ts;
+  ::xds::type::v3::TypedStruct xds_ts;
+  if (any.type_url() == kUdpaTypedStructType) {
+    if (!any.UnpackTo(&udpa_ts)) return bad(where, "cannot decode udpa.type.v1.TypedStruct");
+    inner = udpa_ts.type_url();
+    value = &udpa_ts.value();
+  } else if (any.type_url() == kXdsTypedStructType) {
+    if (!any.UnpackTo(&xds_ts)) return bad(where, "cannot decode xds.type.v3.TypedStruct");
+    inner = xds_ts.type_url();
+    value = &xds_ts.value();
+  }
+  if (!value || inner != kMetaProtocolProxyType) {
+    if (f.name() == kMetaProtocolFilterName)
+      return bad(where, "filter " + f.name() + " has config of type '" +
+                            (inner.empty() ? any.type_url() : inner) + "'");
+    return std::optional<aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy>();
+  }
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(*value, &json).ok())
+    return bad(where, "MetaProtocolProxy TypedStruct value is not JSON");
+  google::protobuf::util::JsonParseOptions opt;
+  // Aeraki's API has fields we do not model (tracing, access_log); the ones
+  // that change routing are all in our proto and checked below.
+  opt.ignore_unknown_fields = true;
+  auto st = google::protobuf::util::JsonStringToMessage(json, &mpp, opt);
+  if (!st.ok()) return bad(where, "MetaProtocolProxy: " + std::string(st.message()));
+  return std::optional(std::move(mpp));
+}
+
+// The RDS config source's gRPC cluster, or "" for ADS.
+Result<std::string> rds_cluster_of(const envoy::config::core::v3::ConfigSource& cs,
+                                   const std::string& where) {
+  if (cs.has_ads() || cs.config_source_specifier_case() ==
+                          envoy::config::core::v3::ConfigSource::CONFIG_SOURCE_SPECIFIER_NOT_SET)
+    return std::string();
+  const auto& api = cs.api_config_source();
+  using Api = envoy::config::core::v3::ApiConfigSource;
+  if (api.api_type() != Api::GRPC && api.api_type() != Api::AGGREGATED_GRPC)
+    return bad(where, "rds config_source api_type " + Api::ApiType_Name(api.api_type()) +
+                          " is not supported (GRPC only)");
+  for (const auto& g : api.grpc_services())
+    if (g.has_envoy_grpc() && !g.envoy_grpc().cluster_name().empty())
+      return g.envoy_grpc().cluster_name();
+  if (api.cluster_names_size() > 0) return api.cluster_names(0);
+  return bad(where, "rds config_source names no gRPC cluster");
+}
+
+// A listener we serve, or nullopt for one that carries no MetaProtocolProxy
+// (istiod sends every listener of the mesh; those are not ours).
+Result<std::optional<Listener>> compile_listener(const envoy::config::listener::v3::Listener& l) {
+  std::string where = "listener " + l.name();
+  for (const auto& fc : l.filter_chains()) {
+    for (const auto& f : fc.filters()) {
+      auto cfg = meta_protocol_config(f, where);
+      if (!cfg) return cfg.error();
+      if (!cfg->has_value()) continue;
+      const auto& mpp = **cfg;
+      auto addr = socket_address(l.address(), where);
+      if (!addr) return addr.error();
+      Listener out;
+      out.name = l.name();
+      out.address = *addr;
+      std::string codec = mpp.has_protocol() ? mpp.protocol().codec().name() : mpp.codec().name();
+      std::string proto = mpp.has_protocol() ? mpp.protocol().name() : mpp.application_protocol();
+      constexpr std::string_view kPrefix = "aeraki.meta_protocol.codec.";
+      if (ieq_prefix(codec, kPrefix)) proto = codec.substr(kPrefix.size());
+      if (proto != "thrift" && proto != "dubbo" && proto != "auto")
+        return bad(where, "unsupported application protocol '" + proto + "'");
+      out.protocol = proto;
+      out.stat_prefix = mpp.stat_prefix();
+      out.route_name = mpp.rds().route_config_name();
+      if (out.route_name.empty()) return bad(where, "MetaProtocolProxy without rds.route_config_name");
+      auto src = rds_cluster_of(mpp.rds().config_source(), where);
+      if (!src) return src.error();
+      out.rds_cluster = *src;
+      std::string subset;
+      uint32_t port;
+      parse_cluster_name(out.stat_prefix, out.service_host, subset, port);
+      return std::optional(std::move(out));
+    }
+  }
+  return std::optional<Listener>();
+}
+
+}  // namespace
+
+std::string Reject::str() const { return short_type(type_url) + " " + name + ": " + reason; }
+
+std::string short_type(const std::string& type_url) {
+  auto dot = type_url.rfind('.');
+  return dot == std::string::npos ? type_url : type_url.substr(dot + 1);
+}
+
+Compiled compile_snapshot(Resources res) {
   auto snap = std::make_shared<Snapshot>();
   snap->version = res.version;
-
-  // Clusters, with endpoints from their load_assignment or from EDS.
-  std::map<std::string, const envoy::config::endpoint::v3::ClusterLoadAssignment*, std::less<>> cla;
-  for (const auto& a : res.endpoints) cla[a.cluster_name()] = &a;
-  for (const auto& c : res.clusters) {
-    std::string where = "cluster " + c.name();
-    if (c.name().empty()) return bad("cluster", "empty name");
-    auto cl = std::make_shared<Cluster>();
-    cl->name = c.name();
-    cl->lb = lb_of(c.lb_policy());
-    if (c.has_connect_timeout())
-      cl->connect_timeout = std::chrono::milliseconds(c.connect_timeout().seconds() * 1000 +
-                                                      c.connect_timeout().nanos() / 1000000);
-    uint32_t port;
-    parse_cluster_name(c.name(), cl->service_host, cl->subset, port);
-    const envoy::config::endpoint::v3::ClusterLoadAssignment* src = nullptr;
-    if (c.type() == XdsCluster::EDS) {
-      std::string svc = c.eds_cluster_config().service_name().empty()
-                            ? c.name()
-                            : c.eds_cluster_config().service_name();
-      auto it = cla.find(svc);
-      if (it != cla.end()) src = it->second;
-    } else if (c.has_load_assignment()) {
-      src = &c.load_assignment();
-    }
-    if (src) {
-      auto eps = endpoints_of(*src, where);
-      if (!eps) return eps.error();
-      cl->endpoints = std::move(eps.value());
-    }
-    if (!snap->clusters.emplace(c.name(), std::move(cl)).second)
-      return bad(where, "defined twice");
-  }
-
-  auto cluster_ref = [&](const std::string& name, uint32_t weight) {
-    ClusterRef ref;
-    ref.name = name;
-    ref.weight = weight;
-    auto it = snap->clusters.find(name);
-    if (it != snap->clusters.end()) ref.cluster = it->second;
-    return ref;
+  Compiled out;
+  Resources kept;
+  kept.version = res.version;
+  auto reject = [&](const char* type, const std::string& name, const Error& e) {
+    out.rejects.push_back({type, name, e.message()});
   };
 
-  // Route configurations in Aeraki's RDS form: one virtual host whose routes
-  // carry attribute matchers in match.headers.
-  for (const auto& rc : res.routes) {
-    std::string where = "route_config " + rc.name();
-    auto table = std::make_shared<RouteTable>();
-    table->name = rc.name();
-    if (rc.virtual_hosts_size() > 1) return bad(where, "more than one virtual_host");
-    if (rc.virtual_hosts_size() == 1) {
-      int idx = 0;
-      for (const auto& r : rc.virtual_hosts(0).routes()) {
-        std::string rw = where + " route[" + std::to_string(idx++) + "]" +
-                         (r.name().empty() ? "" : " '" + r.name() + "'");
-        Route out;
-        out.name = r.name();
-        for (const auto& h : r.match().headers()) {
-          auto m = compile_matcher(h, rw + " match");
-          if (!m) return m.error();
-          out.match.push_back(std::move(m.value()));
-        }
-        if (!r.has_route()) return bad(rw, "no route action");
-        const auto& a = r.route();
-        if (a.has_weighted_clusters()) {
-          for (const auto& w : a.weighted_clusters().clusters()) {
-            uint32_t wt = w.has_weight() ? w.weight().value() : 0;
-            if (wt == 0) continue;  // zero weight never selected
-            out.clusters.push_back(cluster_ref(w.name(), wt));
-            out.total_weight += wt;
-          }
-          if (out.clusters.empty()) return bad(rw, "weighted_clusters with no positive weight");
-        } else if (!a.cluster().empty()) {
-          out.clusters.push_back(cluster_ref(a.cluster(), 1));
-          out.total_weight = 1;
-        } else {
-          return bad(rw, "route action names no cluster");
-        }
-        for (const auto& hp : a.hash_policy())
-          if (hp.has_header()) out.hash_keys.push_back(hp.header().header_name());
-        for (const auto& mp : a.request_mirror_policies()) {
-          Mirror m;
-          m.target = cluster_ref(mp.cluster(), 1);
-          if (mp.has_runtime_fraction()) {
-            const auto& f = mp.runtime_fraction().default_value();
-            uint64_t scale = f.denominator() == envoy::type::v3::FractionalPercent::HUNDRED ? 10000
-                             : f.denominator() == envoy::type::v3::FractionalPercent::TEN_THOUSAND
-                                 ? 100
-                                 : 1;
-            m.per_million = uint32_t(std::min<uint64_t>(1000000, uint64_t(f.numerator()) * scale));
-          }
-          out.mirrors.push_back(std::move(m));
-        }
-        if (a.has_timeout())
-          out.timeout = std::chrono::milliseconds(a.timeout().seconds() * 1000 +
-                                                  a.timeout().nanos() / 1000000);
-        for (const auto& hv : r.request_headers_to_add())
-          out.request_mutation.push_back({hv.header().key(), hv.header().value()});
-        for (const auto& hv : r.response_headers_to_add())
-          out.response_mutation.push_back({hv.header().key(), hv.header().value()});
-        table->routes.push_back(std::move(out));
+  // Endpoints are checked where their cluster uses them; an assignment no
+  // cluster names is kept for /config_dump and costs nothing.
+  ClaIndex cla;
+  for (const auto& a : res.endpoints) cla[a.cluster_name()] = &a;
+  std::set<std::string> bad_cla;
+  for (auto& c : res.clusters) {
+    auto cl = compile_cluster(c, cla);
+    if (!cl) {
+      // The cluster itself is fine if only its assignment is bad: name the
+      // assignment, keep the cluster without endpoints.
+      bool eds_fault = c.type() == XdsCluster::EDS && compile_cluster(c, {});
+      std::string svc = c.eds_cluster_config().service_name().empty() ? c.name()
+                                                                     : c.eds_cluster_config().service_name();
+      if (!eds_fault) {
+        reject(kClusterType, c.name(), cl.error());
+        continue;
       }
+      if (bad_cla.insert(svc).second) reject(kEndpointType, svc, cl.error());
+      cl = compile_cluster(c, {});
     }
-    if (!snap->routes.emplace(rc.name(), std::move(table)).second)
-      return bad(where, "defined twice");
+    if (snap->clusters.count(c.name())) {
+      reject(kClusterType, c.name(), Error::invalid("cluster " + c.name() + ": defined twice"));
+      continue;
+    }
+    snap->clusters.emplace(c.name(), std::move(cl.value()));
+    kept.clusters.push_back(std::move(c));
+  }
+  for (auto& a : res.endpoints)
+    if (!bad_cla.count(a.cluster_name())) kept.endpoints.push_back(std::move(a));
+
+  for (auto& rc : res.routes) {
+    auto t = compile_routes(rc, snap->clusters);
+    if (t && snap->routes.count(rc.name()))
+      t = bad("route_config " + rc.name(), "defined twice");
+    if (!t) {
+      reject(kRouteType, rc.name(), t.error());
+      continue;
+    }
+    snap->routes.emplace(rc.name(), std::move(t.value()));
+    kept.routes.push_back(std::move(rc));
   }
 
-  // Listeners: the MetaProtocolProxy filter names the protocol and the RDS
-  // route configuration.
-  for (const auto& l : res.listeners) {
-    std::string where = "listener " + l.name();
-    auto addr = socket_address(l.address(), where);
-    if (!addr) return addr.error();
-    Listener out;
-    out.name = l.name();
-    out.address = *addr;
-    bool found = false;
-    for (const auto& fc : l.filter_chains()) {
-      for (const auto& f : fc.filters()) {
-        if (f.typed_config().type_url() != kMetaProtocolProxyType) continue;
-        aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy mpp;
-        if (!f.typed_config().UnpackTo(&mpp)) return bad(where, "cannot decode MetaProtocolProxy");
-        std::string codec = mpp.has_protocol() ? mpp.protocol().codec().name() : mpp.codec().name();
-        std::string proto = mpp.has_protocol() ? mpp.protocol().name() : mpp.application_protocol();
-        constexpr std::string_view kPrefix = "aeraki.meta_protocol.codec.";
-        if (ieq_prefix(codec, kPrefix)) proto = codec.substr(kPrefix.size());
-        if (proto != "thrift" && proto != "dubbo" && proto != "auto")
-          return bad(where, "unsupported application protocol '" + proto + "'");
-        out.protocol = proto;
-        out.stat_prefix = mpp.stat_prefix();
-        out.route_name = mpp.rds().route_config_name();
-        std::string subset;
-        uint32_t port;
-        parse_cluster_name(out.stat_prefix, out.service_host, subset, port);
-        found = true;
-        break;
-      }
-      if (found) break;
+  for (auto& l : res.listeners) {
+    auto compiled = compile_listener(l);
+    if (!compiled) {
+      reject(kListenerType, l.name(), compiled.error());
+      continue;
     }
-    if (!found) continue;  // not a MetaProtocol listener: not ours to serve
-    auto rt = snap->routes.find(out.route_name);
-    if (rt != snap->routes.end()) out.routes = rt->second;
-    if (snap->listener_index.count(out.address))
-      return bad(where, "address " + out.address.str() + " used by two listeners");
-    snap->listener_index[out.address] = snap->listeners.size();
-    snap->listeners.push_back(std::move(out));
+    if (!compiled->has_value()) continue;  // not a MetaProtocol listener: not ours to serve
+    Listener li = std::move(**compiled);
+    if (snap->listener_index.count(li.address)) {
+      reject(kListenerType, l.name(),
+             Error::invalid("listener " + l.name() + ": address " + li.address.str() +
+                            " used by two listeners"));
+      continue;
+    }
+    auto rt = snap->routes.find(li.route_name);
+    if (rt != snap->routes.end()) li.routes = rt->second;
+    snap->listener_index[li.address] = snap->listeners.size();
+    snap->listeners.push_back(std::move(li));
+    kept.listeners.push_back(std::move(l));
   }
 
-  snap->resources = std::move(res);
-  return std::shared_ptr<const Snapshot>(std::move(snap));
+  snap->resources = std::move(kept);
+  out.snapshot = std::move(snap);
+  return out;
+}
+
+Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources res) {
+  auto c = compile_snapshot(std::move(res));
+  if (!c.rejects.empty()) return Error::invalid(c.rejects.front().reason);
+  return c.snapshot;
 }
 
 }  // namespace metanode::xds

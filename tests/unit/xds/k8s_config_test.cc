@@ -4,6 +4,7 @@
 
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/snapshot.h"
+#include "udpa/type/v1/typed_struct.pb.h"
 
 namespace metanode::xds {
 namespace {
@@ -89,9 +90,24 @@ TEST(K8sConfig, ServiceEntryBecomesAerakiShapedXds) {
   ASSERT_TRUE(r) << r.error().message();
   ASSERT_EQ(r->listeners.size(), 1u);
   EXPECT_EQ(r->listeners[0].name(), "10.96.0.10_9090");
-  EXPECT_EQ(r->listeners[0].filter_chains(0).filters(0).name(), "aeraki.meta_protocol_proxy");
-  EXPECT_EQ(r->listeners[0].filter_chains(0).filters(0).typed_config().type_url(),
-            "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy");
+  // As istiod passes Aeraki's EnvoyFilter patch: the filter by its Envoy
+  // name, its config a udpa TypedStruct holding protojson (camelCase).
+  const auto& f = r->listeners[0].filter_chains(0).filters(0);
+  EXPECT_EQ(f.name(), "envoy.filters.network.meta_protocol_proxy");
+  ASSERT_EQ(f.typed_config().type_url(), "type.googleapis.com/udpa.type.v1.TypedStruct");
+  udpa::type::v1::TypedStruct ts;
+  ASSERT_TRUE(f.typed_config().UnpackTo(&ts));
+  EXPECT_EQ(ts.type_url(), "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy");
+  const auto& v = ts.value().fields();
+  EXPECT_EQ(v.at("statPrefix").string_value(), std::string("outbound|9090||") + kHost);
+  EXPECT_EQ(v.at("applicationProtocol").string_value(), "thrift");
+  const auto& rds = v.at("rds").struct_value().fields();
+  EXPECT_EQ(rds.at("routeConfigName").string_value(), std::string(kHost) + "_9090");
+  const auto& api = rds.at("configSource").struct_value().fields().at("apiConfigSource").struct_value().fields();
+  EXPECT_EQ(api.at("apiType").string_value(), "GRPC");
+  EXPECT_EQ(api.at("grpcServices").list_value().values(0).struct_value().fields().at("envoyGrpc")
+                .struct_value().fields().at("clusterName").string_value(),
+            "aeraki-xds");
   std::vector<std::string> clusters;
   for (const auto& c : r->clusters) clusters.push_back(c.name());
   EXPECT_EQ(clusters, (std::vector<std::string>{std::string("outbound|9090||") + kHost,

@@ -19,7 +19,14 @@ inline constexpr char kEndpointType[] =
 inline constexpr char kRouteType[] = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 inline constexpr char kMetaProtocolProxyType[] =
     "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy";
-inline constexpr char kMetaProtocolFilterName[] = "aeraki.meta_protocol_proxy";
+// The network filter name Aeraki's EnvoyFilter patches into a listener.
+inline constexpr char kMetaProtocolFilterName[] = "envoy.filters.network.meta_protocol_proxy";
+// How istiod passes that filter's config: a TypedStruct (either name) whose
+// type_url is kMetaProtocolProxyType and whose value is protojson.
+inline constexpr char kUdpaTypedStructType[] = "type.googleapis.com/udpa.type.v1.TypedStruct";
+inline constexpr char kXdsTypedStructType[] = "type.googleapis.com/xds.type.v3.TypedStruct";
+// The gRPC cluster Aeraki's listeners name as their RDS config source.
+inline constexpr char kAerakiXdsCluster[] = "aeraki-xds";
 
 struct Resources {
   std::string version;
@@ -28,6 +35,17 @@ struct Resources {
   std::vector<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
   std::vector<envoy::config::route::v3::RouteConfiguration> routes;
 };
+
+// One resource the compiler refused, and why: what a NACK names.
+struct Reject {
+  std::string type_url;
+  std::string name;
+  std::string reason;
+  std::string str() const;  // "<short type> <name>: <reason>"
+};
+
+// "type.googleapis.com/envoy.config.listener.v3.Listener" -> "Listener".
+std::string short_type(const std::string& type_url);
 
 // JSON of every resource, grouped by type (the admin /config_dump body).
 std::string resources_to_json(const Resources& r);

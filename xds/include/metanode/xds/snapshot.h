@@ -37,6 +37,7 @@ struct Cluster {
   std::string name;  // Istio form: outbound|<port>|<subset>|<host>
   LbPolicy lb = LbPolicy::kRoundRobin;
   std::chrono::milliseconds connect_timeout{1000};
+  std::string eds_service;  // EDS: the ClusterLoadAssignment to subscribe to; else empty
   std::vector<Endpoint> endpoints;
   // Parsed from the name, for metrics labels.
   std::string service_host;
@@ -94,6 +95,9 @@ struct Listener {
   net::Endpoint address;
   std::string protocol;  // codec: "thrift" or "dubbo"
   std::string route_name;
+  // Where the route configuration comes from: empty for ADS, else the gRPC
+  // cluster named by the filter's RDS config source (Aeraki: "aeraki-xds").
+  std::string rds_cluster;
   std::string stat_prefix;
   std::string service_host;  // from stat_prefix outbound|port||host, for metrics
   std::shared_ptr<const RouteTable> routes;  // null until RDS delivers it
@@ -117,7 +121,17 @@ struct Snapshot {
   }
 };
 
-// Compiles and validates resources. Errors name the resource and field.
+// Compiles resources one by one: a resource that does not validate is left
+// out and named in `rejects` (type, name, reason), the rest still compile.
+// `snapshot->resources` holds only what was accepted.
+struct Compiled {
+  std::shared_ptr<const Snapshot> snapshot;
+  std::vector<Reject> rejects;
+};
+Compiled compile_snapshot(Resources resources);
+
+// All or nothing: the first reject is the error. For manifests, which are
+// validated as a whole before they become resources.
 Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources resources);
 
 // "outbound|9090|v1|host" -> {host, subset}; false if not in that form.
