@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <unistd.h>
 
 #include "metanode/bpf/maps.h"
 #include "metanode/core/daemon.h"
@@ -12,8 +13,18 @@
 namespace {
 void usage(FILE* f) {
   std::fprintf(f,
-               "usage: metanoded --config-dir DIR [options]\n"
-               "  --config-dir DIR          Istio/Aeraki manifests to serve (watched for changes)\n"
+               "usage: metanoded (--config-dir DIR | --xds-address HOST:PORT) [options]\n"
+               "  --config-dir DIR          Istio/Aeraki manifests to serve (watched with inotify)\n"
+               "  --xds-address HOST:PORT   pull configuration over ADS (istiod: 15010)\n"
+               "  --xds-cluster NAME=HOST:PORT\n"
+               "                            address of a gRPC cluster a listener names as its RDS\n"
+               "                            source (aeraki-xds: Aeraki's 15010); default: the ADS server\n"
+               "  --node-id ID              xDS node id (default sidecar~IP~POD.NS~NS.svc.cluster.local\n"
+               "                            from POD_NAME, POD_NAMESPACE, INSTANCE_IP); unique per daemon\n"
+               "  --node-label KEY=VALUE    a LABELS entry of the node metadata (repeatable)\n"
+               "  --node-meta KEY=VALUE     any other node metadata key (repeatable); NAMESPACE,\n"
+               "                            CLUSTER_ID, ISTIO_VERSION, INSTANCE_IPS, SERVICE_ACCOUNT,\n"
+               "                            NODE_NAME come from the environment as istio-agent's do\n"
                "  --cgroup PATH             cgroup v2 directory to intercept (default: cgroup2 root)\n"
                "  --redirect-address IP:PORT where pods reach the daemon (default: node IP:15001)\n"
                "  --admin-address IP:PORT   admin endpoint (default 127.0.0.1:15000)\n"
@@ -49,7 +60,8 @@ int main(int argc, char** argv) {
   metanode::core::DaemonOptions o;
   bool uninstall = false;
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
-         kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude };
+         kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
+         kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -67,7 +79,27 @@ int main(int argc, char** argv) {
       {"skmsg-upstream", no_argument, nullptr, kSkmsgUpstream},
       {"pods", required_argument, nullptr, kPods},
       {"exclude-ports", required_argument, nullptr, kExclude},
+      {"xds-address", required_argument, nullptr, kXdsAddress},
+      {"xds-cluster", required_argument, nullptr, kXdsCluster},
+      {"node-id", required_argument, nullptr, kNodeId},
+      {"node-label", required_argument, nullptr, kNodeLabel},
+      {"node-meta", required_argument, nullptr, kNodeMeta},
       {nullptr, 0, nullptr, 0}};
+  // Node identity as istio-agent takes it from the downward API.
+  auto env = [](const char* k, const char* dflt = "") {
+    const char* v = std::getenv(k);
+    return std::string(v && *v ? v : dflt);
+  };
+  auto& node = o.node;
+  char host[256] = "metanode";
+  gethostname(host, sizeof(host) - 1);
+  node.pod_name = env("POD_NAME", host);
+  node.namespace_ = env("POD_NAMESPACE", "metanode-system");
+  node.ip = env("INSTANCE_IP");
+  node.service_account = env("SERVICE_ACCOUNT");
+  node.node_name = env("NODE_NAME");
+  node.cluster_id = env("CLUSTER_ID", "Kubernetes");
+  node.istio_version = env("ISTIO_VERSION");
   int c;
   metanode::net::Endpoint ep;
   while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
@@ -125,6 +157,23 @@ int main(int argc, char** argv) {
         }
         break;
       }
+      case kXdsAddress: o.xds_address = optarg; break;
+      case kNodeId: node.id = optarg; break;
+      case kXdsCluster:
+      case kNodeLabel:
+      case kNodeMeta: {
+        std::string kv = optarg;
+        auto eq = kv.find('=');
+        if (eq == std::string::npos || eq == 0) {
+          std::fprintf(stderr, "%s: expected KEY=VALUE, got '%s'\n",
+                       c == kXdsCluster ? "--xds-cluster" : c == kNodeLabel ? "--node-label" : "--node-meta",
+                       optarg);
+          return 2;
+        }
+        auto& into = c == kXdsCluster ? o.xds_clusters : c == kNodeLabel ? node.labels : node.extra;
+        into[kv.substr(0, eq)] = kv.substr(eq + 1);
+        break;
+      }
       default: usage(stderr); return 2;
     }
   }
@@ -138,7 +187,8 @@ int main(int argc, char** argv) {
     spdlog::info("uninstalled {}", o.pin_dir.empty() ? "/sys/fs/bpf/metanode" : o.pin_dir);
     return 0;
   }
-  if (o.config_dir.empty()) {
+  if (o.config_dir.empty() == o.xds_address.empty()) {
+    std::fprintf(stderr, "give one of --config-dir and --xds-address\n");
     usage(stderr);
     return 2;
   }

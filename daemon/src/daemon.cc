@@ -11,25 +11,18 @@
 #include "metanode/bpf/maps.h"
 #include "metanode/sys.h"
 #include "metanode/core/admin.h"
+#include "metanode/core/config_applier.h"
 #include "metanode/core/pod_watcher.h"
 #include "metanode/core/server.h"
 #include "metanode/xds/k8s_config.h"
+#include "metanode/xds/manifest_source.h"
+#include "metanode/xds/xds_client.h"
 #include "metanode/xds/snapshot.h"
 
 namespace metanode::core {
 namespace asio = boost::asio;
 
 namespace {
-
-Result<std::shared_ptr<const xds::Snapshot>> load_snapshot(const std::string& dir, uint64_t version) {
-  auto files = xds::read_manifest_dir(dir);
-  if (!files) return files.error();
-  auto res = xds::translate_manifests(*files);
-  if (!res) return res.error();
-  res->version = std::to_string(version);
-  return xds::build_snapshot(std::move(res.value()));
-}
-
 
 std::optional<uint32_t> first_node_address() {
   ifaddrs* ifs = nullptr;
@@ -46,12 +39,6 @@ std::optional<uint32_t> first_node_address() {
   return out;
 }
 
-std::vector<net::Endpoint> listener_addresses(const xds::Snapshot& s) {
-  std::vector<net::Endpoint> v;
-  for (const auto& l : s.listeners) v.push_back(l.address);
-  return v;
-}
-
 std::string bpf_counters_text(bpf::Maps* maps) {
   if (!maps) return {};
   auto c = maps->counters();
@@ -63,18 +50,31 @@ std::string bpf_counters_text(bpf::Maps* maps) {
   return o.str();
 }
 
+// The configuration source the flags ask for: an xDS server, or manifests.
+std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts) {
+  if (opts.xds_address.empty()) return std::make_unique<xds::ManifestDirSource>(opts.config_dir);
+  xds::XdsClientOptions xo;
+  xo.server = opts.xds_address;
+  xo.clusters = opts.xds_clusters;
+  auto id = opts.node;
+  if (id.ip.empty())
+    if (auto a = first_node_address()) id.ip = net::ipv4_str(*a);
+  xo.node = xds::make_node(id);
+  spdlog::info("xDS from {} as node {}", xo.server, xo.node.id());
+  return std::make_unique<xds::XdsClient>(std::move(xo));
+}
+
+// /config_dump: the live resources, then the source's per-type state.
+std::string config_dump(const Server& server, const xds::ConfigSource& source) {
+  auto s = server.snapshot();
+  std::string body = s ? xds::resources_to_json(s->resources) : "{\"version\":\"\"}";
+  body.pop_back();
+  return body + ",\"source\":" + source.status_json() + "}\n";
+}
+
 }  // namespace
 
 int run_daemon(const DaemonOptions& opts) {
-  uint64_t version = 1;
-  auto snap = load_snapshot(opts.config_dir, version);
-  if (!snap) {
-    spdlog::critical("configuration rejected: {}", snap.error().message());
-    return 2;
-  }
-  spdlog::info("configuration {}: {} listeners, {} clusters, {} route tables", opts.config_dir,
-               (*snap)->listeners.size(), (*snap)->clusters.size(), (*snap)->routes.size());
-
   ServerOptions so;
   so.workers = opts.workers;
   so.intercept = opts.intercept;
@@ -116,45 +116,57 @@ int run_daemon(const DaemonOptions& opts) {
     spdlog::info("interception attached to cgroup {}, pinned under {}, redirect {}", io.cgroup_path,
                  io.pin_dir.empty() ? "/sys/fs/bpf/metanode" : io.pin_dir, so.redirect.str());
   }
+  auto fail = [&](int code) {
+    if (maps) (void)maps->disable();
+    return code;
+  };
 
+  // Listen first (with interception: on the redirect address, so no pod is
+  // ever redirected to nothing), then let configuration in.
   Server server(so, maps.get());
-  server.publish(*snap);
   if (auto r = server.start(); !r) {
     spdlog::critical("data plane failed to start: {}", r.error().message());
-    return 1;
+    return fail(1);
   }
-  // Redirect only once something listens at the redirect address.
   if (maps) {
     if (auto r = maps->configure(rc); !r) {
       spdlog::critical("{}", r.error().message());
-      return 1;
-    }
-    if (auto r = bpf::sync_services(*maps, listener_addresses(**snap)); !r) {
-      spdlog::critical("{}", r.error().message());
-      return 1;
+      return fail(1);
     }
     for (uint16_t port : opts.exclude_ports)
       if (auto r = maps->exclude_port(0, port, true); !r) {
         spdlog::critical("{}", r.error().message());
-        return 1;
+        return fail(1);
       }
+  }
+  ConfigApplier applier(server, maps.get());
+  auto source = make_source(opts);
+  if (auto r = source->start(applier); !r) {
+    spdlog::critical("configuration rejected: {}", r.error().message());
+    server.stop();
+    return fail(2);
+  }
+  if (auto e = applier.bind_error(); !e.empty()) {
+    spdlog::critical("data plane failed to start: {}", e);
+    source->stop();
+    server.stop();
+    return fail(1);
   }
 
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
     if (method != "GET") return AdminResponse{405, "text/plain", "GET only\n"};
     if (path == "/ready") {
-      bool ok = server.ready();
-      return AdminResponse{ok ? 200 : 503, "text/plain", ok ? "ready\n" : "not ready\n"};
+      if (!server.ready()) return AdminResponse{503, "text/plain", "not ready: data plane stopped\n"};
+      if (!source->synced())
+        return AdminResponse{503, "text/plain", "not ready: waiting for " + source->waiting_for() + "\n"};
+      return AdminResponse{200, "text/plain", "ready\n"};
     }
-    if (path == "/config_dump") {
-      auto s = server.snapshot();
-      return AdminResponse{200, "application/json",
-                           s ? xds::resources_to_json(s->resources) + "\n" : "{}\n"};
-    }
+    if (path == "/config_dump") return AdminResponse{200, "application/json", config_dump(server, *source)};
     if (path == "/clusters") return AdminResponse{200, "text/plain", server.clusters_text()};
     if (path == "/stats/prometheus" || path == "/stats")
       return AdminResponse{200, "text/plain; version=0.0.4",
-                           render_prometheus(server.shards(), bpf_counters_text(maps.get()))};
+                           render_prometheus(server.shards(),
+                                             bpf_counters_text(maps.get()) + source->metrics_text())};
     if (path == "/")
       return AdminResponse{200, "text/plain",
                            "/ready\n/config_dump\n/clusters\n/stats/prometheus\n"};
@@ -162,8 +174,9 @@ int run_daemon(const DaemonOptions& opts) {
   });
   if (auto r = admin.start(); !r) {
     spdlog::critical("{}", r.error().message());
-    if (maps) (void)maps->disable();
-    return 1;
+    source->stop();
+    server.stop();
+    return fail(1);
   }
   spdlog::info("metanoded ready: admin http://{}/", admin.bound().str());
 
@@ -195,42 +208,24 @@ int run_daemon(const DaemonOptions& opts) {
   };
   heartbeat();
 
-  // The embedded control plane: notice edited manifests, apply them whole or
-  // not at all (the last good configuration stays in force).
-  asio::steady_timer watch(io);
-  std::string fingerprint = xds::manifest_dir_fingerprint(opts.config_dir);
-  std::function<void()> watcher = [&] {
-    watch.expires_after(opts.watch_interval);
-    watch.async_wait([&](const boost::system::error_code& ec) {
+  // Pods from the runtime's namespace files: rescanned every second.
+  asio::steady_timer pod_timer(io);
+  std::function<void()> pod_scan = [&] {
+    pod_timer.expires_after(opts.watch_interval);
+    pod_timer.async_wait([&](const boost::system::error_code& ec) {
       if (ec) return;
       if (pods) pods->sync();
-      std::string fp = xds::manifest_dir_fingerprint(opts.config_dir);
-      if (fp != fingerprint) {
-        fingerprint = fp;
-        auto next = load_snapshot(opts.config_dir, ++version);
-        if (!next) {
-          server.control_stats().inc(Counter::config_reload_rejected);
-          spdlog::error("configuration change rejected, keeping version {}: {}",
-                        server.snapshot()->version, next.error().message());
-        } else {
-          server.publish(*next);
-          if (maps)
-            if (auto r = bpf::sync_services(*maps, listener_addresses(**next)); !r)
-              spdlog::error("{}", r.error().message());
-          spdlog::info("configuration version {} applied: {} listeners, {} clusters",
-                       (*next)->version, (*next)->listeners.size(), (*next)->clusters.size());
-        }
-      }
-      watcher();
+      pod_scan();
     });
   };
-  watcher();
+  if (pods) pod_scan();
 
   io.run();
 
   // Fail open at once: new pod connects go direct while we drain.
   if (maps) (void)maps->disable();
   admin.stop();
+  source->stop();
   server.stop();
   return 0;
 }

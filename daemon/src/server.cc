@@ -13,6 +13,7 @@
 #include <atomic>
 #include <boost/asio.hpp>
 #include <deque>
+#include <future>
 #include <map>
 #include <optional>
 #include <mutex>
@@ -843,16 +844,27 @@ Server::Server(ServerOptions opts, bpf::Maps* maps) : impl_(std::make_unique<Imp
 
 Server::~Server() { stop(); }
 
-void Server::publish(std::shared_ptr<const xds::Snapshot> snap) {
+Result<void> Server::publish(std::shared_ptr<const xds::Snapshot> snap) {
   {
     std::lock_guard<std::mutex> l(impl_->snap_mu);
     impl_->snap = std::move(snap);
     impl_->gen.fetch_add(1, std::memory_order_release);
   }
-  impl_->control.inc(Counter::config_reload_ok);
-  if (impl_->started.load() && !impl_->opts.intercept)
-    for (auto& w : impl_->workers)
-      asio::post(w->io(), [wp = w.get()] { (void)wp->reconcile_listeners(); });  // failures are logged
+  if (!impl_->started.load() || impl_->opts.intercept) return Ok();
+  // --no-bpf: every worker binds the new listener set on its own loop; wait
+  // for them so the caller learns which address could not be bound.
+  std::vector<std::future<Result<void>>> done;
+  for (auto& w : impl_->workers) {
+    auto p = std::make_shared<std::promise<Result<void>>>();
+    done.push_back(p->get_future());
+    asio::post(w->io(), [wp = w.get(), p] { p->set_value(wp->reconcile_listeners()); });
+  }
+  Result<void> first = Ok();
+  for (auto& f : done) {
+    auto r = f.get();
+    if (!r && first) first = r;
+  }
+  return first;
 }
 
 std::shared_ptr<const xds::Snapshot> Server::snapshot() const {
@@ -879,7 +891,7 @@ Result<void> Server::start() {
   return Ok();
 }
 
-bool Server::ready() const { return impl_->started.load() && snapshot() != nullptr; }
+bool Server::ready() const { return impl_->started.load(); }
 
 void Server::stop() {
   if (!impl_ || !impl_->started.exchange(false)) return;

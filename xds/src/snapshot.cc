@@ -460,6 +460,13 @@ Result<std::optional<Listener>> compile_listener(const envoy::config::listener::
 
 }  // namespace
 
+std::string resource_name(const envoy::config::listener::v3::Listener& m) { return m.name(); }
+std::string resource_name(const envoy::config::cluster::v3::Cluster& m) { return m.name(); }
+std::string resource_name(const envoy::config::endpoint::v3::ClusterLoadAssignment& m) {
+  return m.cluster_name();
+}
+std::string resource_name(const envoy::config::route::v3::RouteConfiguration& m) { return m.name(); }
+
 std::string Reject::str() const { return short_type(type_url) + " " + name + ": " + reason; }
 
 std::string short_type(const std::string& type_url) {

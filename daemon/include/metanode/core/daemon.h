@@ -3,16 +3,21 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "metanode/net.h"
+#include "metanode/xds/xds_client.h"
 
 namespace metanode::core {
 
 struct DaemonOptions {
   std::string config_dir;       // embedded control plane: manifests to serve
+  std::string xds_address;      // else: an xDS server (HOST:PORT) to pull from
+  std::map<std::string, std::string> xds_clusters;  // gRPC cluster -> HOST:PORT (aeraki-xds)
+  xds::NodeIdentity node;       // who we are to the xDS server
   bool intercept = true;        // false: --no-bpf, bind listeners directly
   std::string cgroup;           // cgroup v2 dir to attach to (default: cgroup2 root)
   std::string pin_dir;          // default /sys/fs/bpf/metanode

@@ -39,14 +39,16 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Publishes a configuration; safe from any thread. The first one must come
-  // before start() in --no-bpf mode (it says what to bind).
-  void publish(std::shared_ptr<const xds::Snapshot> snap);
+  // Publishes a configuration; safe from any thread but a worker's. In
+  // --no-bpf mode after start(), returns once every worker has bound the new
+  // listener set: the first address that could not be bound is the error
+  // (the rest of the configuration is live regardless).
+  Result<void> publish(std::shared_ptr<const xds::Snapshot> snap);
   std::shared_ptr<const xds::Snapshot> snapshot() const;
 
   Result<void> start();
   void stop();
-  bool ready() const;
+  bool ready() const;  // started (configuration readiness is the source's)
 
   std::vector<const StatsShard*> shards() const;
   StatsShard& control_stats();

@@ -36,6 +36,13 @@ struct Resources {
   std::vector<envoy::config::route::v3::RouteConfiguration> routes;
 };
 
+// The name xDS knows each resource by (a ClusterLoadAssignment's is its
+// cluster_name).
+std::string resource_name(const envoy::config::listener::v3::Listener& m);
+std::string resource_name(const envoy::config::cluster::v3::Cluster& m);
+std::string resource_name(const envoy::config::endpoint::v3::ClusterLoadAssignment& m);
+std::string resource_name(const envoy::config::route::v3::RouteConfiguration& m);
+
 // One resource the compiler refused, and why: what a NACK names.
 struct Reject {
   std::string type_url;

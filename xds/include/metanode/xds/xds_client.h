@@ -1,0 +1,89 @@
+// metanoded's xDS client: ADS state of the world from istiod (or any xDS
+// server) in Envoy's order CDS -> EDS -> LDS -> RDS, and routes from the RDS
+// service each MetaProtocol listener names (Aeraki's "aeraki-xds": plain
+// RouteDiscoveryService/StreamRoutes, not ADS). Every response is applied
+// through the ConfigSink and answered with an ACK, or a NACK that names each
+// refused resource; the last good configuration stays while a server is
+// away, and streams reconnect with exponential backoff and jitter.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "envoy/config/core/v3/base.pb.h"
+#include "metanode/xds/config_source.h"
+
+namespace envoy::service::discovery::v3 {
+class DiscoveryResponse;
+}
+
+namespace metanode::xds {
+
+struct XdsClientOptions {
+  std::string server;  // HOST:PORT of the ADS server (istiod: 15010 plaintext)
+  // gRPC clusters named by listeners' RDS config sources -> HOST:PORT.
+  // A cluster not listed is reached at `server`.
+  std::map<std::string, std::string> clusters;
+  envoy::config::core::v3::Node node;
+  std::chrono::milliseconds backoff_base{500};
+  std::chrono::milliseconds backoff_max{30000};
+  // A stream that brings no response at all in this time is restarted (a
+  // server that accepted and stalls).
+  std::chrono::milliseconds first_response_timeout{15000};
+  size_t max_message_bytes = 64u << 20;
+};
+
+class XdsClient : public ConfigSource {
+ public:
+  explicit XdsClient(XdsClientOptions opts);
+  ~XdsClient() override;
+  Result<void> start(ConfigSink& sink) override;
+  void stop() override;
+  bool synced() const override;
+  std::string waiting_for() const override;
+  std::string status_json() const override;
+  std::string metrics_text() const override;
+
+  struct Stream;  // one gRPC stream (ADS, or RDS to one cluster) and its thread
+
+ private:
+  Stream& stream_for(const std::string& cluster);  // mu_ held
+  void run(Stream& s);
+  void on_connected(Stream& s);  // mu_ held
+  void handle(Stream& s, const envoy::service::discovery::v3::DiscoveryResponse& r);
+  void watchdog();
+
+  XdsClientOptions opts_;
+  ConfigSink* sink_ = nullptr;
+  std::atomic<bool> stopping_{false};
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // wakes backoff waits and the watchdog on stop
+  std::vector<std::unique_ptr<Stream>> streams_;  // [0] is ADS
+  Resources latest_;                // what the servers sent last, by type
+  std::set<std::string> eds_names_;  // subscribed ClusterLoadAssignments
+  bool lds_requested_ = false;
+  std::thread watchdog_;
+};
+
+// Node identity as istio-agent presents a sidecar to istiod:
+// id "sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local" and metadata
+// NAMESPACE, CLUSTER_ID, ISTIO_VERSION, INSTANCE_IPS, SERVICE_ACCOUNT,
+// NODE_NAME, POD_NAME, LABELS (a struct), plus `extra` keys verbatim.
+struct NodeIdentity {
+  std::string id;  // empty: built from the fields below
+  std::string pod_name, namespace_, ip, cluster_id = "Kubernetes", istio_version,
+      service_account, node_name;
+  std::map<std::string, std::string> labels;
+  std::map<std::string, std::string> extra;
+};
+envoy::config::core::v3::Node make_node(const NodeIdentity& n);
+
+}  // namespace metanode::xds

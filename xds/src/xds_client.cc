@@ -1,0 +1,455 @@
+#include "metanode/xds/xds_client.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <random>
+
+#include "envoy/service/discovery/v3/discovery.grpc.pb.h"
+#include "envoy/service/route/v3/rds.grpc.pb.h"
+#include "metanode/json.h"
+
+namespace metanode::xds {
+namespace {
+
+using envoy::service::discovery::v3::DiscoveryRequest;
+using envoy::service::discovery::v3::DiscoveryResponse;
+using ReaderWriter = grpc::ClientReaderWriter<DiscoveryRequest, DiscoveryResponse>;
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Per stream and type: what we subscribed to, what we accepted, what the
+// server last said.
+struct TypeState {
+  std::set<std::string> names;  // empty + wildcard: everything
+  bool wildcard = false;
+  bool requested = false;       // a request for this type went out on this stream
+  bool received = false;        // at least one response since start
+  std::string version;          // last accepted (ACKed) version_info
+  std::string nonce;            // last response's nonce
+  std::string last_nack;
+  int64_t last_update_unix = 0;
+  uint64_t updates = 0, rejects = 0;
+};
+
+const char* const kTypeOrder[] = {kClusterType, kEndpointType, kListenerType, kRouteType};
+
+// Replaces (CDS, LDS: each response is the whole set) or merges (EDS, RDS:
+// a response may carry only what changed) one type's resources.
+template <class T>
+bool take(std::vector<T>& into, const DiscoveryResponse& r, bool replace, std::string& err,
+          std::set<std::string>& names) {
+  std::map<std::string, T> by;
+  if (!replace)
+    for (auto& m : into) by.emplace(resource_name(m), std::move(m));
+  if (replace) by.clear();
+  for (int i = 0; i < r.resources_size(); ++i) {
+    T m;
+    if (r.resources(i).type_url() != r.type_url() || !r.resources(i).UnpackTo(&m)) {
+      err = "resource[" + std::to_string(i) + "] of type '" + r.resources(i).type_url() +
+            "' does not decode as " + short_type(r.type_url());
+      return false;
+    }
+    names.insert(resource_name(m));
+    by[resource_name(m)] = std::move(m);
+  }
+  into.clear();
+  for (auto& [n, m] : by) into.push_back(std::move(m));
+  return true;
+}
+
+std::string join_rejects(const std::vector<Reject>& rs) {
+  std::string out;
+  for (const auto& r : rs) {
+    if (!out.empty()) out += "; ";
+    out += r.str();
+  }
+  return out;
+}
+
+}  // namespace
+
+struct XdsClient::Stream {
+  std::string cluster;  // "" for ADS
+  std::string target;   // HOST:PORT
+  std::map<std::string, TypeState> types;
+  std::thread thread;
+  // Set while connected; writes go through write_mu (one writer at a time,
+  // concurrently with the stream's own reader).
+  grpc::ClientContext* ctx = nullptr;
+  ReaderWriter* rw = nullptr;
+  std::mutex write_mu;
+  bool node_sent = false;
+  bool got_response = false;
+  std::chrono::steady_clock::time_point connected_at;
+  uint64_t connects = 0;
+
+  bool ads() const { return cluster.empty(); }
+  std::string label() const { return ads() ? "ads" : "rds:" + cluster; }
+};
+
+XdsClient::XdsClient(XdsClientOptions opts) : opts_(std::move(opts)) {}
+
+XdsClient::~XdsClient() { stop(); }
+
+Result<void> XdsClient::start(ConfigSink& sink) {
+  if (opts_.server.empty()) return Error::invalid("xDS: no server address");
+  if (opts_.node.id().empty()) return Error::invalid("xDS: no node id");
+  sink_ = &sink;
+  std::lock_guard<std::mutex> l(mu_);
+  auto& ads = stream_for("");
+  auto& cds = ads.types[kClusterType];
+  cds.wildcard = true;
+  cds.requested = true;
+  watchdog_ = std::thread([this] { watchdog(); });
+  (void)ads;
+  return Ok();
+}
+
+XdsClient::Stream& XdsClient::stream_for(const std::string& cluster) {
+  for (auto& s : streams_)
+    if (s->cluster == cluster) return *s;
+  auto s = std::make_unique<Stream>();
+  s->cluster = cluster;
+  auto it = opts_.clusters.find(cluster);
+  s->target = cluster.empty() || it == opts_.clusters.end() ? opts_.server : it->second;
+  Stream* raw = s.get();
+  streams_.push_back(std::move(s));
+  raw->thread = std::thread([this, raw] { run(*raw); });
+  return *raw;
+}
+
+void XdsClient::stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stopping_.exchange(true)) return;
+    for (auto& s : streams_)
+      if (s->ctx) s->ctx->TryCancel();
+  }
+  cv_.notify_all();
+  for (auto& s : streams_)
+    if (s->thread.joinable()) s->thread.join();
+  if (watchdog_.joinable()) watchdog_.join();
+}
+
+namespace {
+
+DiscoveryRequest request_for(const std::string& type, const TypeState& t) {
+  DiscoveryRequest q;
+  q.set_type_url(type);
+  q.set_version_info(t.version);
+  q.set_response_nonce(t.nonce);
+  for (const auto& n : t.names) q.add_resource_names(n);
+  return q;
+}
+
+}  // namespace
+
+// Sends one request on `s` if it is connected (else on_connected sends the
+// whole subscription when it is). The node goes on a stream's first request.
+static void send(XdsClient::Stream& s, DiscoveryRequest q, const envoy::config::core::v3::Node& node) {
+  std::lock_guard<std::mutex> w(s.write_mu);
+  if (!s.rw) return;
+  if (!s.node_sent) {
+    *q.mutable_node() = node;
+    s.node_sent = true;
+  }
+  if (!s.rw->Write(q)) spdlog::debug("xds {}: write failed (stream closing)", s.label());
+}
+
+void XdsClient::on_connected(Stream& s) {
+  // A new stream knows nothing: say every subscription again, with the
+  // versions we hold, in Envoy's order.
+  for (const char* type : kTypeOrder) {
+    auto it = s.types.find(type);
+    if (it == s.types.end() || !it->second.requested) continue;
+    auto q = request_for(type, it->second);
+    q.clear_response_nonce();  // nonces do not survive a stream
+    send(s, std::move(q), opts_.node);
+  }
+}
+
+void XdsClient::run(Stream& s) {
+  std::mt19937_64 rng(std::random_device{}());
+  int attempt = 0;
+  while (!stopping_) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetMaxReceiveMessageSize(int(opts_.max_message_bytes));
+    auto channel = grpc::CreateCustomChannel(s.target, grpc::InsecureChannelCredentials(), args);
+    grpc::ClientContext ctx;
+    std::unique_ptr<ReaderWriter> rw;
+    std::unique_ptr<envoy::service::discovery::v3::AggregatedDiscoveryService::Stub> ads;
+    std::unique_ptr<envoy::service::route::v3::RouteDiscoveryService::Stub> rds;
+    if (s.ads()) {
+      ads = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
+      rw = ads->StreamAggregatedResources(&ctx);
+    } else {
+      rds = envoy::service::route::v3::RouteDiscoveryService::NewStub(channel);
+      rw = rds->StreamRoutes(&ctx);
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (stopping_) {
+        ctx.TryCancel();
+      }
+      {
+        std::lock_guard<std::mutex> w(s.write_mu);
+        s.ctx = &ctx;
+        s.rw = rw.get();
+        s.node_sent = false;
+        s.got_response = false;
+        s.connected_at = std::chrono::steady_clock::now();
+        ++s.connects;
+      }
+      on_connected(s);
+    }
+    DiscoveryResponse resp;
+    while (rw->Read(&resp)) {
+      {
+        std::lock_guard<std::mutex> w(s.write_mu);
+        s.got_response = true;
+      }
+      attempt = 0;
+      handle(s, resp);
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      std::lock_guard<std::mutex> w(s.write_mu);
+      s.ctx = nullptr;
+      s.rw = nullptr;
+    }
+    grpc::Status st = rw->Finish();
+    if (stopping_) break;
+    auto base = std::min<int64_t>(opts_.backoff_max.count(),
+                                  opts_.backoff_base.count() << std::min(attempt, 16));
+    ++attempt;
+    // Full jitter over the upper half: many daemons losing one control
+    // plane do not come back in lockstep.
+    auto delay = std::chrono::milliseconds(
+        std::uniform_int_distribution<int64_t>(base / 2, std::max<int64_t>(base / 2, base))(rng));
+    spdlog::warn("xds {} {}: stream closed ({} {}); last good configuration stays; retry in {} ms",
+                 s.label(), s.target, int(st.error_code()), st.error_message(), delay.count());
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait_for(l, delay, [&] { return stopping_.load(); });
+  }
+}
+
+void XdsClient::watchdog() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stopping_) {
+    cv_.wait_for(l, std::chrono::milliseconds(500), [&] { return stopping_.load(); });
+    auto now = std::chrono::steady_clock::now();
+    for (auto& s : streams_) {
+      std::lock_guard<std::mutex> w(s->write_mu);
+      if (s->ctx && !s->got_response && now - s->connected_at > opts_.first_response_timeout) {
+        spdlog::warn("xds {} {}: no response in {} ms, restarting the stream", s->label(), s->target,
+                     opts_.first_response_timeout.count());
+        s->ctx->TryCancel();
+        s->connected_at = now;  // once per stream
+      }
+    }
+  }
+}
+
+void XdsClient::handle(Stream& s, const DiscoveryResponse& r) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (stopping_) return;
+  const std::string& type = r.type_url();
+  auto tit = s.types.find(type);
+  if (tit == s.types.end() || !tit->second.requested) {
+    spdlog::warn("xds {}: response of unrequested type '{}' ignored", s.label(), type);
+    return;
+  }
+  TypeState& ts = tit->second;
+  ts.nonce = r.nonce();
+  ts.received = true;
+
+  // Decode into a copy of the latest state; a response that does not even
+  // decode changes nothing.
+  Resources next = latest_;
+  std::string err;
+  std::set<std::string> names;
+  bool ok = type == kListenerType   ? take(next.listeners, r, true, err, names)
+            : type == kClusterType  ? take(next.clusters, r, true, err, names)
+            : type == kEndpointType ? take(next.endpoints, r, false, err, names)
+                                    : take(next.routes, r, false, err, names);
+  std::vector<Reject> rejects;
+  std::shared_ptr<const Snapshot> snap;
+  if (!ok) {
+    rejects.push_back({type, "", err});
+  } else {
+    next.version = r.version_info();
+    latest_ = next;
+    auto applied = sink_->apply(std::move(next), "xds " + s.label() + " " + short_type(type), true);
+    snap = applied.snapshot;
+    for (auto& x : applied.rejects)
+      if (x.type_url == type) rejects.push_back(std::move(x));
+  }
+
+  DiscoveryRequest ack = request_for(type, ts);
+  ack.set_response_nonce(r.nonce());
+  if (rejects.empty()) {
+    ts.version = r.version_info();
+    ts.last_update_unix = unix_now();
+    ++ts.updates;
+    ack.set_version_info(ts.version);
+  } else {
+    ++ts.rejects;
+    ts.last_nack = join_rejects(rejects);
+    ack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
+    ack.mutable_error_detail()->set_message(ts.last_nack);
+    spdlog::error("xds {}: NACK {} version {}: {}", s.label(), short_type(type), r.version_info(),
+                  ts.last_nack);
+  }
+  send(s, std::move(ack), opts_.node);
+  if (!snap) return;
+
+  Stream& ads = *streams_[0];
+  if (type == kClusterType) {
+    // EDS follows CDS: subscribe to exactly the assignments our clusters use.
+    std::set<std::string> want;
+    for (const auto& [n, c] : snap->clusters)
+      if (!c->eds_service.empty()) want.insert(c->eds_service);
+    auto& eds = ads.types[kEndpointType];
+    if (want != eds.names || !eds.requested) {
+      eds.names = want;
+      eds.requested = !want.empty() || eds.requested;
+      if (eds.requested) send(ads, request_for(kEndpointType, eds), opts_.node);
+      std::erase_if(latest_.endpoints, [&](const auto& a) { return !want.count(a.cluster_name()); });
+    }
+  }
+  // LDS once clusters (and their endpoints, if any) are in: a listener is
+  // never live before the clusters its routes name.
+  auto& eds = ads.types[kEndpointType];
+  if (!lds_requested_ && (type == kEndpointType || (type == kClusterType && !eds.requested))) {
+    lds_requested_ = true;
+    auto& lds = ads.types[kListenerType];
+    lds.wildcard = true;
+    lds.requested = true;
+    send(ads, request_for(kListenerType, lds), opts_.node);
+  }
+  if (type == kListenerType) {
+    // RDS follows LDS, on the stream each listener's config source names.
+    std::map<std::string, std::set<std::string>> want;
+    for (const auto& li : snap->listeners) want[li.rds_cluster].insert(li.route_name);
+    for (auto& st : streams_) want.try_emplace(st->cluster);
+    std::set<std::string> all;
+    for (const auto& [cluster, rnames] : want) {
+      all.insert(rnames.begin(), rnames.end());
+      if (rnames.empty()) continue;  // an empty SotW request would mean "all": say nothing
+      Stream& t = stream_for(cluster);
+      auto& rds = t.types[kRouteType];
+      if (rds.names == rnames && rds.requested) continue;
+      rds.names = rnames;
+      rds.requested = true;
+      send(t, request_for(kRouteType, rds), opts_.node);
+    }
+    std::erase_if(latest_.routes, [&](const auto& rc) { return !all.count(rc.name()); });
+  }
+}
+
+bool XdsClient::synced() const { return waiting_for().empty(); }
+
+std::string XdsClient::waiting_for() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::string out;
+  for (const auto& s : streams_)
+    for (const auto& [type, t] : s->types)
+      if (t.requested && !t.received && (t.wildcard || !t.names.empty()))
+        out += (out.empty() ? "" : ", ") + short_type(type) + " from " + s->label() + " " + s->target;
+  if (streams_.empty() || !streams_[0]->types.count(kListenerType))
+    out += std::string(out.empty() ? "" : ", ") + "Listener from ads " + opts_.server;
+  return out;
+}
+
+std::string XdsClient::status_json() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::string o = "{\"source\":\"xds\",\"server\":" + json_string(opts_.server) +
+                  ",\"node_id\":" + json_string(opts_.node.id()) + ",\"streams\":[";
+  bool first_stream = true;
+  for (const auto& s : streams_) {
+    std::lock_guard<std::mutex> w(s->write_mu);
+    o += std::string(first_stream ? "" : ",") + "{\"stream\":" + json_string(s->label()) +
+         ",\"target\":" + json_string(s->target) + ",\"connected\":" + (s->rw ? "true" : "false") +
+         ",\"connects\":" + std::to_string(s->connects) + ",\"types\":[";
+    first_stream = false;
+    bool first = true;
+    for (const auto& [type, t] : s->types) {
+      if (!t.requested) continue;
+      o += std::string(first ? "" : ",") + "{\"type_url\":" + json_string(type) +
+           ",\"version\":" + json_string(t.version) + ",\"nonce\":" + json_string(t.nonce) +
+           ",\"last_update_unix\":" + std::to_string(t.last_update_unix) +
+           ",\"last_nack\":" + json_string(t.last_nack) + ",\"updates\":" + std::to_string(t.updates) +
+           ",\"rejects\":" + std::to_string(t.rejects) + ",\"subscribed\":" +
+           (t.wildcard ? "\"*\"" : std::to_string(t.names.size())) + "}";
+      first = false;
+    }
+    o += "]}";
+  }
+  return o + "]}";
+}
+
+std::string XdsClient::metrics_text() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::string o =
+      "# HELP metanode_xds_connected 1 while the stream to the xDS server is up\n"
+      "# TYPE metanode_xds_connected gauge\n";
+  for (const auto& s : streams_) {
+    std::lock_guard<std::mutex> w(s->write_mu);
+    o += "metanode_xds_connected{stream=\"" + s->label() + "\"} " + (s->rw ? "1" : "0") + "\n";
+  }
+  int64_t now = unix_now();
+  std::string upd, rej, age;
+  for (const auto& s : streams_)
+    for (const auto& [type, t] : s->types) {
+      if (!t.requested) continue;
+      std::string lbl = "{type=\"" + short_type(type) + "\",stream=\"" + s->label() + "\"} ";
+      upd += "metanode_xds_updates_total" + lbl + std::to_string(t.updates) + "\n";
+      rej += "metanode_xds_rejects_total" + lbl + std::to_string(t.rejects) + "\n";
+      age += "metanode_xds_seconds_since_update" + lbl +
+             std::to_string(t.last_update_unix ? now - t.last_update_unix : -1) + "\n";
+    }
+  return o +
+         "# HELP metanode_xds_updates_total xDS responses applied and ACKed\n"
+         "# TYPE metanode_xds_updates_total counter\n" + upd +
+         "# HELP metanode_xds_rejects_total xDS responses NACKed (one or more resources refused)\n"
+         "# TYPE metanode_xds_rejects_total counter\n" + rej +
+         "# HELP metanode_xds_seconds_since_update Seconds since the last accepted update (-1: none)\n"
+         "# TYPE metanode_xds_seconds_since_update gauge\n" + age;
+}
+
+envoy::config::core::v3::Node make_node(const NodeIdentity& n) {
+  envoy::config::core::v3::Node node;
+  std::string ns = n.namespace_.empty() ? "default" : n.namespace_;
+  node.set_id(!n.id.empty() ? n.id
+                            : "sidecar~" + n.ip + "~" + n.pod_name + "." + ns + "~" + ns +
+                                  ".svc.cluster.local");
+  node.set_user_agent_name("metanode");
+  node.set_user_agent_version("0.1.0");
+  auto& f = *node.mutable_metadata()->mutable_fields();
+  auto put = [&](const char* k, const std::string& v) {
+    if (!v.empty()) f[k].set_string_value(v);
+  };
+  put("NAMESPACE", ns);
+  put("CLUSTER_ID", n.cluster_id);
+  put("ISTIO_VERSION", n.istio_version);
+  put("INSTANCE_IPS", n.ip);
+  put("SERVICE_ACCOUNT", n.service_account);
+  put("NODE_NAME", n.node_name);
+  put("POD_NAME", n.pod_name);
+  if (!n.labels.empty()) {
+    auto& lf = *f["LABELS"].mutable_struct_value()->mutable_fields();
+    for (const auto& [k, v] : n.labels) lf[k].set_string_value(v);
+  }
+  for (const auto& [k, v] : n.extra) f[k].set_string_value(v);
+  return node;
+}
+
+}  // namespace metanode::xds
