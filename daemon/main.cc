@@ -93,7 +93,9 @@ int main(int argc, char** argv) {
   auto& node = o.node;
   char host[256] = "metanode";
   gethostname(host, sizeof(host) - 1);
-  node.pod_name = env("POD_NAME", host);
+  // Unique per daemon even with two on one host: Aeraki keys its RDS cache
+  // by node id and clears it when a stream closes.
+  node.pod_name = env("POD_NAME", (std::string(host) + "-" + std::to_string(getpid())).c_str());
   node.namespace_ = env("POD_NAMESPACE", "metanode-system");
   node.ip = env("INSTANCE_IP");
   node.service_account = env("SERVICE_ACCOUNT");

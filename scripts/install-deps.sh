@@ -38,3 +38,11 @@ if [ ! -f "$peers/node_modules/.package-lock.json" ] ||
   (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "install-deps: npm peers present"
+
+# Go modules for the xDS peers (go-control-plane, Aeraki's API types), from
+# the Go module proxy at the versions in go.sum. Go itself comes with the
+# machine (Debian 12's golang is too old for go-control-plane).
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then PATH=$PATH:/usr/local/go/bin; fi
+if ! command -v go >/dev/null 2>&1; then echo "install-deps: go (>= 1.24) is required on PATH" >&2; exit 1; fi
+(cd "$(dirname "$0")/../tests/peers/xds" && GOFLAGS=-mod=readonly go mod download)
+echo "install-deps: Go modules present"

@@ -86,25 +86,28 @@ void LocalDaemon::write_config(const std::string& name, const std::string& yaml)
   std::rename(tmp.c_str(), (config_dir() + "/" + name).c_str());
 }
 
-bool LocalDaemon::start_peer(const std::vector<std::string>& argv, const std::string& log,
-                             const std::string& ready) {
+pid_t LocalDaemon::start_peer(const std::vector<std::string>& argv, const std::string& log,
+                              const std::string& ready) {
   std::string path = dir_ + "/" + log + ".log";
-  if (!procs_.spawn(argv, "", "", path)) return false;
-  if (ready.empty()) return true;
+  auto pid = procs_.spawn(argv, "", "", path);
+  if (!pid) return 0;
+  if (ready.empty()) return *pid;
   for (int i = 0; i < 300; ++i) {
-    if (slurp(path).find(ready) != std::string::npos) return true;
+    if (slurp(path).find(ready) != std::string::npos) return *pid;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  return false;
+  return 0;
 }
 
-bool LocalDaemon::start(const std::vector<std::string>& extra) {
+bool LocalDaemon::start(const std::vector<std::string>& extra, bool manifests) {
   admin_port_ = free_port();
-  std::vector<std::string> argv = {sample_options_from_build().metanoded, "--no-bpf", "--config-dir",
-                                   config_dir(), "--admin-address",
+  std::vector<std::string> argv = {sample_options_from_build().metanoded, "--no-bpf", "--admin-address",
                                    "127.0.0.1:" + std::to_string(admin_port_)};
+  if (manifests) argv.insert(argv.end(), {"--config-dir", config_dir()});
   argv.insert(argv.end(), extra.begin(), extra.end());
-  if (!procs_.spawn(argv, "", "", dir_ + "/daemon.log")) return false;
+  auto pid = procs_.spawn(argv, "", "", dir_ + "/daemon.log");
+  if (!pid) return false;
+  daemon_pid_ = *pid;
   for (int i = 0; i < 300; ++i) {
     if (admin("/ready") == "ready\n") return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

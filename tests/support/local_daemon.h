@@ -28,11 +28,14 @@ class LocalDaemon {
   void write_config(const std::string& name, const std::string& yaml);
 
   // Starts a peer process (server) with its output in dir()/<log>.log and
-  // waits until that log contains `ready` (empty: no wait).
-  bool start_peer(const std::vector<std::string>& argv, const std::string& log,
+  // waits until that log contains `ready` (empty: no wait). Returns its pid,
+  // 0 on failure.
+  pid_t start_peer(const std::vector<std::string>& argv, const std::string& log,
                   const std::string& ready = "listening");
-  // Starts metanoded on config_dir() and waits for /ready.
-  bool start(const std::vector<std::string>& extra_args = {});
+  // Starts metanoded --no-bpf on config_dir() (or, with `manifests` false,
+  // on whatever source `extra_args` names) and waits for /ready.
+  bool start(const std::vector<std::string>& extra_args = {}, bool manifests = true);
+  pid_t daemon_pid() const { return daemon_pid_; }
   // Runs a client to completion and parses its summary.
   ClientSummary run_client(const std::vector<std::string>& argv, int timeout_ms = 60000);
 
@@ -45,6 +48,7 @@ class LocalDaemon {
   ProcessGroup procs_;
   std::string dir_;
   int admin_port_ = 0;
+  pid_t daemon_pid_ = 0;
   int clients_ = 0;
 };
 

@@ -23,6 +23,7 @@
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
 #include "udpa/type/v1/typed_struct.pb.h"
 #include "metanode/net.h"
+#include "metanode/xds/manifest_source.h"
 
 namespace metanode::xds {
 namespace {
@@ -468,7 +469,10 @@ void pack_as_typed_struct(const google::protobuf::Message& m, google::protobuf::
   udpa::type::v1::TypedStruct ts;
   ts.set_type_url(std::string("type.googleapis.com/") + m.GetDescriptor()->full_name());
   (void)google::protobuf::util::JsonStringToMessage(json, ts.mutable_value());
-  out->PackFrom(ts);
+  // Deterministic bytes (Struct is a map): the same manifests must give the
+  // same content version, or every node would be pushed an unchanged listener.
+  out->set_type_url(kUdpaTypedStructType);
+  out->set_value(deterministic_bytes(ts));
 }
 
 void set_address(envoy::config::core::v3::Address* a, const std::string& ip, uint32_t port) {

@@ -26,6 +26,14 @@ uint64_t fnv1a(uint64_t h, std::string_view s) {
   return h;
 }
 
+std::string hex(uint64_t h) {
+  char buf[17];
+  snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace
+
 std::string deterministic_bytes(const google::protobuf::Message& m) {
   std::string out;
   google::protobuf::io::StringOutputStream zs(&out);
@@ -35,14 +43,6 @@ std::string deterministic_bytes(const google::protobuf::Message& m) {
   cs.Trim();
   return out;
 }
-
-std::string hex(uint64_t h) {
-  char buf[17];
-  snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-
-}  // namespace
 
 std::string content_version(const google::protobuf::Message& m) {
   return hex(fnv1a(14695981039346656037ull, deterministic_bytes(m)));

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <random>
 
 #include "envoy/service/discovery/v3/discovery.grpc.pb.h"
@@ -32,34 +33,30 @@ struct TypeState {
   std::string version;          // last accepted (ACKed) version_info
   std::string nonce;            // last response's nonce
   std::string last_nack;
+  std::string nacked_version;  // the version last NACKed, and how many times in a row
+  int nack_repeats = 0;
   int64_t last_update_unix = 0;
   uint64_t updates = 0, rejects = 0;
 };
 
 const char* const kTypeOrder[] = {kClusterType, kEndpointType, kListenerType, kRouteType};
 
-// Replaces (CDS, LDS: each response is the whole set) or merges (EDS, RDS:
-// a response may carry only what changed) one type's resources.
 template <class T>
-bool take(std::vector<T>& into, const DiscoveryResponse& r, bool replace, std::string& err,
-          std::set<std::string>& names) {
+Result<void> take(std::vector<T>& into, const DiscoveryResponse& r, bool replace) {
   std::map<std::string, T> by;
   if (!replace)
     for (auto& m : into) by.emplace(resource_name(m), std::move(m));
-  if (replace) by.clear();
+  into.clear();
   for (int i = 0; i < r.resources_size(); ++i) {
     T m;
-    if (r.resources(i).type_url() != r.type_url() || !r.resources(i).UnpackTo(&m)) {
-      err = "resource[" + std::to_string(i) + "] of type '" + r.resources(i).type_url() +
-            "' does not decode as " + short_type(r.type_url());
-      return false;
-    }
-    names.insert(resource_name(m));
+    if (r.resources(i).type_url() != r.type_url() || !r.resources(i).UnpackTo(&m))
+      return Error::invalid("resource[" + std::to_string(i) + "] of type '" +
+                            r.resources(i).type_url() + "' does not decode as " +
+                            short_type(r.type_url()));
     by[resource_name(m)] = std::move(m);
   }
-  into.clear();
   for (auto& [n, m] : by) into.push_back(std::move(m));
-  return true;
+  return Ok();
 }
 
 std::string join_rejects(const std::vector<Reject>& rs) {
@@ -72,6 +69,20 @@ std::string join_rejects(const std::vector<Reject>& rs) {
 }
 
 }  // namespace
+
+Result<void> merge_response(const DiscoveryResponse& r, Resources& state) {
+  const std::string& type = r.type_url();
+  Resources next = state;
+  Result<void> ok = type == kListenerType   ? take(next.listeners, r, true)
+                    : type == kClusterType  ? take(next.clusters, r, true)
+                    : type == kEndpointType ? take(next.endpoints, r, false)
+                    : type == kRouteType    ? take(next.routes, r, false)
+                                            : Result<void>(Error::invalid("unknown type '" + type + "'"));
+  if (!ok) return ok;
+  next.version = r.version_info();
+  state = std::move(next);
+  return Ok();
+}
 
 struct XdsClient::Stream {
   std::string cluster;  // "" for ADS
@@ -217,7 +228,11 @@ void XdsClient::run(Stream& s) {
         s.got_response = true;
       }
       attempt = 0;
-      handle(s, resp);
+      if (auto d = handle(s, resp)) {
+        std::unique_lock<std::mutex> l(mu_);
+        if (cv_.wait_for(l, d->pause, [&] { return stopping_.load(); })) break;
+        send(s, std::move(d->request), opts_.node);
+      }
     }
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -258,36 +273,41 @@ void XdsClient::watchdog() {
   }
 }
 
-void XdsClient::handle(Stream& s, const DiscoveryResponse& r) {
+std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const DiscoveryResponse& r) {
   std::lock_guard<std::mutex> l(mu_);
-  if (stopping_) return;
+  if (stopping_) return std::nullopt;
   const std::string& type = r.type_url();
   auto tit = s.types.find(type);
   if (tit == s.types.end() || !tit->second.requested) {
     spdlog::warn("xds {}: response of unrequested type '{}' ignored", s.label(), type);
-    return;
+    return std::nullopt;
   }
   TypeState& ts = tit->second;
   ts.nonce = r.nonce();
   ts.received = true;
 
-  // Decode into a copy of the latest state; a response that does not even
-  // decode changes nothing.
-  Resources next = latest_;
-  std::string err;
-  std::set<std::string> names;
-  bool ok = type == kListenerType   ? take(next.listeners, r, true, err, names)
-            : type == kClusterType  ? take(next.clusters, r, true, err, names)
-            : type == kEndpointType ? take(next.endpoints, r, false, err, names)
-                                    : take(next.routes, r, false, err, names);
+  // The same version we just refused, sent again (go-control-plane answers
+  // a NACK by resending whatever version it holds): refuse it again without
+  // recompiling, after a growing pause, so the two sides do not spin.
+  if (!ts.nacked_version.empty() && r.version_info() == ts.nacked_version) {
+    ++ts.nack_repeats;
+    ++ts.rejects;
+    DiscoveryRequest nack = request_for(type, ts);
+    nack.set_response_nonce(r.nonce());
+    nack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
+    nack.mutable_error_detail()->set_message(ts.last_nack);
+    auto pause = std::min<int64_t>(opts_.backoff_max.count(),
+                                   opts_.backoff_base.count() << std::min(ts.nack_repeats, 16));
+    return Deferred{std::move(nack), std::chrono::milliseconds(pause)};
+  }
+
+  // A response that does not even decode changes nothing.
   std::vector<Reject> rejects;
   std::shared_ptr<const Snapshot> snap;
-  if (!ok) {
-    rejects.push_back({type, "", err});
+  if (auto m = merge_response(r, latest_); !m) {
+    rejects.push_back({type, "", m.error().message()});
   } else {
-    next.version = r.version_info();
-    latest_ = next;
-    auto applied = sink_->apply(std::move(next), "xds " + s.label() + " " + short_type(type), true);
+    auto applied = sink_->apply(latest_, "xds " + s.label() + " " + short_type(type), true);
     snap = applied.snapshot;
     for (auto& x : applied.rejects)
       if (x.type_url == type) rejects.push_back(std::move(x));
@@ -298,10 +318,14 @@ void XdsClient::handle(Stream& s, const DiscoveryResponse& r) {
   if (rejects.empty()) {
     ts.version = r.version_info();
     ts.last_update_unix = unix_now();
+    ts.nacked_version.clear();
+    ts.nack_repeats = 0;
     ++ts.updates;
     ack.set_version_info(ts.version);
   } else {
     ++ts.rejects;
+    ts.nacked_version = r.version_info();
+    ts.nack_repeats = 0;
     ts.last_nack = join_rejects(rejects);
     ack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
     ack.mutable_error_detail()->set_message(ts.last_nack);
@@ -309,7 +333,7 @@ void XdsClient::handle(Stream& s, const DiscoveryResponse& r) {
                   ts.last_nack);
   }
   send(s, std::move(ack), opts_.node);
-  if (!snap) return;
+  if (!snap) return std::nullopt;
 
   Stream& ads = *streams_[0];
   if (type == kClusterType) {
@@ -353,6 +377,7 @@ void XdsClient::handle(Stream& s, const DiscoveryResponse& r) {
     }
     std::erase_if(latest_.routes, [&](const auto& rc) { return !all.count(rc.name()); });
   }
+  return std::nullopt;
 }
 
 bool XdsClient::synced() const { return waiting_for().empty(); }

@@ -20,6 +20,8 @@ Result<Resources> load_manifest_dir(const std::string& dir);
 // A stable content hash of resources (deterministic serialization, FNV-1a),
 // in hex: the version of a state of the world.
 std::string content_version(const google::protobuf::Message& m);
+// The bytes that hash: the same message always serializes the same.
+std::string deterministic_bytes(const google::protobuf::Message& m);
 std::string content_version(const Resources& r);
 
 // Calls `on_change` from its own thread once edits in `dir` have settled

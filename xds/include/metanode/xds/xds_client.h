@@ -13,17 +13,16 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "envoy/config/core/v3/base.pb.h"
+#include "envoy/service/discovery/v3/discovery.pb.h"
 #include "metanode/xds/config_source.h"
 
-namespace envoy::service::discovery::v3 {
-class DiscoveryResponse;
-}
 
 namespace metanode::xds {
 
@@ -58,7 +57,12 @@ class XdsClient : public ConfigSource {
   Stream& stream_for(const std::string& cluster);  // mu_ held
   void run(Stream& s);
   void on_connected(Stream& s);  // mu_ held
-  void handle(Stream& s, const envoy::service::discovery::v3::DiscoveryResponse& r);
+  // A request to send after a pause (a NACK repeated), or nothing.
+  struct Deferred {
+    envoy::service::discovery::v3::DiscoveryRequest request;
+    std::chrono::milliseconds pause;
+  };
+  std::optional<Deferred> handle(Stream& s, const envoy::service::discovery::v3::DiscoveryResponse& r);
   void watchdog();
 
   XdsClientOptions opts_;
@@ -72,6 +76,13 @@ class XdsClient : public ConfigSource {
   bool lds_requested_ = false;
   std::thread watchdog_;
 };
+
+// One response into the state of the world: Listener and Cluster responses
+// replace their type's whole set, ClusterLoadAssignment and
+// RouteConfiguration responses update the resources they carry. A resource
+// that does not decode as the response's type fails the whole response and
+// leaves `state` as it was.
+Result<void> merge_response(const envoy::service::discovery::v3::DiscoveryResponse& r, Resources& state);
 
 // Node identity as istio-agent presents a sidecar to istiod:
 // id "sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local" and metadata

@@ -1,0 +1,368 @@
+// Configuration over gRPC xDS with real, independent peers:
+//  - go-control-plane's server (the library Aeraki's RDS server is built on)
+//    feeding metanoded --xds-address: ADS (CDS, EDS, LDS) and Aeraki's RDS
+//    service, ACK/NACK, a bad resource, a server that goes away or talks
+//    garbage;
+//  - metanode-xds read by a Go client that decodes everything with the real
+//    Envoy and Aeraki Go types, and by several metanoded at once.
+// Traffic is real too: python3-thrift servers and clients on loopback.
+#include <arpa/inet.h>
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <thread>
+
+#include "local_daemon.h"
+#include "metanode/xds/k8s_config.h"
+
+namespace metanode::testbed {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr char kHost[] = "thrift-sample-server.meta-thrift.svc.cluster.local";
+
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = 10s) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return pred();
+}
+
+bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+// The value of a labelled Prometheus sample, or ~0 when absent.
+uint64_t labelled(const std::string& text, const std::string& series) {
+  auto p = text.find(series + " ");
+  if (p == std::string::npos) return ~0ull;
+  return std::stoull(text.substr(p + series.size() + 1));
+}
+
+class XdsPeers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto peers = sample_options_from_build().peers_dir;
+    for (int i = 0; i < 2; ++i) {
+      ports_[i] = free_port();
+      ASSERT_TRUE(d_.start_peer({"/usr/bin/python3", peers + "/server.py", "--host", "127.0.0.1", "--port",
+                                 std::to_string(ports_[i]), "--name",
+                                 std::string("thrift-sample-server-v") + char('1' + i)},
+                                "server" + std::to_string(i)));
+    }
+    vip_port_ = free_port();
+  }
+
+  // Aeraki's tutorial service on loopback, plus an optional MetaRouter.
+  std::string service(const std::string& name, int vip_port) const {
+    std::string host = name + ".meta-thrift.svc.cluster.local";
+    return "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+           "metadata: {name: " + name + ", namespace: meta-thrift}\n"
+           "spec:\n  hosts: [" + host + "]\n  addresses: [127.0.0.1]\n"
+           "  ports: [{number: " + std::to_string(vip_port) + ", name: tcp-metaprotocol-thrift-hello}]\n"
+           "  endpoints:\n"
+           "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-hello: " + std::to_string(ports_[0]) +
+           "}, labels: {version: v1}}\n"
+           "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-hello: " + std::to_string(ports_[1]) +
+           "}, labels: {version: v2}}\n---\n"
+           "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+           "metadata: {name: " + name + ", namespace: meta-thrift}\n"
+           "spec:\n  host: " + host + "\n  subsets:\n"
+           "  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+  }
+  static std::string split(int v1, int v2) {
+    return "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+           "metadata: {name: split, namespace: meta-thrift}\n"
+           "spec:\n  hosts: [" + std::string(kHost) + "]\n  routes:\n  - name: traffic-split\n"
+           "    route:\n"
+           "    - {destination: {host: " + kHost + ", subset: v1}, weight: " + std::to_string(v1) + "}\n"
+           "    - {destination: {host: " + kHost + ", subset: v2}, weight: " + std::to_string(v2) + "}\n";
+  }
+
+  // Manifests -> xDS resources -> the JSON array of Any the Go server reads.
+  static xds::Resources translate(const std::vector<std::string>& docs) {
+    std::vector<xds::ManifestFile> files;
+    for (size_t i = 0; i < docs.size(); ++i) files.push_back({"doc" + std::to_string(i) + ".yaml", docs[i]});
+    auto r = xds::translate_manifests(files);
+    EXPECT_TRUE(r) << r.error().message();
+    return r ? std::move(r.value()) : xds::Resources{};
+  }
+  void write_resources(const xds::Resources& r) {
+    std::string out = "[";
+    auto add = [&](const google::protobuf::Message& m) {
+      google::protobuf::Any a;
+      a.PackFrom(m);
+      std::string j;
+      EXPECT_TRUE(google::protobuf::util::MessageToJsonString(a, &j).ok());
+      out += (out.size() > 1 ? ",\n" : "") + j;
+    };
+    for (const auto& m : r.clusters) add(m);
+    for (const auto& m : r.endpoints) add(m);
+    for (const auto& m : r.listeners) add(m);
+    for (const auto& m : r.routes) add(m);
+    std::string tmp = resources_file() + ".tmp";
+    std::ofstream(tmp) << out << "]\n";
+    std::rename(tmp.c_str(), resources_file().c_str());
+  }
+  std::string resources_file() const { return d_.dir() + "/resources.json"; }
+
+  // go-control-plane's server on `port` (0: any). Returns its port.
+  int start_go_server(int port = 0) {
+    go_log_ = "go-server" + std::to_string(++go_starts_);
+    go_pid_ = d_.start_peer({METANODE_XDS_SERVER_PEER, "-listen", "127.0.0.1:" + std::to_string(port),
+                             "-resources", resources_file()},
+                            go_log_, "listening ");
+    EXPECT_NE(go_pid_, 0) << go_output();
+    auto log = go_output();
+    auto p = log.find("listening ");
+    return p == std::string::npos ? 0 : std::stoi(log.substr(p + 10));
+  }
+  std::string go_output() const { return slurp(d_.dir() + "/" + go_log_ + ".log"); }
+  void push(const xds::Resources& r) {
+    write_resources(r);
+    size_t before = count(go_output(), "LOADED ");
+    kill(go_pid_, SIGHUP);
+    ASSERT_TRUE(eventually([&] { return count(go_output(), "LOADED ") > before; })) << go_output();
+  }
+  static size_t count(const std::string& s, const std::string& what) {
+    size_t n = 0;
+    for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+    return n;
+  }
+
+  ClientSummary calls(LocalDaemon& d, int n, int port) {
+    return d.run_client({"/usr/bin/python3", sample_options_from_build().peers_dir + "/client.py", "--host",
+                         "127.0.0.1", "--port", std::to_string(port), "--calls", std::to_string(n),
+                         "--quiet"});
+  }
+
+  LocalDaemon d_;
+  int ports_[2] = {0, 0};
+  int vip_port_ = 0;
+  pid_t go_pid_ = 0;
+  std::string go_log_;
+  int go_starts_ = 0;
+};
+
+// The whole path through an independent control plane: CDS -> EDS -> LDS
+// over ADS, RDS on Aeraki's service (cluster aeraki-xds, defaulting to the
+// ADS server), every response ACKed; then a 20/80 MetaRouter pushed live.
+TEST_F(XdsPeers, GoControlPlaneFeedsTheDaemon) {
+  write_resources(translate({service("thrift-sample-server", vip_port_)}));
+  int port = start_go_server();
+  ASSERT_GT(port, 0);
+  ASSERT_TRUE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(port), "--node-id", "node-a"}, false))
+      << d_.log() << go_output();
+
+  auto r = calls(d_, 100, vip_port_);
+  ASSERT_EQ(r.ok, 100) << r.output << d_.log();
+  EXPECT_EQ(r.by_server["thrift-sample-server-v1"], 50);
+  EXPECT_EQ(r.switches, 99);
+  auto out = go_output();
+  EXPECT_TRUE(contains(out, "NODE node-a"));
+  for (const char* t : {"cluster.v3.Cluster v1", "endpoint.v3.ClusterLoadAssignment v1",
+                        "listener.v3.Listener v1", "route.v3.RouteConfiguration v1"})
+    EXPECT_TRUE(contains(out, std::string("ACK type.googleapis.com/envoy.config.") + t)) << t << "\n" << out;
+  EXPECT_FALSE(contains(out, "NACK")) << out;
+  auto dump = d_.admin("/config_dump");
+  EXPECT_TRUE(contains(dump, "\"stream\":\"rds:aeraki-xds\",\"target\":\"127.0.0.1:" + std::to_string(port)))
+      << dump;
+  auto m = d_.admin("/stats/prometheus");
+  EXPECT_EQ(labelled(m, "metanode_xds_connected{stream=\"ads\"}"), 1u) << m;
+  EXPECT_EQ(labelled(m, "metanode_xds_updates_total{type=\"RouteConfiguration\",stream=\"rds:aeraki-xds\"}"), 1u);
+
+  push(translate({service("thrift-sample-server", vip_port_), split(20, 80)}));
+  ASSERT_TRUE(eventually([&] { return contains(d_.admin("/config_dump"), "traffic-split"); })) << d_.log();
+  r = calls(d_, 1000, vip_port_);
+  ASSERT_EQ(r.ok, 1000) << r.output;
+  // 20% of 1000 +- 5 sigma (sigma = sqrt(1000 * 0.2 * 0.8) = 12.6).
+  EXPECT_NEAR(r.by_server["thrift-sample-server-v1"], 200, 63);
+}
+
+// A push with one bad resource: that resource is NACKed by name and reason,
+// the rest of the push applies, and the bad one keeps its last good version.
+TEST_F(XdsPeers, OneBadResourceIsNackedTheRestApplies) {
+  int vip2 = free_port();
+  write_resources(translate({service("thrift-sample-server", vip_port_)}));
+  int port = start_go_server();
+  ASSERT_TRUE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(port)}, false)) << d_.log();
+
+  // The next version: a second service (fine), and the first service's
+  // route configuration with a regex that does not compile.
+  auto next = translate({service("thrift-sample-server", vip_port_), service("second", vip2)});
+  for (auto& rc : next.routes)
+    if (rc.name() == std::string(kHost) + "_" + std::to_string(vip_port_)) {
+      auto* h = rc.mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->add_headers();
+      h->set_name("method");
+      h->mutable_safe_regex_match()->set_regex("(unclosed");
+    }
+  push(next);
+  ASSERT_TRUE(eventually([&] { return contains(go_output(), "NACK type.googleapis.com/envoy.config.route"); }))
+      << go_output() << d_.log();
+  auto out = go_output();
+  EXPECT_TRUE(contains(out, "RouteConfiguration " + std::string(kHost) + "_" + std::to_string(vip_port_) +
+                                ": route_config"))
+      << out;
+  EXPECT_TRUE(contains(out, "bad regex")) << out;
+  // The good part applied: the second service answers.
+  ASSERT_TRUE(eventually([&] { return calls(d_, 1, vip2).ok == 1; })) << d_.log();
+  // The bad route kept its last good version: the first service still works.
+  auto r = calls(d_, 20, vip_port_);
+  EXPECT_EQ(r.ok, 20) << r.output << d_.log();
+  auto m = d_.admin("/stats/prometheus");
+  // go-control-plane resends the version it holds; the repeats are NACKed
+  // after a growing pause (1 s, 2 s, 4 s, ...): a few, not a storm (without
+  // the pause: over a hundred in half a second).
+  auto rejects = labelled(m, "metanode_xds_rejects_total{type=\"RouteConfiguration\",stream=\"rds:aeraki-xds\"}");
+  EXPECT_GE(rejects, 1u);
+  EXPECT_LE(rejects, 10u)
+      << m;
+  EXPECT_TRUE(contains(d_.admin("/config_dump"), "bad regex"));
+}
+
+// The control plane goes away: traffic goes on with the last good
+// configuration, the daemon says so, and comes back when the server does.
+TEST_F(XdsPeers, ServerAwayKeepsTheLastGoodConfigurationAndReconnects) {
+  write_resources(translate({service("thrift-sample-server", vip_port_)}));
+  int port = start_go_server();
+  ASSERT_TRUE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(port)}, false)) << d_.log();
+  kill(go_pid_, SIGKILL);
+  d_.processes().wait(go_pid_, 3000);
+  ASSERT_TRUE(eventually([&] {
+    return labelled(d_.admin("/stats/prometheus"), "metanode_xds_connected{stream=\"ads\"}") == 0;
+  }));
+  auto r = calls(d_, 50, vip_port_);
+  EXPECT_EQ(r.ok, 50) << r.output;
+  EXPECT_EQ(d_.admin("/ready"), "ready\n");  // a synced daemon stays ready
+  // A new server on the same port with a new version: picked up after backoff.
+  write_resources(translate({service("thrift-sample-server", vip_port_), split(100, 0)}));
+  ASSERT_EQ(start_go_server(port), port);
+  ASSERT_TRUE(eventually([&] { return contains(d_.admin("/config_dump"), "traffic-split"); }, 20s))
+      << d_.log();
+  r = calls(d_, 20, vip_port_);
+  EXPECT_EQ(r.by_server["thrift-sample-server-v1"], 20) << r.output;
+}
+
+// Something that is not an xDS server: the daemon never crashes, is not
+// ready, says what it waits for, and keeps retrying.
+TEST_F(XdsPeers, GarbageServerIsRetriedNeverTrusted) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  listen(fd, 16);
+  std::atomic<bool> done{false};
+  std::atomic<int> accepted{0};
+  std::thread garbage([&] {
+    while (!done) {
+      timeval tv{0, 100000};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      int c = accept(fd, nullptr, nullptr);
+      if (c < 0) continue;
+      ++accepted;
+      const char junk[] = "HTTP/1.1 200 OK\r\n\r\n\x00\x01\x02garbage that is not HTTP/2";
+      (void)!write(c, junk, sizeof(junk));
+      close(c);
+    }
+  });
+  EXPECT_FALSE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(ntohs(sa.sin_port))}, false));
+  EXPECT_TRUE(eventually([&] { return accepted >= 2; }, 15s)) << d_.log();
+  auto ready = d_.admin("/ready");
+  EXPECT_TRUE(contains(ready, "not ready: waiting for Cluster from ads")) << ready;
+  EXPECT_EQ(kill(d_.daemon_pid(), 0), 0) << "daemon must still run";
+  done = true;
+  garbage.join();
+  close(fd);
+}
+
+// The other direction: metanode-xds read with go-control-plane's generated
+// Envoy types and Aeraki's own MetaProtocolProxy type (unknown fields
+// refused, Envoy's and Aeraki's validation rules applied).
+TEST_F(XdsPeers, MetanodeXdsSpeaksRealEnvoyAndAerakiTypes) {
+  d_.write_config("svc.yaml", service("thrift-sample-server", vip_port_));
+  int port = free_port();
+  ASSERT_TRUE(d_.start_peer({METANODE_XDS_BIN, "--config-dir", d_.config_dir(), "--listen",
+                             "127.0.0.1:" + std::to_string(port)},
+                            "metanode-xds", "serving"));
+  std::string log = d_.dir() + "/go-client.log";
+  auto pid = d_.processes().spawn({METANODE_XDS_CLIENT_PEER, "-server", "127.0.0.1:" + std::to_string(port),
+                                   "-nack", "type.googleapis.com/envoy.config.listener.v3.Listener"},
+                                  "", "", log);
+  ASSERT_TRUE(pid);
+  EXPECT_EQ(d_.processes().wait(*pid, 20000), 0) << slurp(log);
+  auto out = slurp(log);
+  std::string p = std::to_string(vip_port_);
+  EXPECT_TRUE(contains(out, "RESPONSE ads type.googleapis.com/envoy.config.cluster.v3.Cluster "));
+  EXPECT_TRUE(contains(out, "outbound|" + p + "|v1|" + kHost + ",outbound|" + p + "|v2|" + kHost +
+                                ",outbound|" + p + "||" + kHost))
+      << out;
+  EXPECT_TRUE(contains(out, "envoy.config.listener.v3.Listener")) << out;
+  EXPECT_TRUE(contains(out, "127.0.0.1_" + p));
+  EXPECT_TRUE(contains(out, "RESPONSE rds type.googleapis.com/envoy.config.route.v3.RouteConfiguration"));
+  EXPECT_TRUE(contains(out, std::string(kHost) + "_" + p));
+  EXPECT_TRUE(contains(out, "SYNCED"));
+  EXPECT_FALSE(contains(out, "ERROR")) << out;
+  EXPECT_TRUE(contains(slurp(d_.dir() + "/metanode-xds.log"), "NACKed Listener"));
+}
+
+// An edit pushes each client only what changed: one RouteConfiguration,
+// not the listeners, clusters and endpoints again.
+TEST_F(XdsPeers, MetanodeXdsPushesOnlyWhatChanged) {
+  d_.write_config("svc.yaml", service("thrift-sample-server", vip_port_));
+  int port = free_port();
+  ASSERT_TRUE(d_.start_peer({METANODE_XDS_BIN, "--config-dir", d_.config_dir(), "--listen",
+                             "127.0.0.1:" + std::to_string(port)},
+                            "metanode-xds", "serving"));
+  std::string log = d_.dir() + "/go-client.log";
+  auto pid = d_.processes().spawn(
+      {METANODE_XDS_CLIENT_PEER, "-server", "127.0.0.1:" + std::to_string(port), "-updates", "1", "-timeout", "20s"},
+      "", "", log);
+  ASSERT_TRUE(pid);
+  ASSERT_TRUE(eventually([&] { return contains(slurp(log), "SYNCED"); })) << slurp(log);
+  d_.write_config("split.yaml", split(20, 80));
+  EXPECT_EQ(d_.processes().wait(*pid, 20000), 0) << slurp(log);
+  auto out = slurp(log);
+  auto after = out.substr(out.find("SYNCED"));
+  EXPECT_EQ(count(after, "RESPONSE "), 1u) << out;
+  EXPECT_TRUE(contains(after, "RESPONSE rds type.googleapis.com/envoy.config.route.v3.RouteConfiguration")) << out;
+}
+
+// One metanode-xds, several daemons: each gets the configuration, and an
+// edit reaches all of them.
+TEST_F(XdsPeers, OneControlPlaneManyDaemons) {
+  d_.write_config("svc.yaml", service("thrift-sample-server", vip_port_));
+  int port = free_port();
+  ASSERT_TRUE(d_.start_peer({METANODE_XDS_BIN, "--config-dir", d_.config_dir(), "--listen",
+                             "127.0.0.1:" + std::to_string(port)},
+                            "metanode-xds", "serving"));
+  std::string xds = "127.0.0.1:" + std::to_string(port);
+  // Two daemons bind the same loopback VIP (SO_REUSEPORT), as two nodes
+  // would each bind their own.
+  LocalDaemon other;
+  ASSERT_TRUE(d_.start({"--xds-address", xds, "--node-id", "node-a"}, false)) << d_.log();
+  ASSERT_TRUE(other.start({"--xds-address", xds, "--node-id", "node-b"}, false)) << other.log();
+  auto t0 = std::chrono::steady_clock::now();
+  d_.write_config("split.yaml", split(100, 0));
+  for (auto* d : {&d_, &other})
+    EXPECT_TRUE(eventually([&] { return contains(d->admin("/config_dump"), "traffic-split"); })) << d->log();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("edit reached both daemons in %lld ms\n", static_cast<long long>(ms));
+  auto r = calls(d_, 40, vip_port_);
+  EXPECT_EQ(r.by_server["thrift-sample-server-v1"], 40) << r.output;
+  auto xlog = slurp(d_.dir() + "/metanode-xds.log");
+  EXPECT_TRUE(contains(xlog, "node 'node-a'"));
+  EXPECT_TRUE(contains(xlog, "node 'node-b'"));
+}
+
+}  // namespace
+}  // namespace metanode::testbed

@@ -1,0 +1,159 @@
+// A real, independent xDS server for metanoded's integration tests:
+// go-control-plane's snapshot cache and server (the library Aeraki's own RDS
+// server is built on), serving ADS and the plain RDS service on one port.
+//
+//	xds-server -listen 127.0.0.1:0 -resources FILE
+//
+// FILE is a JSON array of google.protobuf.Any objects (protojson, "@type"
+// naming the Envoy type). Prints "listening PORT". On SIGHUP it reads FILE
+// again and serves it as the next version to every node, then prints
+// "LOADED <version>". Prints "NODE <id>" for each new node, "ACK <type>
+// <version>" and "NACK <type> <detail>" for each client answer.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+
+	// Resource types the file may name.
+	_ "github.com/cncf/xds/go/udpa/type/v1"
+	_ "github.com/cncf/xds/go/xds/type/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+)
+
+func load(path string) (map[resourcev3.Type][]types.Resource, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	out := map[resourcev3.Type][]types.Resource{}
+	for i, r := range raw {
+		a := &anypb.Any{}
+		if err := protojson.Unmarshal(r, a); err != nil {
+			return nil, fmt.Errorf("%s: resource %d: %w", path, i, err)
+		}
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			return nil, fmt.Errorf("%s: resource %d: %w", path, i, err)
+		}
+		out[a.TypeUrl] = append(out[a.TypeUrl], m.(types.Resource))
+	}
+	return out, nil
+}
+
+type printer struct{ mu sync.Mutex }
+
+func (p *printer) say(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Printf(format+"\n", args...)
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "gRPC listen address")
+	file := flag.String("resources", "", "initial resources (JSON array of Any)")
+	ads := flag.Bool("ads", true, "ADS-consistent cache (istiod); false: as Aeraki's RDS server")
+	flag.Parse()
+
+	res, err := load(*file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	cache := cachev3.NewSnapshotCache(*ads, cachev3.IDHash{}, nil)
+	var mu sync.Mutex
+	version := 1
+	nodes := map[string]bool{}
+	current, err := cachev3.NewSnapshot("v1", res)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	out := &printer{}
+	ctx := context.Background()
+	cb := serverv3.CallbackFuncs{
+		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
+			node := req.GetNode()
+			mu.Lock()
+			if node != nil && !nodes[node.GetId()] {
+				nodes[node.GetId()] = true
+				_ = cache.SetSnapshot(ctx, node.GetId(), current)
+				out.say("NODE %s", node.GetId())
+			}
+			mu.Unlock()
+			if req.GetResponseNonce() == "" {
+				return nil
+			}
+			if req.GetErrorDetail() != nil {
+				out.say("NACK %s %s", req.GetTypeUrl(), strings.ReplaceAll(req.GetErrorDetail().GetMessage(), "\n", " "))
+			} else {
+				out.say("ACK %s %s", req.GetTypeUrl(), req.GetVersionInfo())
+			}
+			return nil
+		},
+	}
+	srv := serverv3.NewServer(ctx, cache, cb)
+	g := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go func() { _ = g.Serve(lis) }()
+	out.say("listening %d", lis.Addr().(*net.TCPAddr).Port)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	for range hup {
+		r, err := load(*file)
+		if err != nil {
+			out.say("ERROR %v", err)
+			continue
+		}
+		mu.Lock()
+		version++
+		v := "v" + strconv.Itoa(version)
+		snap, err := cachev3.NewSnapshot(v, r)
+		if err == nil {
+			current = snap
+			for n := range nodes {
+				_ = cache.SetSnapshot(ctx, n, snap)
+			}
+		}
+		mu.Unlock()
+		if err != nil {
+			out.say("ERROR %v", err)
+			continue
+		}
+		out.say("LOADED %s", v)
+	}
+}

@@ -1,0 +1,312 @@
+#include "metanode/xds/xds_server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "envoy/service/discovery/v3/discovery.grpc.pb.h"
+#include "envoy/service/route/v3/rds.grpc.pb.h"
+#include "metanode/xds/manifest_source.h"
+
+namespace metanode::xds {
+namespace {
+
+using envoy::service::discovery::v3::DiscoveryRequest;
+using envoy::service::discovery::v3::DiscoveryResponse;
+
+struct Entry {
+  std::string version;
+  google::protobuf::Any any;
+};
+// type_url -> name -> resource: immutable once published.
+using Served = std::map<std::string, std::map<std::string, Entry>>;
+
+template <class T>
+void add_all(Served& out, const char* type, const std::vector<T>& list) {
+  auto& m = out[type];
+  for (const auto& r : list) {
+    Entry e;
+    e.any.set_type_url(type);
+    e.any.set_value(deterministic_bytes(r));
+    e.version = content_version(r);
+    m[resource_name(r)] = std::move(e);
+  }
+}
+
+// Listener and Cluster responses must carry every resource (SotW); others
+// may carry only what changed.
+bool full_set_type(const std::string& type) { return type == kListenerType || type == kClusterType; }
+
+}  // namespace
+
+class Stream;
+
+struct XdsServer::Impl {
+  std::unique_ptr<grpc::Server> server;
+  mutable std::mutex mu;  // guards the fields below
+  std::shared_ptr<const Served> served = std::make_shared<Served>();
+  std::set<Stream*> streams;
+  XdsServerStats stats;
+  uint64_t nonce = 0;
+
+  class Ads;
+  class Rds;
+  std::unique_ptr<Ads> ads;
+  std::unique_ptr<Rds> rds;
+};
+
+// One client stream. Reads run continuously; responses queue and go out one
+// write at a time. Locking: Impl::mu before Stream::mu_, never the reverse.
+class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse> {
+ public:
+  Stream(XdsServer::Impl& srv, const char* only_type) : srv_(srv), only_type_(only_type) {
+    std::lock_guard<std::mutex> l(srv_.mu);
+    served_ = srv_.served;
+    srv_.streams.insert(this);
+    ++srv_.stats.streams_active;
+    ++srv_.stats.streams_total;
+    StartRead(&req_);
+  }
+
+  // A new state of the world: push what changed. Impl::mu held.
+  void on_update(std::shared_ptr<const Served> s) {
+    bool start = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      served_ = std::move(s);
+      for (auto& [type, sub] : subs_) start |= maybe_send(type, sub);
+    }
+    if (start) StartWrite(&out_.front());
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      close();
+      return;
+    }
+    bool start = false;
+    {
+      std::lock_guard<std::mutex> sl(srv_.mu);
+      std::lock_guard<std::mutex> l(mu_);
+      start = on_request(req_);
+    }
+    if (start) StartWrite(&out_.front());
+    StartRead(&req_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool next = false, finish = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      out_.pop_front();
+      if (!ok) closing_ = true;
+      if (!out_.empty() && !closing_) {
+        next = true;
+      } else {
+        writing_ = false;
+        finish = closing_ && !finished_;
+        if (finish) finished_ = true;
+      }
+    }
+    if (next) StartWrite(&out_.front());
+    if (finish) Finish(grpc::Status::OK);
+  }
+
+  void OnDone() override {
+    {
+      std::lock_guard<std::mutex> l(srv_.mu);
+      srv_.streams.erase(this);
+      --srv_.stats.streams_active;
+    }
+    delete this;
+  }
+
+ private:
+  struct Sub {
+    bool wildcard = false;
+    std::set<std::string> names;
+    std::map<std::string, std::string> sent;  // name -> version the client has
+    bool responded = false;
+    std::string nonce;
+  };
+
+  void close() {
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      closing_ = true;
+      finish = !writing_ && !finished_;
+      if (finish) finished_ = true;
+    }
+    if (finish) Finish(grpc::Status::OK);
+  }
+
+  // Both locks held. True if a write must be started.
+  bool on_request(const DiscoveryRequest& q) {
+    if (q.has_node() && node_id_.empty()) {
+      node_id_ = q.node().id();
+      spdlog::info("xds stream from node '{}'", node_id_);
+    }
+    const std::string& type = q.type_url();
+    if (only_type_ && type != only_type_) {
+      spdlog::warn("node '{}': type {} asked on the RDS service, ignored", node_id_, type);
+      return false;
+    }
+    bool first = !subs_.count(type);
+    Sub& sub = subs_[type];
+    if (!q.response_nonce().empty()) {
+      if (q.response_nonce() != sub.nonce) return false;  // stale: a newer response is on its way
+      if (q.has_error_detail()) {
+        ++srv_.stats.nacks;
+        spdlog::warn("node '{}' NACKed {} (version {}): {}", node_id_, short_type(type),
+                     q.version_info(), q.error_detail().message());
+      } else {
+        ++srv_.stats.acks;
+      }
+    }
+    std::set<std::string> names(q.resource_names().begin(), q.resource_names().end());
+    if (first) sub.wildcard = names.empty() || names.count("*");
+    else if (names.count("*")) sub.wildcard = true;
+    names.erase("*");
+    if (!sub.wildcard) {
+      // Forget what we sent for names no longer subscribed: subscribing
+      // again later must resend them.
+      for (auto it = sub.sent.begin(); it != sub.sent.end();)
+        it = names.count(it->first) ? std::next(it) : sub.sent.erase(it);
+    }
+    sub.names = std::move(names);
+    return maybe_send(type, sub);
+  }
+
+  // Stream::mu_ held. Queues a response if the client lacks something.
+  bool maybe_send(const std::string& type, Sub& sub) {
+    static const std::map<std::string, Entry> kNone;
+    auto tit = served_->find(type);
+    const auto& all = tit == served_->end() ? kNone : tit->second;
+    std::vector<const std::pair<const std::string, Entry>*> want;
+    if (sub.wildcard) {
+      for (const auto& kv : all) want.push_back(&kv);
+    } else {
+      for (const auto& n : sub.names)
+        if (auto it = all.find(n); it != all.end()) want.push_back(&*it);
+    }
+    bool changed = !sub.responded;
+    std::vector<const std::pair<const std::string, Entry>*> send;
+    for (const auto* kv : want) {
+      auto s = sub.sent.find(kv->first);
+      bool differs = s == sub.sent.end() || s->second != kv->second.version;
+      changed |= differs;
+      if (differs || full_set_type(type) || !sub.responded) send.push_back(kv);
+    }
+    if (full_set_type(type) && sub.sent.size() != want.size()) changed = true;  // removals
+    if (!changed) return false;
+
+    DiscoveryResponse r;
+    r.set_type_url(type);
+    // The version names the client's whole state of this type.
+    std::string ver;
+    for (const auto* kv : want) ver += kv->first + "=" + kv->second.version + ";";
+    Entry tmp;
+    tmp.any.set_value(ver);
+    r.set_version_info(content_version(tmp.any));
+    r.set_nonce(std::to_string(++srv_.nonce));
+    r.mutable_control_plane()->set_identifier("metanode-xds");
+    if (full_set_type(type)) sub.sent.clear();
+    for (const auto* kv : send) {
+      *r.add_resources() = kv->second.any;
+      sub.sent[kv->first] = kv->second.version;
+    }
+    sub.responded = true;
+    sub.nonce = r.nonce();
+    ++srv_.stats.responses;
+    spdlog::debug("node '{}': {} version {} with {} resources", node_id_, short_type(type),
+                  r.version_info(), r.resources_size());
+    out_.push_back(std::move(r));
+    if (writing_ || closing_) return false;
+    writing_ = true;
+    return true;
+  }
+
+  XdsServer::Impl& srv_;
+  const char* only_type_;  // RDS service: routes only
+  DiscoveryRequest req_;
+  std::mutex mu_;
+  std::shared_ptr<const Served> served_;
+  std::map<std::string, Sub> subs_;
+  std::deque<DiscoveryResponse> out_;  // front is being written while writing_
+  bool writing_ = false, closing_ = false, finished_ = false;
+  std::string node_id_;
+};
+
+class XdsServer::Impl::Ads
+    : public envoy::service::discovery::v3::AggregatedDiscoveryService::CallbackService {
+ public:
+  explicit Ads(Impl& i) : impl_(i) {}
+  grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse>* StreamAggregatedResources(
+      grpc::CallbackServerContext*) override {
+    return new Stream(impl_, nullptr);
+  }
+
+ private:
+  Impl& impl_;
+};
+
+class XdsServer::Impl::Rds : public envoy::service::route::v3::RouteDiscoveryService::CallbackService {
+ public:
+  explicit Rds(Impl& i) : impl_(i) {}
+  grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse>* StreamRoutes(
+      grpc::CallbackServerContext*) override {
+    return new Stream(impl_, kRouteType);
+  }
+
+ private:
+  Impl& impl_;
+};
+
+XdsServer::XdsServer() : impl_(std::make_unique<Impl>()) {}
+
+XdsServer::~XdsServer() { stop(); }
+
+Result<int> XdsServer::start(const std::string& listen) {
+  impl_->ads = std::make_unique<Impl::Ads>(*impl_);
+  impl_->rds = std::make_unique<Impl::Rds>(*impl_);
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(impl_->ads.get());
+  b.RegisterService(impl_->rds.get());
+  b.SetMaxSendMessageSize(64 << 20);
+  impl_->server = b.BuildAndStart();
+  if (!impl_->server || port == 0) return Error::invalid("cannot listen on " + listen);
+  return port;
+}
+
+void XdsServer::stop() {
+  if (!impl_->server) return;
+  // Streams never end on their own: cancel them after a short grace.
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  impl_->server->Wait();
+  impl_->server.reset();
+}
+
+void XdsServer::update(const Resources& res) {
+  auto s = std::make_shared<Served>();
+  add_all(*s, kListenerType, res.listeners);
+  add_all(*s, kClusterType, res.clusters);
+  add_all(*s, kEndpointType, res.endpoints);
+  add_all(*s, kRouteType, res.routes);
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->served = s;
+  for (auto* st : impl_->streams) st->on_update(s);
+}
+
+XdsServerStats XdsServer::stats() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->stats;
+}
+
+}  // namespace metanode::xds
