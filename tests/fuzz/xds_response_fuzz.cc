@@ -1,0 +1,47 @@
+// libFuzzer target: what an xDS server can send. Bytes -> DiscoveryResponse
+// -> merged into a state of the world (the tutorial's) -> compiled. Any
+// input must end in an error, rejects or a snapshot, never a crash or hang.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "envoy/service/discovery/v3/discovery.pb.h"
+#include "metanode/xds/k8s_config.h"
+#include "metanode/xds/snapshot.h"
+#include "metanode/xds/xds_client.h"
+
+namespace {
+const char* kTypes[] = {metanode::xds::kClusterType, metanode::xds::kEndpointType,
+                        metanode::xds::kListenerType, metanode::xds::kRouteType};
+
+const metanode::xds::Resources& base() {
+  static const metanode::xds::Resources r = [] {
+    auto t = metanode::xds::translate_manifests({{"svc.yaml", R"(
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: s, namespace: ns}
+spec:
+  hosts: [s.ns.svc.cluster.local]
+  addresses: [10.96.0.10]
+  ports: [{number: 9090, name: tcp-metaprotocol-thrift-x}]
+  endpoints: [{address: 10.1.0.11, labels: {version: v1}}]
+)"}});
+    return t ? std::move(t.value()) : metanode::xds::Resources{};
+  }();
+  return r;
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 1 || size > 256 * 1024) return 0;
+  envoy::service::discovery::v3::DiscoveryResponse r;
+  if (!r.ParseFromArray(data + 1, int(size - 1))) return 0;
+  // The first byte picks the type when the input names none, so mutations
+  // of a resource's bytes reach that type's compiler.
+  if (r.type_url().empty()) r.set_type_url(kTypes[data[0] % 4]);
+  for (auto& a : *r.mutable_resources())
+    if (a.type_url().empty()) a.set_type_url(r.type_url());
+  metanode::xds::Resources state = base();
+  if (metanode::xds::merge_response(r, state)) (void)metanode::xds::compile_snapshot(std::move(state));
+  return 0;
+}
