@@ -53,7 +53,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  auto res = metanode::xds::load_manifest_dir(dir);
+  metanode::xds::ManifestTranslator translator;  // main, then the watcher thread
+  auto res = metanode::xds::load_manifest_dir(dir, translator);
   if (!res) {
     spdlog::critical("configuration rejected: {}", res.error().message());
     return 2;
@@ -63,7 +64,7 @@ int main(int argc, char** argv) {
   std::string version = metanode::xds::content_version(*res);
   server.update(*res);
   auto reload = [&] {
-    auto next = metanode::xds::load_manifest_dir(dir);
+    auto next = metanode::xds::load_manifest_dir(dir, translator);
     std::lock_guard<std::mutex> l(mu);
     if (!next) {
       spdlog::error("configuration change rejected, still serving {}: {}", version,

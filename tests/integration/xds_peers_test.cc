@@ -124,6 +124,15 @@ class XdsPeers : public ::testing::Test {
     auto p = log.find("listening ");
     return p == std::string::npos ? 0 : std::stoi(log.substr(p + 10));
   }
+  // metanode-xds serving the sample service from config_dir(). Its port.
+  int start_metanode_xds() {
+    d_.write_config("svc.yaml", service("thrift-sample-server", vip_port_));
+    int port = free_port();
+    bool ok = d_.start_peer({METANODE_XDS_BIN, "--config-dir", d_.config_dir(), "--listen",
+                             "127.0.0.1:" + std::to_string(port)},
+                            "metanode-xds", "serving");
+    return ok ? port : 0;
+  }
   std::string go_output() const { return slurp(d_.dir() + "/" + go_log_ + ".log"); }
   void push(const xds::Resources& r) {
     write_resources(r);
@@ -289,11 +298,8 @@ TEST_F(XdsPeers, GarbageServerIsRetriedNeverTrusted) {
 // Envoy types and Aeraki's own MetaProtocolProxy type (unknown fields
 // refused, Envoy's and Aeraki's validation rules applied).
 TEST_F(XdsPeers, MetanodeXdsSpeaksRealEnvoyAndAerakiTypes) {
-  d_.write_config("svc.yaml", service("thrift-sample-server", vip_port_));
-  int port = free_port();
-  ASSERT_TRUE(d_.start_peer({METANODE_XDS_BIN, "--config-dir", d_.config_dir(), "--listen",
-                             "127.0.0.1:" + std::to_string(port)},
-                            "metanode-xds", "serving"));
+  int port = start_metanode_xds();
+  ASSERT_GT(port, 0);
   std::string log = d_.dir() + "/go-client.log";
   auto pid = d_.processes().spawn({METANODE_XDS_CLIENT_PEER, "-server", "127.0.0.1:" + std::to_string(port),
                                    "-nack", "type.googleapis.com/envoy.config.listener.v3.Listener"},
@@ -318,11 +324,8 @@ TEST_F(XdsPeers, MetanodeXdsSpeaksRealEnvoyAndAerakiTypes) {
 // An edit pushes each client only what changed: one RouteConfiguration,
 // not the listeners, clusters and endpoints again.
 TEST_F(XdsPeers, MetanodeXdsPushesOnlyWhatChanged) {
-  d_.write_config("svc.yaml", service("thrift-sample-server", vip_port_));
-  int port = free_port();
-  ASSERT_TRUE(d_.start_peer({METANODE_XDS_BIN, "--config-dir", d_.config_dir(), "--listen",
-                             "127.0.0.1:" + std::to_string(port)},
-                            "metanode-xds", "serving"));
+  int port = start_metanode_xds();
+  ASSERT_GT(port, 0);
   std::string log = d_.dir() + "/go-client.log";
   auto pid = d_.processes().spawn(
       {METANODE_XDS_CLIENT_PEER, "-server", "127.0.0.1:" + std::to_string(port), "-updates", "1", "-timeout", "20s"},
@@ -340,11 +343,8 @@ TEST_F(XdsPeers, MetanodeXdsPushesOnlyWhatChanged) {
 // One metanode-xds, several daemons: each gets the configuration, and an
 // edit reaches all of them.
 TEST_F(XdsPeers, OneControlPlaneManyDaemons) {
-  d_.write_config("svc.yaml", service("thrift-sample-server", vip_port_));
-  int port = free_port();
-  ASSERT_TRUE(d_.start_peer({METANODE_XDS_BIN, "--config-dir", d_.config_dir(), "--listen",
-                             "127.0.0.1:" + std::to_string(port)},
-                            "metanode-xds", "serving"));
+  int port = start_metanode_xds();
+  ASSERT_GT(port, 0);
   std::string xds = "127.0.0.1:" + std::to_string(port);
   // Two daemons bind the same loopback VIP (SO_REUSEPORT), as two nodes
   // would each bind their own.

@@ -752,29 +752,84 @@ std::vector<std::pair<int, std::string>> split_documents(const std::string& text
 
 }  // namespace
 
-Result<Resources> translate_manifests(const std::vector<ManifestFile>& files) {
+namespace {
+
+// One file's objects; a ConfigError names the file, object and field.
+Result<Objects> parse_file(const ManifestFile& f) {
   Objects objs;
   try {
-    for (const auto& f : files) {
-      for (const auto& [first_line, text] : split_documents(f.content)) {
-        YAML::Node doc;
-        try {
-          doc = YAML::Load(text);
-        } catch (const YAML::Exception& e) {
-          return Error::invalid(f.path + ": line " + std::to_string(first_line + e.mark.line + 1) +
-                                ": YAML does not parse: " + e.msg);
-        }
-        try {
-          collect(doc, f.path, objs);
-        } catch (const YAML::Exception& e) {
-          return Error::invalid(f.path + ": " + e.what());
-        }
+    for (const auto& [first_line, text] : split_documents(f.content)) {
+      YAML::Node doc;
+      try {
+        doc = YAML::Load(text);
+      } catch (const YAML::Exception& e) {
+        return Error::invalid(f.path + ": line " + std::to_string(first_line + e.mark.line + 1) +
+                              ": YAML does not parse: " + e.msg);
+      }
+      try {
+        collect(doc, f.path, objs);
+      } catch (const YAML::Exception& e) {
+        return Error::invalid(f.path + ": " + e.what());
       }
     }
-    return generate(objs);
   } catch (const ConfigError& e) {
     return Error::invalid(e.message);
   }
+  return objs;
+}
+
+template <class T>
+void append(std::vector<T>& into, const std::vector<T>& from) {
+  into.insert(into.end(), from.begin(), from.end());
+}
+
+}  // namespace
+
+struct ManifestTranslator::Impl {
+  struct Parsed {
+    std::string content;
+    Objects objects;
+  };
+  std::map<std::string, Parsed> files;  // by path
+};
+
+ManifestTranslator::ManifestTranslator() : impl_(std::make_unique<Impl>()) {}
+ManifestTranslator::~ManifestTranslator() = default;
+
+Result<Resources> ManifestTranslator::translate(const std::vector<ManifestFile>& files) {
+  std::map<std::string, Impl::Parsed> next;
+  for (const auto& f : files) {
+    auto it = impl_->files.find(f.path);
+    if (it != impl_->files.end() && it->second.content == f.content) {
+      next.emplace(f.path, std::move(it->second));
+      continue;
+    }
+    auto objs = parse_file(f);
+    if (!objs) {
+      // Keep what parsed: the next edit of the other files reuses it.
+      for (auto& [path, parsed] : next) impl_->files[path] = std::move(parsed);
+      return objs.error();
+    }
+    next.emplace(f.path, Impl::Parsed{f.content, std::move(objs.value())});
+  }
+  impl_->files = std::move(next);
+  Objects all;
+  for (const auto& f : files) {
+    const auto& o = impl_->files.at(f.path).objects;
+    append(all.service_entries, o.service_entries);
+    append(all.destination_rules, o.destination_rules);
+    append(all.meta_routers, o.meta_routers);
+  }
+  try {
+    return generate(all);
+  } catch (const ConfigError& e) {
+    return Error::invalid(e.message);
+  }
+}
+
+Result<Resources> translate_manifests(const std::vector<ManifestFile>& files) {
+  ManifestTranslator t;
+  return t.translate(files);
 }
 
 Result<std::vector<ManifestFile>> read_manifest_dir(const std::string& dir) {

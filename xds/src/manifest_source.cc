@@ -61,10 +61,10 @@ std::string content_version(const Resources& r) {
   return hex(h);
 }
 
-Result<Resources> load_manifest_dir(const std::string& dir) {
+Result<Resources> load_manifest_dir(const std::string& dir, ManifestTranslator& t) {
   auto files = read_manifest_dir(dir);
   if (!files) return files.error();
-  return translate_manifests(*files);
+  return t.translate(*files);
 }
 
 DirWatcher::DirWatcher(std::string dir, std::function<void()> on_change,
@@ -132,7 +132,7 @@ ManifestDirSource::~ManifestDirSource() { stop(); }
 
 Result<void> ManifestDirSource::start(ConfigSink& sink) {
   sink_ = &sink;
-  auto res = load_manifest_dir(dir_);
+  auto res = load_manifest_dir(dir_, translator_);
   if (!res) return res.error();
   std::string v = content_version(*res);
   res->version = v;
@@ -152,7 +152,7 @@ Result<void> ManifestDirSource::start(ConfigSink& sink) {
 void ManifestDirSource::stop() { watcher_.stop(); }
 
 void ManifestDirSource::reload() {
-  auto res = load_manifest_dir(dir_);
+  auto res = load_manifest_dir(dir_, translator_);
   if (!res) {
     {
       std::lock_guard<std::mutex> l(mu_);

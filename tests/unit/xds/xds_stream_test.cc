@@ -120,17 +120,28 @@ bool routed_to(const Snapshot& s, const std::string& route) {
          s.listeners[0].routes->routes[0].name == route;
 }
 
-TEST(XdsStreams, ClientSyncsFromServerAndFollowsPushes) {
+// Our server serving `initial`, and our client pulling from it into a sink.
+struct Pair {
+  explicit Pair(const Resources& initial) {
+    server.update(initial);
+    auto port = server.start("127.0.0.1:0");
+    EXPECT_TRUE(port);
+    XdsClientOptions o;
+    o.server = "127.0.0.1:" + std::to_string(port ? *port : 0);
+    o.node.set_id("sidecar~10.0.0.1~t.ns~ns.svc.cluster.local");
+    client = std::make_unique<XdsClient>(o);
+    EXPECT_TRUE(client->start(sink));
+  }
+  ~Pair() { client->stop(); }
   XdsServer server;
-  server.update(tutorial());
-  auto port = server.start("127.0.0.1:0");
-  ASSERT_TRUE(port);
-  XdsClientOptions o;
-  o.server = "127.0.0.1:" + std::to_string(*port);
-  o.node.set_id("sidecar~10.0.0.1~t.ns~ns.svc.cluster.local");
-  XdsClient client(o);
   RecordingSink sink;
-  ASSERT_TRUE(client.start(sink));
+  std::unique_ptr<XdsClient> client;
+};
+
+TEST(XdsStreams, ClientSyncsFromServerAndFollowsPushes) {
+  Pair p(tutorial());
+  auto& [server, sink, c] = p;
+  XdsClient& client = *c;
   ASSERT_TRUE(sink.wait([](const Snapshot& s) { return routed_to(s, "default"); }));
   for (int i = 0; i < 200 && !client.synced(); ++i) std::this_thread::sleep_for(10ms);
   EXPECT_TRUE(client.synced()) << client.waiting_for();
@@ -144,24 +155,16 @@ TEST(XdsStreams, ClientSyncsFromServerAndFollowsPushes) {
   EXPECT_EQ(st.streams_active, 2u);  // ADS and RDS
   // Four initial responses and one pushed route: nothing else was resent.
   EXPECT_EQ(st.responses, 5u);
-  client.stop();
 }
 
 TEST(XdsStreams, BadRouteIsNackedOnceAndNotResent) {
-  XdsServer server;
   auto bad = tutorial();
-  bad.routes[0].mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->add_headers()
-      ->mutable_safe_regex_match()->set_regex("(");
-  bad.routes[0].mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->mutable_headers(0)->set_name("m");
-  server.update(bad);
-  auto port = server.start("127.0.0.1:0");
-  ASSERT_TRUE(port);
-  XdsClientOptions o;
-  o.server = "127.0.0.1:" + std::to_string(*port);
-  o.node.set_id("n1");
-  XdsClient client(o);
-  RecordingSink sink;
-  ASSERT_TRUE(client.start(sink));
+  auto* h = bad.routes[0].mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->add_headers();
+  h->set_name("m");
+  h->mutable_safe_regex_match()->set_regex("(");
+  Pair p(bad);
+  auto& [server, sink, c] = p;
+  XdsClient& client = *c;
   for (int i = 0; i < 500 && server.stats().nacks == 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(server.stats().nacks, 1u);
   EXPECT_NE(client.status_json().find("bad regex"), std::string::npos) << client.status_json();
@@ -172,7 +175,6 @@ TEST(XdsStreams, BadRouteIsNackedOnceAndNotResent) {
   server.update(tutorial());
   ASSERT_TRUE(sink.wait([](const Snapshot& s) { return routed_to(s, "default"); }));
   EXPECT_EQ(server.stats().nacks, 1u);
-  client.stop();
 }
 
 TEST(NodeIdentity, IstioSidecarShape) {

@@ -4,6 +4,7 @@
 // daemon runs on one machine with no cluster.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,6 +24,20 @@ struct ManifestFile {
 // Objects of other kinds are ignored (a manifest directory may hold
 // Deployments and Services too).
 Result<Resources> translate_manifests(const std::vector<ManifestFile>& files);
+
+// The same, keeping each file's parsed objects between calls: a directory
+// with one edited file re-parses that file only (YAML parsing is most of
+// the cost of a large directory).
+class ManifestTranslator {
+ public:
+  ManifestTranslator();
+  ~ManifestTranslator();
+  Result<Resources> translate(const std::vector<ManifestFile>& files);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // Reads every *.yaml / *.yml file directly in `dir`, in name order.
 Result<std::vector<ManifestFile>> read_manifest_dir(const std::string& dir);

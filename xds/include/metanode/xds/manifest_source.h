@@ -11,11 +11,13 @@
 #include <thread>
 
 #include "metanode/xds/config_source.h"
+#include "metanode/xds/k8s_config.h"
 
 namespace metanode::xds {
 
-// Reads and translates every manifest in `dir`.
-Result<Resources> load_manifest_dir(const std::string& dir);
+// Reads and translates every manifest in `dir` (files unchanged since the
+// translator's last call are not parsed again).
+Result<Resources> load_manifest_dir(const std::string& dir, ManifestTranslator& t);
 
 // A stable content hash of resources (deterministic serialization, FNV-1a),
 // in hex: the version of a state of the world.
@@ -61,6 +63,7 @@ class ManifestDirSource : public ConfigSource {
  private:
   void reload();
   std::string dir_;
+  ManifestTranslator translator_;  // used by start() and then the watcher thread only
   ConfigSink* sink_ = nullptr;
   DirWatcher watcher_;
   std::atomic<bool> synced_{false};
