@@ -19,6 +19,14 @@ void usage(FILE* f) {
                "  --xds-cluster NAME=HOST:PORT\n"
                "                            address of a gRPC cluster a listener names as its RDS\n"
                "                            source (aeraki-xds: Aeraki's 15010); default: the ADS server\n"
+               "  --xds-root-cert FILE      TLS to xDS servers and the CA, verified against this root\n"
+               "                            (istiod 15012: /var/run/secrets/istio/root-cert.pem)\n"
+               "  --xds-server-name NAME    TLS name to verify (istiod.istio-system.svc); default: host\n"
+               "  --xds-token-file FILE     bearer token sent to xDS servers and the CA, re-read at\n"
+               "                            each connect (/var/run/secrets/tokens/istio-token)\n"
+               "  --ca-address HOST:PORT    Istio CA: get and rotate a workload certificate, the\n"
+               "                            client certificate for xDS (Aeraki's RDS requires one)\n"
+               "  --trust-domain NAME       SPIFFE trust domain of that certificate (cluster.local)\n"
                "  --node-id ID              xDS node id (default sidecar~IP~POD.NS~NS.svc.cluster.local\n"
                "                            from POD_NAME, POD_NAMESPACE, INSTANCE_IP); unique per daemon\n"
                "  --node-label KEY=VALUE    a LABELS entry of the node metadata (repeatable)\n"
@@ -61,7 +69,8 @@ int main(int argc, char** argv) {
   bool uninstall = false;
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
-         kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta };
+         kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
+         kTokenFile, kCaAddress, kTrustDomain };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -84,6 +93,11 @@ int main(int argc, char** argv) {
       {"node-id", required_argument, nullptr, kNodeId},
       {"node-label", required_argument, nullptr, kNodeLabel},
       {"node-meta", required_argument, nullptr, kNodeMeta},
+      {"xds-root-cert", required_argument, nullptr, kRootCert},
+      {"xds-server-name", required_argument, nullptr, kServerName},
+      {"xds-token-file", required_argument, nullptr, kTokenFile},
+      {"ca-address", required_argument, nullptr, kCaAddress},
+      {"trust-domain", required_argument, nullptr, kTrustDomain},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -161,6 +175,11 @@ int main(int argc, char** argv) {
       }
       case kXdsAddress: o.xds_address = optarg; break;
       case kNodeId: node.id = optarg; break;
+      case kRootCert: o.xds_security.root_cert_file = optarg; break;
+      case kServerName: o.xds_security.server_name = optarg; break;
+      case kTokenFile: o.xds_security.token_file = optarg; break;
+      case kCaAddress: o.ca_address = optarg; break;
+      case kTrustDomain: o.trust_domain = optarg; break;
       case kXdsCluster:
       case kNodeLabel:
       case kNodeMeta: {

@@ -4,7 +4,7 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 PKGS="
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config git openssl libssl-dev
   clang llvm lld libclang-rt-14-dev
   libbpf-dev bpftool libelf-dev zlib1g-dev
   libboost1.81-dev

@@ -51,11 +51,14 @@ std::string bpf_counters_text(bpf::Maps* maps) {
 }
 
 // The configuration source the flags ask for: an xDS server, or manifests.
-std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts) {
+std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts, const xds::IstioCaClient* ca) {
   if (opts.xds_address.empty()) return std::make_unique<xds::ManifestDirSource>(opts.config_dir);
   xds::XdsClientOptions xo;
   xo.server = opts.xds_address;
   xo.clusters = opts.xds_clusters;
+  xo.security = opts.xds_security;
+  xo.security.cluster_id = opts.node.cluster_id;
+  xo.ca = ca;
   auto id = opts.node;
   if (id.ip.empty())
     if (auto a = first_node_address()) id.ip = net::ipv4_str(*a);
@@ -139,8 +142,22 @@ int run_daemon(const DaemonOptions& opts) {
         return fail(1);
       }
   }
+  // The workload certificate first: xDS servers that want a client
+  // certificate (Aeraki's RDS) get it on the first connect.
+  std::unique_ptr<xds::IstioCaClient> ca;
+  if (!opts.ca_address.empty()) {
+    xds::IstioCaClient::Options co;
+    co.address = opts.ca_address;
+    co.security = opts.xds_security;
+    co.security.cluster_id = opts.node.cluster_id;
+    std::string ns = opts.node.namespace_.empty() ? "default" : opts.node.namespace_;
+    std::string sa = opts.node.service_account.empty() ? "default" : opts.node.service_account;
+    co.spiffe_id = "spiffe://" + opts.trust_domain + "/ns/" + ns + "/sa/" + sa;
+    ca = std::make_unique<xds::IstioCaClient>(co);
+    if (auto r = ca->start(); !r) spdlog::error("{} (retrying)", r.error().message());
+  }
   ConfigApplier applier(server, maps.get());
-  auto source = make_source(opts);
+  auto source = make_source(opts, ca.get());
   if (auto r = source->start(applier); !r) {
     spdlog::critical("configuration rejected: {}", r.error().message());
     server.stop();
@@ -226,6 +243,7 @@ int run_daemon(const DaemonOptions& opts) {
   if (maps) (void)maps->disable();
   admin.stop();
   source->stop();
+  if (ca) ca->stop();
   server.stop();
   return 0;
 }

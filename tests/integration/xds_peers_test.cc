@@ -294,6 +294,72 @@ TEST_F(XdsPeers, GarbageServerIsRetriedNeverTrusted) {
   close(fd);
 }
 
+// As in a real mesh: istiod's 15012 over TLS with the service-account token
+// and cluster id, a workload certificate from the Istio CA (CSR with the
+// daemon's SPIFFE id, token-authenticated), and Aeraki's RDS port that
+// requires that certificate. The test makes its own CA; the peers are
+// go-control-plane servers and a CA speaking istio.io/api's real service.
+TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
+  std::string dir = d_.dir();
+  std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:istiod.istio-system.svc\n";
+  std::ofstream(dir + "/token") << "secret-token\n";
+  std::ofstream(dir + "/wrong-token") << "not-the-token\n";
+  for (const auto& argv : std::vector<std::vector<std::string>>{
+           {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            dir + "/root.key", "-out", dir + "/root.pem", "-days", "1", "-subj", "/O=metanode test mesh"},
+           {"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            dir + "/server.key", "-out", dir + "/server.csr", "-subj", "/O=istiod"},
+           {"openssl", "x509", "-req", "-in", dir + "/server.csr", "-CA", dir + "/root.pem", "-CAkey",
+            dir + "/root.key", "-CAcreateserial", "-out", dir + "/server.pem", "-days", "1", "-extfile",
+            dir + "/san.ext"}})
+    ASSERT_EQ(run(argv).status, 0) << argv[1];
+  auto port_of = [&](const std::string& log) {
+    auto out = slurp(dir + "/" + log + ".log");
+    auto p = out.find("listening ");
+    return p == std::string::npos ? 0 : std::stoi(out.substr(p + 10));
+  };
+  std::string spiffe = "spiffe://cluster.local/ns/metanode-system/sa/metanode";
+  ASSERT_TRUE(d_.start_peer({METANODE_CA_PEER, "-cert", dir + "/server.pem", "-key", dir + "/server.key",
+                             "-root-cert", dir + "/root.pem", "-root-key", dir + "/root.key", "-token",
+                             "secret-token", "-identity", spiffe},
+                            "ca", "listening "));
+  write_resources(translate({service("thrift-sample-server", vip_port_)}));
+  std::vector<std::string> tls = {"-tls-cert", dir + "/server.pem", "-tls-key", dir + "/server.key"};
+  auto istiod = tls;
+  istiod.insert(istiod.end(), {"-token", "secret-token", "-cluster-id", "Kubernetes"});
+  auto aeraki = tls;
+  aeraki.insert(aeraki.end(), {"-client-ca", dir + "/root.pem"});
+  for (auto [name, extra] : {std::pair{"istiod", istiod}, std::pair{"aeraki", aeraki}}) {
+    std::vector<std::string> argv = {METANODE_XDS_SERVER_PEER, "-listen", "127.0.0.1:0", "-resources",
+                                     resources_file()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    ASSERT_TRUE(d_.start_peer(argv, name, "listening ")) << name;
+  }
+  auto daemon_args = [&](const std::string& token) {
+    return std::vector<std::string>{
+        "--xds-address", "127.0.0.1:" + std::to_string(port_of("istiod")), "--xds-cluster",
+        "aeraki-xds=127.0.0.1:" + std::to_string(port_of("aeraki")), "--xds-root-cert", dir + "/root.pem",
+        "--xds-server-name", "istiod.istio-system.svc", "--xds-token-file", dir + "/" + token, "--ca-address",
+        "127.0.0.1:" + std::to_string(port_of("ca"))};
+  };
+  ASSERT_TRUE(d_.start(daemon_args("token"), false)) << d_.log() << slurp(dir + "/istiod.log")
+                                                     << slurp(dir + "/aeraki.log") << slurp(dir + "/ca.log");
+  EXPECT_EQ(calls(d_, 20, vip_port_).ok, 20);
+  auto ca = slurp(dir + "/ca.log");
+  EXPECT_TRUE(contains(ca, "CSR spiffe://cluster.local/ns/metanode-system/sa/default")) << ca;
+  EXPECT_TRUE(contains(ca, "ISSUED " + spiffe + " 86400s")) << ca;
+  EXPECT_TRUE(contains(slurp(dir + "/aeraki.log"), "CLIENT " + spiffe)) << slurp(dir + "/aeraki.log");
+  EXPECT_TRUE(contains(slurp(dir + "/aeraki.log"), "ACK type.googleapis.com/envoy.config.route.v3"));
+  EXPECT_FALSE(contains(slurp(dir + "/istiod.log"), "DENIED"));
+
+  // The wrong token: istiod and the CA refuse, the daemon never becomes ready.
+  LocalDaemon other;
+  EXPECT_FALSE(other.start(daemon_args("wrong-token"), false));
+  EXPECT_TRUE(contains(slurp(dir + "/istiod.log"), "DENIED token")) << slurp(dir + "/istiod.log");
+  EXPECT_TRUE(contains(other.admin("/ready"), "not ready: waiting for Cluster")) << other.admin("/ready");
+  EXPECT_TRUE(contains(other.log(), "16 authentication failure")) << other.log();
+}
+
 // The other direction: metanode-xds read with go-control-plane's generated
 // Envoy types and Aeraki's own MetaProtocolProxy type (unknown fields
 // refused, Envoy's and Aeraki's validation rules applied).

@@ -193,8 +193,20 @@ void XdsClient::run(Stream& s) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     args.SetMaxReceiveMessageSize(int(opts_.max_message_bytes));
-    auto channel = grpc::CreateCustomChannel(s.target, grpc::InsecureChannelCredentials(), args);
+    if (!opts_.security.server_name.empty()) args.SetSslTargetNameOverride(opts_.security.server_name);
+    // Credentials and headers are made for every connection: the token file
+    // and the workload certificate rotate.
+    auto cert = opts_.ca ? opts_.ca->current() : nullptr;
+    auto creds = opts_.security.credentials(cert.get());
     grpc::ClientContext ctx;
+    Result<void> auth = creds ? opts_.security.authenticate(ctx) : Result<void>(creds.error());
+    if (!auth) {
+      spdlog::error("xds {} {}: {}", s.label(), s.target, auth.error().message());
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait_for(l, opts_.backoff_max / 4, [&] { return stopping_.load(); });
+      continue;
+    }
+    auto channel = grpc::CreateCustomChannel(s.target, *creds, args);
     std::unique_ptr<ReaderWriter> rw;
     std::unique_ptr<envoy::service::discovery::v3::AggregatedDiscoveryService::Stub> ads;
     std::unique_ptr<envoy::service::route::v3::RouteDiscoveryService::Stub> rds;

@@ -18,6 +18,9 @@ struct DaemonOptions {
   std::string xds_address;      // else: an xDS server (HOST:PORT) to pull from
   std::map<std::string, std::string> xds_clusters;  // gRPC cluster -> HOST:PORT (aeraki-xds)
   xds::NodeIdentity node;       // who we are to the xDS server
+  xds::XdsSecurity xds_security;  // TLS / token / cluster id for xDS and the CA
+  std::string ca_address;       // Istio CA (HOST:PORT): a workload certificate for mTLS xDS
+  std::string trust_domain = "cluster.local";
   bool intercept = true;        // false: --no-bpf, bind listeners directly
   std::string cgroup;           // cgroup v2 dir to attach to (default: cgroup2 root)
   std::string pin_dir;          // default /sys/fs/bpf/metanode

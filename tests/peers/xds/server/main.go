@@ -9,6 +9,11 @@
 // again and serves it as the next version to every node, then prints
 // "LOADED <version>". Prints "NODE <id>" for each new node, "ACK <type>
 // <version>" and "NACK <type> <detail>" for each client answer.
+//
+// As istiod on 15012 and Aeraki's RDS port: -tls-cert/-tls-key serve TLS;
+// -token requires "authorization: Bearer TOKEN" and -cluster-id a
+// "clusterid" header on every stream; -client-ca requires a client
+// certificate signed by that root (printing "CLIENT <URI SAN>").
 package main
 
 import (
@@ -24,7 +29,15 @@ import (
 	"sync"
 	"syscall"
 
+	"crypto/tls"
+	"crypto/x509"
+
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -80,6 +93,11 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "gRPC listen address")
 	file := flag.String("resources", "", "initial resources (JSON array of Any)")
 	ads := flag.Bool("ads", true, "ADS-consistent cache (istiod); false: as Aeraki's RDS server")
+	tlsCert := flag.String("tls-cert", "", "serve TLS with this certificate (PEM)")
+	tlsKey := flag.String("tls-key", "", "and this key (PEM)")
+	clientCA := flag.String("client-ca", "", "require client certificates signed by this root (PEM)")
+	token := flag.String("token", "", "require this bearer token")
+	clusterID := flag.String("cluster-id", "", "require this clusterid header")
 	flag.Parse()
 
 	res, err := load(*file)
@@ -120,7 +138,50 @@ func main() {
 		},
 	}
 	srv := serverv3.NewServer(ctx, cache, cb)
-	g := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if *tlsCert != "" {
+		pair, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		cfg := &tls.Config{Certificates: []tls.Certificate{pair}}
+		if *clientCA != "" {
+			pem, err := os.ReadFile(*clientCA)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
+			}
+			cfg.ClientCAs = x509.NewCertPool()
+			cfg.ClientCAs.AppendCertsFromPEM(pem)
+			cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
+	}
+	opts = append(opts, grpc.StreamInterceptor(func(s any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		md, _ := metadata.FromIncomingContext(ss.Context())
+		if *token != "" {
+			if a := md.Get("authorization"); len(a) != 1 || a[0] != "Bearer "+*token {
+				out.say("DENIED token %v", a)
+				return status.Error(codes.Unauthenticated, "authentication failure")
+			}
+		}
+		if *clusterID != "" {
+			if c := md.Get("clusterid"); len(c) != 1 || c[0] != *clusterID {
+				out.say("DENIED clusterid %v", c)
+				return status.Error(codes.PermissionDenied, "wrong cluster")
+			}
+		}
+		if p, ok := peer.FromContext(ss.Context()); ok {
+			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+				for _, u := range ti.State.PeerCertificates[0].URIs {
+					out.say("CLIENT %s", u)
+				}
+			}
+		}
+		return h(s, ss)
+	}))
+	g := grpc.NewServer(opts...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
 	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
 	lis, err := net.Listen("tcp", *listen)

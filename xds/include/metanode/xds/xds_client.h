@@ -22,6 +22,7 @@
 #include "envoy/config/core/v3/base.pb.h"
 #include "envoy/service/discovery/v3/discovery.pb.h"
 #include "metanode/xds/config_source.h"
+#include "metanode/xds/istio_ca_client.h"
 
 
 namespace metanode::xds {
@@ -32,6 +33,8 @@ struct XdsClientOptions {
   // A cluster not listed is reached at `server`.
   std::map<std::string, std::string> clusters;
   envoy::config::core::v3::Node node;
+  XdsSecurity security;               // TLS, bearer token, cluster id (istiod 15012)
+  const IstioCaClient* ca = nullptr;  // if set: its certificate is the client certificate
   std::chrono::milliseconds backoff_base{500};
   std::chrono::milliseconds backoff_max{30000};
   // A stream that brings no response at all in this time is restarted (a
