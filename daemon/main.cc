@@ -19,6 +19,7 @@ void usage(FILE* f) {
                "  --xds-cluster NAME=HOST:PORT\n"
                "                            address of a gRPC cluster a listener names as its RDS\n"
                "                            source (aeraki-xds: Aeraki's 15010); default: the ADS server\n"
+               "  --xds-delta               delta (incremental) xDS instead of state of the world\n"
                "  --xds-root-cert FILE      TLS to xDS servers and the CA, verified against this root\n"
                "                            (istiod 15012: /var/run/secrets/istio/root-cert.pem)\n"
                "  --xds-server-name NAME    TLS name to verify (istiod.istio-system.svc); default: host\n"
@@ -27,6 +28,7 @@ void usage(FILE* f) {
                "  --ca-address HOST:PORT    Istio CA: get and rotate a workload certificate, the\n"
                "                            client certificate for xDS (Aeraki's RDS requires one)\n"
                "  --trust-domain NAME       SPIFFE trust domain of that certificate (cluster.local)\n"
+               "  --cert-ttl SECONDS        lifetime asked for it (86400); renewed at half of it\n"
                "  --node-id ID              xDS node id (default sidecar~IP~POD.NS~NS.svc.cluster.local\n"
                "                            from POD_NAME, POD_NAMESPACE, INSTANCE_IP); unique per daemon\n"
                "  --node-label KEY=VALUE    a LABELS entry of the node metadata (repeatable)\n"
@@ -70,7 +72,7 @@ int main(int argc, char** argv) {
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
          kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
-         kTokenFile, kCaAddress, kTrustDomain };
+         kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -98,6 +100,8 @@ int main(int argc, char** argv) {
       {"xds-token-file", required_argument, nullptr, kTokenFile},
       {"ca-address", required_argument, nullptr, kCaAddress},
       {"trust-domain", required_argument, nullptr, kTrustDomain},
+      {"xds-delta", no_argument, nullptr, kXdsDelta},
+      {"cert-ttl", required_argument, nullptr, kCertTtl},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -180,6 +184,17 @@ int main(int argc, char** argv) {
       case kTokenFile: o.xds_security.token_file = optarg; break;
       case kCaAddress: o.ca_address = optarg; break;
       case kTrustDomain: o.trust_domain = optarg; break;
+      case kXdsDelta: o.xds_delta = true; break;
+      case kCertTtl: {
+        char* end = nullptr;
+        long v = std::strtol(optarg, &end, 10);
+        if (*end || v < 2) {
+          std::fprintf(stderr, "--cert-ttl: '%s' is not a number of seconds >= 2\n", optarg);
+          return 2;
+        }
+        o.cert_ttl = std::chrono::seconds(v);
+        break;
+      }
       case kXdsCluster:
       case kNodeLabel:
       case kNodeMeta: {

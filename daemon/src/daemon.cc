@@ -56,6 +56,7 @@ std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts, const 
   xds::XdsClientOptions xo;
   xo.server = opts.xds_address;
   xo.clusters = opts.xds_clusters;
+  xo.delta = opts.xds_delta;
   xo.security = opts.xds_security;
   xo.security.cluster_id = opts.node.cluster_id;
   xo.ca = ca;
@@ -153,6 +154,7 @@ int run_daemon(const DaemonOptions& opts) {
     std::string ns = opts.node.namespace_.empty() ? "default" : opts.node.namespace_;
     std::string sa = opts.node.service_account.empty() ? "default" : opts.node.service_account;
     co.spiffe_id = "spiffe://" + opts.trust_domain + "/ns/" + ns + "/sa/" + sa;
+    co.ttl = opts.cert_ttl;
     ca = std::make_unique<xds::IstioCaClient>(co);
     if (auto r = ca->start(); !r) spdlog::error("{} (retrying)", r.error().message());
   }

@@ -8,7 +8,7 @@
 #include "envoy/service/discovery/v3/discovery.pb.h"
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/snapshot.h"
-#include "metanode/xds/xds_client.h"
+#include "metanode/xds/xds_update.h"
 
 namespace {
 const char* kTypes[] = {metanode::xds::kClusterType, metanode::xds::kEndpointType,
@@ -34,14 +34,26 @@ spec:
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1 || size > 256 * 1024) return 0;
+  // The first byte picks the type when the input names none, so mutations
+  // of a resource's bytes reach that type's compiler; its top bit picks the
+  // delta form.
+  const char* type = kTypes[data[0] % 4];
+  metanode::xds::Resources state = base();
+  if (data[0] & 0x80) {
+    envoy::service::discovery::v3::DeltaDiscoveryResponse r;
+    if (!r.ParseFromArray(data + 1, int(size - 1))) return 0;
+    if (r.type_url().empty()) r.set_type_url(type);
+    for (auto& res : *r.mutable_resources())
+      if (res.resource().type_url().empty()) res.mutable_resource()->set_type_url(r.type_url());
+    if (metanode::xds::merge_update(metanode::xds::update_of(r), state))
+      (void)metanode::xds::compile_snapshot(std::move(state));
+    return 0;
+  }
   envoy::service::discovery::v3::DiscoveryResponse r;
   if (!r.ParseFromArray(data + 1, int(size - 1))) return 0;
-  // The first byte picks the type when the input names none, so mutations
-  // of a resource's bytes reach that type's compiler.
-  if (r.type_url().empty()) r.set_type_url(kTypes[data[0] % 4]);
+  if (r.type_url().empty()) r.set_type_url(type);
   for (auto& a : *r.mutable_resources())
     if (a.type_url().empty()) a.set_type_url(r.type_url());
-  metanode::xds::Resources state = base();
   if (metanode::xds::merge_response(r, state)) (void)metanode::xds::compile_snapshot(std::move(state));
   return 0;
 }

@@ -195,6 +195,48 @@ TEST_F(XdsPeers, GoControlPlaneFeedsTheDaemon) {
   EXPECT_NEAR(r.by_server["thrift-sample-server-v1"], 200, 63);
 }
 
+// The same through delta xDS (--xds-delta): subscriptions as differences,
+// updates and removals per resource, the versions held said again to a
+// restarted server.
+TEST_F(XdsPeers, GoControlPlaneDeltaFeedsTheDaemon) {
+  int vip2 = free_port();
+  write_resources(translate({service("thrift-sample-server", vip_port_), service("second", vip2)}));
+  int port = start_go_server();
+  ASSERT_TRUE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(port), "--xds-delta"}, false))
+      << d_.log() << go_output();
+  auto r = calls(d_, 100, vip_port_);
+  ASSERT_EQ(r.ok, 100) << r.output << d_.log();
+  EXPECT_EQ(r.by_server["thrift-sample-server-v1"], 50);
+  EXPECT_EQ(calls(d_, 10, vip2).ok, 10);
+  auto out = go_output();
+  for (const char* t : {"cluster.v3.Cluster", "endpoint.v3.ClusterLoadAssignment", "listener.v3.Listener",
+                        "route.v3.RouteConfiguration"})
+    EXPECT_TRUE(contains(out, std::string("DELTA-ACK type.googleapis.com/envoy.config.") + t)) << t << "\n" << out;
+  EXPECT_TRUE(contains(out, "DELTA-SUBSCRIBE type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment "))
+      << out;
+  EXPECT_TRUE(contains(d_.admin("/config_dump"), "\"variant\":\"delta\""));
+
+  // A change and a removal in one push: the split applies, the second
+  // service's resources are removed.
+  push(translate({service("thrift-sample-server", vip_port_), split(20, 80)}));
+  ASSERT_TRUE(eventually([&] {
+    auto dump = d_.admin("/config_dump");
+    return contains(dump, "traffic-split") && !contains(dump, "127.0.0.1_" + std::to_string(vip2));
+  })) << d_.log();
+  r = calls(d_, 1000, vip_port_);
+  ASSERT_EQ(r.ok, 1000) << r.output;
+  EXPECT_NEAR(r.by_server["thrift-sample-server-v1"], 200, 63);
+
+  // A restarted server is told what the daemon holds.
+  kill(go_pid_, SIGKILL);
+  d_.processes().wait(go_pid_, 3000);
+  ASSERT_EQ(start_go_server(port), port);
+  ASSERT_TRUE(eventually([&] {
+    return contains(go_output(), "DELTA-INITIAL type.googleapis.com/envoy.config.cluster.v3.Cluster 3");
+  }, 20s)) << go_output() << d_.log();
+  EXPECT_EQ(calls(d_, 10, vip_port_).ok, 10);
+}
+
 // A push with one bad resource: that resource is NACKed by name and reason,
 // the rest of the push applies, and the bad one keeps its last good version.
 TEST_F(XdsPeers, OneBadResourceIsNackedTheRestApplies) {
@@ -340,14 +382,18 @@ TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
         "--xds-address", "127.0.0.1:" + std::to_string(port_of("istiod")), "--xds-cluster",
         "aeraki-xds=127.0.0.1:" + std::to_string(port_of("aeraki")), "--xds-root-cert", dir + "/root.pem",
         "--xds-server-name", "istiod.istio-system.svc", "--xds-token-file", dir + "/" + token, "--ca-address",
-        "127.0.0.1:" + std::to_string(port_of("ca"))};
+        "127.0.0.1:" + std::to_string(port_of("ca")), "--cert-ttl", "4"};
   };
   ASSERT_TRUE(d_.start(daemon_args("token"), false)) << d_.log() << slurp(dir + "/istiod.log")
                                                      << slurp(dir + "/aeraki.log") << slurp(dir + "/ca.log");
   EXPECT_EQ(calls(d_, 20, vip_port_).ok, 20);
   auto ca = slurp(dir + "/ca.log");
   EXPECT_TRUE(contains(ca, "CSR spiffe://cluster.local/ns/metanode-system/sa/default")) << ca;
-  EXPECT_TRUE(contains(ca, "ISSUED " + spiffe + " 86400s")) << ca;
+  EXPECT_TRUE(contains(ca, "ISSUED " + spiffe + " 4s")) << ca;
+  // Renewed at half its lifetime, with a new key and CSR each time.
+  EXPECT_TRUE(eventually([&] { return count(slurp(dir + "/ca.log"), "ISSUED ") >= 3; }, 15s))
+      << slurp(dir + "/ca.log") << d_.log();
+  EXPECT_TRUE(contains(d_.log(), "workload certificate for spiffe://cluster.local/ns/metanode-system/sa/default renewed"));
   EXPECT_TRUE(contains(slurp(dir + "/aeraki.log"), "CLIENT " + spiffe)) << slurp(dir + "/aeraki.log");
   EXPECT_TRUE(contains(slurp(dir + "/aeraki.log"), "ACK type.googleapis.com/envoy.config.route.v3"));
   EXPECT_FALSE(contains(slurp(dir + "/istiod.log"), "DENIED"));

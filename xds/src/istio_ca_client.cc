@@ -141,6 +141,7 @@ Result<WorkloadCert> IstioCaClient::fetch() const {
   if (!v) return v.error();
   c.not_before = v->first;
   c.not_after = v->second;
+  c.received = std::chrono::system_clock::now();
   return c;
 }
 
@@ -175,8 +176,13 @@ void IstioCaClient::run() {
   while (!stopping_) {
     auto now = std::chrono::system_clock::now();
     auto due = now;
-    if (cert_) due = cert_->not_before + std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                                             (cert_->not_after - cert_->not_before) * opts_.renew_at);
+    if (cert_) {
+      // CAs back-date not_before (for clock skew): count the lifetime from
+      // when the certificate arrived.
+      auto from = std::max(cert_->not_before, cert_->received);
+      due = from + std::chrono::duration_cast<std::chrono::system_clock::duration>((cert_->not_after - from) *
+                                                                                    opts_.renew_at);
+    }
     if (due > now) {
       cv_.wait_until(l, due, [&] { return stopping_.load(); });
       continue;

@@ -13,9 +13,12 @@
 namespace metanode::xds {
 namespace {
 
+using envoy::service::discovery::v3::DeltaDiscoveryRequest;
+using envoy::service::discovery::v3::DeltaDiscoveryResponse;
 using envoy::service::discovery::v3::DiscoveryRequest;
 using envoy::service::discovery::v3::DiscoveryResponse;
 using ReaderWriter = grpc::ClientReaderWriter<DiscoveryRequest, DiscoveryResponse>;
+using DeltaReaderWriter = grpc::ClientReaderWriter<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(
@@ -23,41 +26,7 @@ int64_t unix_now() {
       .count();
 }
 
-// Per stream and type: what we subscribed to, what we accepted, what the
-// server last said.
-struct TypeState {
-  std::set<std::string> names;  // empty + wildcard: everything
-  bool wildcard = false;
-  bool requested = false;       // a request for this type went out on this stream
-  bool received = false;        // at least one response since start
-  std::string version;          // last accepted (ACKed) version_info
-  std::string nonce;            // last response's nonce
-  std::string last_nack;
-  std::string nacked_version;  // the version last NACKed, and how many times in a row
-  int nack_repeats = 0;
-  int64_t last_update_unix = 0;
-  uint64_t updates = 0, rejects = 0;
-};
-
 const char* const kTypeOrder[] = {kClusterType, kEndpointType, kListenerType, kRouteType};
-
-template <class T>
-Result<void> take(std::vector<T>& into, const DiscoveryResponse& r, bool replace) {
-  std::map<std::string, T> by;
-  if (!replace)
-    for (auto& m : into) by.emplace(resource_name(m), std::move(m));
-  into.clear();
-  for (int i = 0; i < r.resources_size(); ++i) {
-    T m;
-    if (r.resources(i).type_url() != r.type_url() || !r.resources(i).UnpackTo(&m))
-      return Error::invalid("resource[" + std::to_string(i) + "] of type '" +
-                            r.resources(i).type_url() + "' does not decode as " +
-                            short_type(r.type_url()));
-    by[resource_name(m)] = std::move(m);
-  }
-  for (auto& [n, m] : by) into.push_back(std::move(m));
-  return Ok();
-}
 
 std::string join_rejects(const std::vector<Reject>& rs) {
   std::string out;
@@ -70,19 +39,26 @@ std::string join_rejects(const std::vector<Reject>& rs) {
 
 }  // namespace
 
-Result<void> merge_response(const DiscoveryResponse& r, Resources& state) {
-  const std::string& type = r.type_url();
-  Resources next = state;
-  Result<void> ok = type == kListenerType   ? take(next.listeners, r, true)
-                    : type == kClusterType  ? take(next.clusters, r, true)
-                    : type == kEndpointType ? take(next.endpoints, r, false)
-                    : type == kRouteType    ? take(next.routes, r, false)
-                                            : Result<void>(Error::invalid("unknown type '" + type + "'"));
-  if (!ok) return ok;
-  next.version = r.version_info();
-  state = std::move(next);
-  return Ok();
-}
+// Per stream and type: what we subscribed to, what we accepted, what the
+// server last said.
+struct XdsClient::TypeState {
+  std::set<std::string> names;  // empty + wildcard: everything
+  bool wildcard = false;
+  bool requested = false;       // a request for this type went out on this stream
+  bool received = false;        // at least one response since start
+  std::string version;          // last accepted (ACKed) version_info
+  std::string nonce;            // last response's nonce
+  std::string last_nack;
+  std::string nacked_version;  // the version last NACKed, and how many times in a row
+  int nack_repeats = 0;
+  int64_t last_update_unix = 0;
+  uint64_t updates = 0, rejects = 0;
+  // Delta: what the server was told we subscribe to, and the versions we
+  // hold (initial_resource_versions on a new stream).
+  std::set<std::string> told;
+  bool told_wildcard = false;
+  std::map<std::string, std::string> versions;
+};
 
 struct XdsClient::Stream {
   std::string cluster;  // "" for ADS
@@ -92,7 +68,8 @@ struct XdsClient::Stream {
   // Set while connected; writes go through write_mu (one writer at a time,
   // concurrently with the stream's own reader).
   grpc::ClientContext* ctx = nullptr;
-  ReaderWriter* rw = nullptr;
+  ReaderWriter* rw = nullptr;        // state of the world
+  DeltaReaderWriter* drw = nullptr;  // or delta (--xds-delta)
   std::mutex write_mu;
   bool node_sent = false;
   bool got_response = false;
@@ -100,6 +77,7 @@ struct XdsClient::Stream {
   uint64_t connects = 0;
 
   bool ads() const { return cluster.empty(); }
+  bool connected() const { return rw || drw; }
   std::string label() const { return ads() ? "ads" : "rds:" + cluster; }
 };
 
@@ -149,7 +127,7 @@ void XdsClient::stop() {
 
 namespace {
 
-DiscoveryRequest request_for(const std::string& type, const TypeState& t) {
+DiscoveryRequest request_for(const std::string& type, const XdsClient::TypeState& t) {
   DiscoveryRequest q;
   q.set_type_url(type);
   q.set_version_info(t.version);
@@ -162,24 +140,89 @@ DiscoveryRequest request_for(const std::string& type, const TypeState& t) {
 
 // Sends one request on `s` if it is connected (else on_connected sends the
 // whole subscription when it is). The node goes on a stream's first request.
-static void send(XdsClient::Stream& s, DiscoveryRequest q, const envoy::config::core::v3::Node& node) {
-  std::lock_guard<std::mutex> w(s.write_mu);
-  if (!s.rw) return;
+template <class Request, class RW>
+static void write(XdsClient::Stream& s, RW* rw, Request q, const envoy::config::core::v3::Node& node) {
+  if (!rw) return;
   if (!s.node_sent) {
     *q.mutable_node() = node;
     s.node_sent = true;
   }
-  if (!s.rw->Write(q)) spdlog::debug("xds {}: write failed (stream closing)", s.label());
+  if (!rw->Write(q)) spdlog::debug("xds {}: write failed (stream closing)", s.label());
+}
+
+static void send(XdsClient::Stream& s, DiscoveryRequest q, const envoy::config::core::v3::Node& node) {
+  std::lock_guard<std::mutex> w(s.write_mu);
+  write(s, s.rw, std::move(q), node);
+}
+
+static void send(XdsClient::Stream& s, DeltaDiscoveryRequest q, const envoy::config::core::v3::Node& node) {
+  std::lock_guard<std::mutex> w(s.write_mu);
+  write(s, s.drw, std::move(q), node);
+}
+
+void XdsClient::subscribe(Stream& s, const std::string& type, TypeState& t) {
+  if (!opts_.delta) {
+    send(s, request_for(type, t), opts_.node);
+    return;
+  }
+  // Delta: only the difference. A wildcard is the empty first request.
+  DeltaDiscoveryRequest q;
+  q.set_type_url(type);
+  if (t.wildcard) {
+    if (t.told_wildcard) return;
+    t.told_wildcard = true;
+  } else {
+    for (const auto& n : t.names)
+      if (!t.told.count(n)) q.add_resource_names_subscribe(n);
+    for (const auto& n : t.told)
+      if (!t.names.count(n)) q.add_resource_names_unsubscribe(n);
+    if (q.resource_names_subscribe_size() == 0 && q.resource_names_unsubscribe_size() == 0) return;
+    t.told = t.names;
+  }
+  send(s, std::move(q), opts_.node);
+}
+
+void XdsClient::answer(Stream& s, const std::string& type, TypeState& t, const std::string& nonce,
+                       const std::string* error) {
+  auto set_error = [&](google::rpc::Status* st) {
+    st->set_code(grpc::StatusCode::INVALID_ARGUMENT);
+    st->set_message(*error);
+  };
+  if (opts_.delta) {
+    DeltaDiscoveryRequest q;
+    q.set_type_url(type);
+    q.set_response_nonce(nonce);
+    if (error) set_error(q.mutable_error_detail());
+    send(s, std::move(q), opts_.node);
+  } else {
+    DiscoveryRequest q = request_for(type, t);  // version: the last accepted
+    q.set_response_nonce(nonce);
+    if (error) set_error(q.mutable_error_detail());
+    send(s, std::move(q), opts_.node);
+  }
 }
 
 void XdsClient::on_connected(Stream& s) {
   // A new stream knows nothing: say every subscription again, with the
-  // versions we hold, in Envoy's order.
+  // versions we hold, in Envoy's order. Nonces do not survive a stream.
   for (const char* type : kTypeOrder) {
     auto it = s.types.find(type);
     if (it == s.types.end() || !it->second.requested) continue;
-    auto q = request_for(type, it->second);
-    q.clear_response_nonce();  // nonces do not survive a stream
+    auto& t = it->second;
+    if (!opts_.delta) {
+      auto q = request_for(type, t);
+      q.clear_response_nonce();
+      send(s, std::move(q), opts_.node);
+      continue;
+    }
+    DeltaDiscoveryRequest q;
+    q.set_type_url(type);
+    if (!t.wildcard)
+      for (const auto& n : t.names) q.add_resource_names_subscribe(n);
+    for (const auto& [n, v] : t.versions)
+      if (t.wildcard || t.names.count(n)) (*q.mutable_initial_resource_versions())[n] = v;
+    t.told = t.names;
+    t.told_wildcard = t.wildcard;
     send(s, std::move(q), opts_.node);
   }
 }
@@ -208,24 +251,26 @@ void XdsClient::run(Stream& s) {
     }
     auto channel = grpc::CreateCustomChannel(s.target, *creds, args);
     std::unique_ptr<ReaderWriter> rw;
+    std::unique_ptr<DeltaReaderWriter> drw;
     std::unique_ptr<envoy::service::discovery::v3::AggregatedDiscoveryService::Stub> ads;
     std::unique_ptr<envoy::service::route::v3::RouteDiscoveryService::Stub> rds;
     if (s.ads()) {
       ads = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
-      rw = ads->StreamAggregatedResources(&ctx);
+      if (opts_.delta) drw = ads->DeltaAggregatedResources(&ctx);
+      else rw = ads->StreamAggregatedResources(&ctx);
     } else {
       rds = envoy::service::route::v3::RouteDiscoveryService::NewStub(channel);
-      rw = rds->StreamRoutes(&ctx);
+      if (opts_.delta) drw = rds->DeltaRoutes(&ctx);
+      else rw = rds->StreamRoutes(&ctx);
     }
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (stopping_) {
-        ctx.TryCancel();
-      }
+      if (stopping_) ctx.TryCancel();
       {
         std::lock_guard<std::mutex> w(s.write_mu);
         s.ctx = &ctx;
         s.rw = rw.get();
+        s.drw = drw.get();
         s.node_sent = false;
         s.got_response = false;
         s.connected_at = std::chrono::steady_clock::now();
@@ -233,17 +278,26 @@ void XdsClient::run(Stream& s) {
       }
       on_connected(s);
     }
-    DiscoveryResponse resp;
-    while (rw->Read(&resp)) {
+    auto on_update = [&](const Update& u) {
       {
         std::lock_guard<std::mutex> w(s.write_mu);
         s.got_response = true;
       }
       attempt = 0;
-      if (auto d = handle(s, resp)) {
+      if (auto d = handle(s, u)) {
         std::unique_lock<std::mutex> l(mu_);
-        if (cv_.wait_for(l, d->pause, [&] { return stopping_.load(); })) break;
+        if (cv_.wait_for(l, d->pause, [&] { return stopping_.load(); })) return false;
         send(s, std::move(d->request), opts_.node);
+      }
+      return true;
+    };
+    if (rw) {
+      DiscoveryResponse resp;
+      while (rw->Read(&resp) && on_update(update_of(resp))) {
+      }
+    } else {
+      DeltaDiscoveryResponse resp;
+      while (drw->Read(&resp) && on_update(update_of(resp))) {
       }
     }
     {
@@ -251,8 +305,9 @@ void XdsClient::run(Stream& s) {
       std::lock_guard<std::mutex> w(s.write_mu);
       s.ctx = nullptr;
       s.rw = nullptr;
+      s.drw = nullptr;
     }
-    grpc::Status st = rw->Finish();
+    grpc::Status st = rw ? rw->Finish() : drw->Finish();
     if (stopping_) break;
     auto base = std::min<int64_t>(opts_.backoff_max.count(),
                                   opts_.backoff_base.count() << std::min(attempt, 16));
@@ -285,27 +340,27 @@ void XdsClient::watchdog() {
   }
 }
 
-std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const DiscoveryResponse& r) {
+std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const Update& r) {
   std::lock_guard<std::mutex> l(mu_);
   if (stopping_) return std::nullopt;
-  const std::string& type = r.type_url();
+  const std::string& type = r.type_url;
   auto tit = s.types.find(type);
   if (tit == s.types.end() || !tit->second.requested) {
     spdlog::warn("xds {}: response of unrequested type '{}' ignored", s.label(), type);
     return std::nullopt;
   }
   TypeState& ts = tit->second;
-  ts.nonce = r.nonce();
+  ts.nonce = r.nonce;
   ts.received = true;
 
   // The same version we just refused, sent again (go-control-plane answers
   // a NACK by resending whatever version it holds): refuse it again without
   // recompiling, after a growing pause, so the two sides do not spin.
-  if (!ts.nacked_version.empty() && r.version_info() == ts.nacked_version) {
+  if (!opts_.delta && !ts.nacked_version.empty() && r.version == ts.nacked_version) {
     ++ts.nack_repeats;
     ++ts.rejects;
     DiscoveryRequest nack = request_for(type, ts);
-    nack.set_response_nonce(r.nonce());
+    nack.set_response_nonce(r.nonce);
     nack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
     nack.mutable_error_detail()->set_message(ts.last_nack);
     auto pause = std::min<int64_t>(opts_.backoff_max.count(),
@@ -316,7 +371,7 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const DiscoveryR
   // A response that does not even decode changes nothing.
   std::vector<Reject> rejects;
   std::shared_ptr<const Snapshot> snap;
-  if (auto m = merge_response(r, latest_); !m) {
+  if (auto m = merge_update(r, latest_); !m) {
     rejects.push_back({type, "", m.error().message()});
   } else {
     auto applied = sink_->apply(latest_, "xds " + s.label() + " " + short_type(type), true);
@@ -325,26 +380,23 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const DiscoveryR
       if (x.type_url == type) rejects.push_back(std::move(x));
   }
 
-  DiscoveryRequest ack = request_for(type, ts);
-  ack.set_response_nonce(r.nonce());
   if (rejects.empty()) {
-    ts.version = r.version_info();
+    ts.version = r.version;
     ts.last_update_unix = unix_now();
     ts.nacked_version.clear();
     ts.nack_repeats = 0;
     ++ts.updates;
-    ack.set_version_info(ts.version);
+    for (const auto& n : r.removed) ts.versions.erase(n);
+    for (const auto& [n, v] : r.versions) ts.versions[n] = v;
+    answer(s, type, ts, r.nonce, nullptr);
   } else {
     ++ts.rejects;
-    ts.nacked_version = r.version_info();
+    ts.nacked_version = r.version;
     ts.nack_repeats = 0;
     ts.last_nack = join_rejects(rejects);
-    ack.mutable_error_detail()->set_code(grpc::StatusCode::INVALID_ARGUMENT);
-    ack.mutable_error_detail()->set_message(ts.last_nack);
-    spdlog::error("xds {}: NACK {} version {}: {}", s.label(), short_type(type), r.version_info(),
-                  ts.last_nack);
+    spdlog::error("xds {}: NACK {} version {}: {}", s.label(), short_type(type), r.version, ts.last_nack);
+    answer(s, type, ts, r.nonce, &ts.last_nack);
   }
-  send(s, std::move(ack), opts_.node);
   if (!snap) return std::nullopt;
 
   Stream& ads = *streams_[0];
@@ -357,7 +409,7 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const DiscoveryR
     if (want != eds.names || !eds.requested) {
       eds.names = want;
       eds.requested = !want.empty() || eds.requested;
-      if (eds.requested) send(ads, request_for(kEndpointType, eds), opts_.node);
+      if (eds.requested) subscribe(ads, kEndpointType, eds);
       std::erase_if(latest_.endpoints, [&](const auto& a) { return !want.count(a.cluster_name()); });
     }
   }
@@ -369,7 +421,7 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const DiscoveryR
     auto& lds = ads.types[kListenerType];
     lds.wildcard = true;
     lds.requested = true;
-    send(ads, request_for(kListenerType, lds), opts_.node);
+    subscribe(ads, kListenerType, lds);
   }
   if (type == kListenerType) {
     // RDS follows LDS, on the stream each listener's config source names.
@@ -385,7 +437,7 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const DiscoveryR
       if (rds.names == rnames && rds.requested) continue;
       rds.names = rnames;
       rds.requested = true;
-      send(t, request_for(kRouteType, rds), opts_.node);
+      subscribe(t, kRouteType, rds);
     }
     std::erase_if(latest_.routes, [&](const auto& rc) { return !all.count(rc.name()); });
   }
@@ -414,7 +466,8 @@ std::string XdsClient::status_json() const {
   for (const auto& s : streams_) {
     std::lock_guard<std::mutex> w(s->write_mu);
     o += std::string(first_stream ? "" : ",") + "{\"stream\":" + json_string(s->label()) +
-         ",\"target\":" + json_string(s->target) + ",\"connected\":" + (s->rw ? "true" : "false") +
+         ",\"target\":" + json_string(s->target) + ",\"variant\":" + (opts_.delta ? "\"delta\"" : "\"sotw\"") +
+         ",\"connected\":" + (s->connected() ? "true" : "false") +
          ",\"connects\":" + std::to_string(s->connects) + ",\"types\":[";
     first_stream = false;
     bool first = true;
@@ -440,7 +493,7 @@ std::string XdsClient::metrics_text() const {
       "# TYPE metanode_xds_connected gauge\n";
   for (const auto& s : streams_) {
     std::lock_guard<std::mutex> w(s->write_mu);
-    o += "metanode_xds_connected{stream=\"" + s->label() + "\"} " + (s->rw ? "1" : "0") + "\n";
+    o += "metanode_xds_connected{stream=\"" + s->label() + "\"} " + (s->connected() ? "1" : "0") + "\n";
   }
   int64_t now = unix_now();
   std::string upd, rej, age;

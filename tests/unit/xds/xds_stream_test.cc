@@ -74,7 +74,35 @@ TEST(MergeResponse, ClustersReplaceEndpointsMerge) {
   ASSERT_TRUE(merge_response(response(kEndpointType, std::vector{cla}), state));
   ASSERT_EQ(state.endpoints.size(), 3u);
   for (const auto& e : state.endpoints)
-    if (e.cluster_name() == cla.cluster_name()) EXPECT_EQ(e.endpoints(0).lb_endpoints_size(), 0);
+    if (e.cluster_name() == cla.cluster_name()) {
+      EXPECT_EQ(e.endpoints(0).lb_endpoints_size(), 0);
+    }
+}
+
+TEST(MergeResponse, DeltaUpsertsAndRemovesByName) {
+  Resources state = tutorial();
+  envoy::service::discovery::v3::DeltaDiscoveryResponse d;
+  d.set_type_url(kClusterType);
+  d.set_system_version_info("9");
+  auto* res = d.add_resources();
+  res->set_name(state.clusters[0].name());
+  res->set_version("h1");
+  auto changed = state.clusters[0];
+  changed.mutable_connect_timeout()->set_seconds(7);
+  res->mutable_resource()->PackFrom(changed);
+  d.add_removed_resources(state.clusters[2].name());
+  auto u = update_of(d);
+  EXPECT_FALSE(u.replace);  // delta never replaces a whole set
+  EXPECT_EQ(u.versions.at(state.clusters[0].name()), "h1");
+  std::string removed = state.clusters[2].name();
+  ASSERT_TRUE(merge_update(u, state));
+  ASSERT_EQ(state.clusters.size(), 2u);
+  for (const auto& c : state.clusters) {
+    EXPECT_NE(c.name(), removed);
+    if (c.name() == changed.name()) {
+      EXPECT_EQ(c.connect_timeout().seconds(), 7);
+    }
+  }
 }
 
 TEST(MergeResponse, UndecodableResourceChangesNothing) {

@@ -17,10 +17,12 @@ struct DaemonOptions {
   std::string config_dir;       // embedded control plane: manifests to serve
   std::string xds_address;      // else: an xDS server (HOST:PORT) to pull from
   std::map<std::string, std::string> xds_clusters;  // gRPC cluster -> HOST:PORT (aeraki-xds)
+  bool xds_delta = false;       // delta xDS instead of state of the world
   xds::NodeIdentity node;       // who we are to the xDS server
   xds::XdsSecurity xds_security;  // TLS / token / cluster id for xDS and the CA
   std::string ca_address;       // Istio CA (HOST:PORT): a workload certificate for mTLS xDS
   std::string trust_domain = "cluster.local";
+  std::chrono::seconds cert_ttl{24 * 3600};  // asked of the CA (istio-agent's SECRET_TTL)
   bool intercept = true;        // false: --no-bpf, bind listeners directly
   std::string cgroup;           // cgroup v2 dir to attach to (default: cgroup2 root)
   std::string pin_dir;          // default /sys/fs/bpf/metanode

@@ -41,6 +41,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -116,16 +117,18 @@ func main() {
 	}
 	out := &printer{}
 	ctx := context.Background()
+	seen := func(node *corev3.Node) {
+		mu.Lock()
+		defer mu.Unlock()
+		if node != nil && !nodes[node.GetId()] {
+			nodes[node.GetId()] = true
+			_ = cache.SetSnapshot(ctx, node.GetId(), current)
+			out.say("NODE %s", node.GetId())
+		}
+	}
 	cb := serverv3.CallbackFuncs{
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
-			node := req.GetNode()
-			mu.Lock()
-			if node != nil && !nodes[node.GetId()] {
-				nodes[node.GetId()] = true
-				_ = cache.SetSnapshot(ctx, node.GetId(), current)
-				out.say("NODE %s", node.GetId())
-			}
-			mu.Unlock()
+			seen(req.GetNode())
 			if req.GetResponseNonce() == "" {
 				return nil
 			}
@@ -133,6 +136,26 @@ func main() {
 				out.say("NACK %s %s", req.GetTypeUrl(), strings.ReplaceAll(req.GetErrorDetail().GetMessage(), "\n", " "))
 			} else {
 				out.say("ACK %s %s", req.GetTypeUrl(), req.GetVersionInfo())
+			}
+			return nil
+		},
+		// Delta: the same, plus what each request subscribes to and the
+		// versions a reconnecting client says it holds.
+		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			seen(req.GetNode())
+			if n := len(req.GetInitialResourceVersions()); n > 0 {
+				out.say("DELTA-INITIAL %s %d", req.GetTypeUrl(), n)
+			}
+			if subs := req.GetResourceNamesSubscribe(); len(subs) > 0 {
+				out.say("DELTA-SUBSCRIBE %s %s", req.GetTypeUrl(), strings.Join(subs, ","))
+			}
+			if req.GetResponseNonce() == "" {
+				return nil
+			}
+			if req.GetErrorDetail() != nil {
+				out.say("DELTA-NACK %s %s", req.GetTypeUrl(), strings.ReplaceAll(req.GetErrorDetail().GetMessage(), "\n", " "))
+			} else {
+				out.say("DELTA-ACK %s", req.GetTypeUrl())
 			}
 			return nil
 		},

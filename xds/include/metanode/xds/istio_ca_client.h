@@ -27,7 +27,7 @@ struct WorkloadCert {
   std::string key_pem;    // PKCS#8
   std::string chain_pem;  // the leaf, then any intermediates
   std::string root_pem;
-  std::chrono::system_clock::time_point not_before, not_after;
+  std::chrono::system_clock::time_point not_before, not_after, received;
 };
 
 struct XdsSecurity {

@@ -23,6 +23,7 @@
 #include "envoy/service/discovery/v3/discovery.pb.h"
 #include "metanode/xds/config_source.h"
 #include "metanode/xds/istio_ca_client.h"
+#include "metanode/xds/xds_update.h"
 
 
 namespace metanode::xds {
@@ -41,6 +42,9 @@ struct XdsClientOptions {
   // server that accepted and stalls).
   std::chrono::milliseconds first_response_timeout{15000};
   size_t max_message_bytes = 64u << 20;
+  // Delta (incremental) xDS: DeltaAggregatedResources / DeltaRoutes; each
+  // response carries what changed and what was removed.
+  bool delta = false;
 };
 
 class XdsClient : public ConfigSource {
@@ -54,7 +58,8 @@ class XdsClient : public ConfigSource {
   std::string status_json() const override;
   std::string metrics_text() const override;
 
-  struct Stream;  // one gRPC stream (ADS, or RDS to one cluster) and its thread
+  struct Stream;     // one gRPC stream (ADS, or RDS to one cluster) and its thread
+  struct TypeState;  // per stream and type: subscription, versions, counters
 
  private:
   Stream& stream_for(const std::string& cluster);  // mu_ held
@@ -65,7 +70,11 @@ class XdsClient : public ConfigSource {
     envoy::service::discovery::v3::DiscoveryRequest request;
     std::chrono::milliseconds pause;
   };
-  std::optional<Deferred> handle(Stream& s, const envoy::service::discovery::v3::DiscoveryResponse& r);
+  std::optional<Deferred> handle(Stream& s, const Update& r);
+  // Subscription changes and ACK/NACK, in the stream's variant. mu_ held.
+  void subscribe(Stream& s, const std::string& type, TypeState& t);
+  void answer(Stream& s, const std::string& type, TypeState& t, const std::string& nonce,
+              const std::string* error);
   void watchdog();
 
   XdsClientOptions opts_;
@@ -79,13 +88,6 @@ class XdsClient : public ConfigSource {
   bool lds_requested_ = false;
   std::thread watchdog_;
 };
-
-// One response into the state of the world: Listener and Cluster responses
-// replace their type's whole set, ClusterLoadAssignment and
-// RouteConfiguration responses update the resources they carry. A resource
-// that does not decode as the response's type fails the whole response and
-// leaves `state` as it was.
-Result<void> merge_response(const envoy::service::discovery::v3::DiscoveryResponse& r, Resources& state);
 
 // Node identity as istio-agent presents a sidecar to istiod:
 // id "sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local" and metadata
