@@ -61,8 +61,7 @@ int main(int argc, char** argv) {
   }
   metanode::xds::XdsServer server;
   std::mutex mu;
-  std::string version = metanode::xds::content_version(*res);
-  server.update(*res);
+  std::string version = server.update(*res);
   auto reload = [&] {
     auto next = metanode::xds::load_manifest_dir(dir, translator);
     std::lock_guard<std::mutex> l(mu);
@@ -71,10 +70,9 @@ int main(int argc, char** argv) {
                     next.error().message());
       return;
     }
-    std::string v = metanode::xds::content_version(*next);
+    std::string v = server.update(*next);  // unchanged resources are not pushed
     if (v == version) return;
     version = v;
-    server.update(*next);
     spdlog::info("serving {}: {} listeners, {} clusters, {} route configurations", v,
                  next->listeners.size(), next->clusters.size(), next->routes.size());
   };

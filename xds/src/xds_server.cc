@@ -293,15 +293,23 @@ void XdsServer::stop() {
   impl_->server.reset();
 }
 
-void XdsServer::update(const Resources& res) {
+std::string XdsServer::update(const Resources& res) {
   auto s = std::make_shared<Served>();
   add_all(*s, kListenerType, res.listeners);
   add_all(*s, kClusterType, res.clusters);
   add_all(*s, kEndpointType, res.endpoints);
   add_all(*s, kRouteType, res.routes);
+  // The set's version from the resources' own: no second serialization.
+  Entry all;
+  std::string names;
+  for (const auto& [type, m] : *s)
+    for (const auto& [name, e] : m) names += type + "/" + name + "=" + e.version + ";";
+  all.any.set_value(std::move(names));
+  std::string version = content_version(all.any);
   std::lock_guard<std::mutex> l(impl_->mu);
   impl_->served = s;
   for (auto* st : impl_->streams) st->on_update(s);
+  return version;
 }
 
 XdsServerStats XdsServer::stats() const {

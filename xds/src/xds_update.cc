@@ -50,17 +50,25 @@ Update update_of(const envoy::service::discovery::v3::DeltaDiscoveryResponse& r)
   return u;
 }
 
+// Decodes into a copy of the one type's list, so a failure leaves `state`
+// as it was without copying the other types.
+template <class T>
+Result<void> take_into(std::vector<T>& list, const Update& u) {
+  std::vector<T> next = list;
+  if (auto r = take(next, u); !r) return r;
+  list = std::move(next);
+  return Ok();
+}
+
 Result<void> merge_update(const Update& u, Resources& state) {
   const std::string& type = u.type_url;
-  Resources next = state;
-  Result<void> ok = type == kListenerType   ? take(next.listeners, u)
-                    : type == kClusterType  ? take(next.clusters, u)
-                    : type == kEndpointType ? take(next.endpoints, u)
-                    : type == kRouteType    ? take(next.routes, u)
+  Result<void> ok = type == kListenerType   ? take_into(state.listeners, u)
+                    : type == kClusterType  ? take_into(state.clusters, u)
+                    : type == kEndpointType ? take_into(state.endpoints, u)
+                    : type == kRouteType    ? take_into(state.routes, u)
                                             : Result<void>(Error::invalid("unknown type '" + type + "'"));
   if (!ok) return ok;
-  next.version = u.version;
-  state = std::move(next);
+  state.version = u.version;
   return Ok();
 }
 

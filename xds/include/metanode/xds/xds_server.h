@@ -35,7 +35,8 @@ class XdsServer {
   Result<int> start(const std::string& listen);
   void stop();
   // Replaces what is served; streams are pushed what changed. Thread-safe.
-  void update(const Resources& resources);
+  // Returns the content version of the whole set (unchanged: nothing pushed).
+  std::string update(const Resources& resources);
   XdsServerStats stats() const;
 
   struct Impl;
