@@ -178,12 +178,21 @@ int main(int argc, char** argv) {
 
   // One MetaRouter edited.
   std::string target = "svc" + std::to_string(services / 2) + ".scale.svc.cluster.local_9090";
+  auto wall = [] {
+    auto now = system_clock::now();
+    auto t = system_clock::to_time_t(now);
+    char buf[32];
+    std::strftime(buf, sizeof(buf), "%H:%M:%S", std::localtime(&t));
+    return std::string(buf) + "." + std::to_string(duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000);
+  };
+  std::printf("edit written at %s\n", wall().c_str());
   auto t0 = steady_clock::now();
   write_file(dir, "svc" + std::to_string(services / 2) + ".yaml", service(services / 2, endpoints, 70, 9090));
   auto t1 = sink.wait([&](const metanode::xds::Snapshot& s) {
     auto it = s.routes.find(target);
     return it != s.routes.end() && it->second->routes[0].clusters[0].weight == 70;
   });
+  std::printf("applied at %s\n", wall().c_str());
   std::printf("one MetaRouter edited -> applied: %.0f ms (apply %.1f ms)\n",
               duration<double, std::milli>(t1 - t0).count(), sink.last_apply_ms());
 
@@ -201,6 +210,13 @@ int main(int argc, char** argv) {
   getrusage(RUSAGE_SELF, &ru);
   std::printf("daemon side max RSS %.1f MiB\n", ru.ru_maxrss / 1024.0);
 
+  // Where the time went on the control plane's side.
+  {
+    std::ifstream in(log);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.find(" serving ") != std::string::npos) std::printf("  metanode-xds: %s\n", line.c_str());
+  }
   client.stop();
   server.stop();
   kill(xds, SIGTERM);
