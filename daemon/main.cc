@@ -20,6 +20,8 @@ void usage(FILE* f) {
                "                            address of a gRPC cluster a listener names as its RDS\n"
                "                            source (aeraki-xds: Aeraki's 15010); default: the ADS server\n"
                "  --xds-delta               delta (incremental) xDS instead of state of the world\n"
+               "  --xds-first-response-timeout-ms N\n"
+               "                            restart a stream that brings no response in N ms (15000)\n"
                "  --xds-root-cert FILE      TLS to xDS servers and the CA, verified against this root\n"
                "                            (istiod 15012: /var/run/secrets/istio/root-cert.pem)\n"
                "  --xds-server-name NAME    TLS name to verify (istiod.istio-system.svc); default: host\n"
@@ -72,7 +74,7 @@ int main(int argc, char** argv) {
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
          kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
-         kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl };
+         kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -102,6 +104,7 @@ int main(int argc, char** argv) {
       {"trust-domain", required_argument, nullptr, kTrustDomain},
       {"xds-delta", no_argument, nullptr, kXdsDelta},
       {"cert-ttl", required_argument, nullptr, kCertTtl},
+      {"xds-first-response-timeout-ms", required_argument, nullptr, kFirstResponse},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -185,6 +188,16 @@ int main(int argc, char** argv) {
       case kCaAddress: o.ca_address = optarg; break;
       case kTrustDomain: o.trust_domain = optarg; break;
       case kXdsDelta: o.xds_delta = true; break;
+      case kFirstResponse: {
+        char* end = nullptr;
+        long v = std::strtol(optarg, &end, 10);
+        if (*end || v < 100) {
+          std::fprintf(stderr, "--xds-first-response-timeout-ms: '%s' is not a number >= 100\n", optarg);
+          return 2;
+        }
+        o.xds_first_response_timeout = std::chrono::milliseconds(v);
+        break;
+      }
       case kCertTtl: {
         char* end = nullptr;
         long v = std::strtol(optarg, &end, 10);

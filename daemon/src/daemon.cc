@@ -57,6 +57,7 @@ std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts, const 
   xo.server = opts.xds_address;
   xo.clusters = opts.xds_clusters;
   xo.delta = opts.xds_delta;
+  xo.first_response_timeout = opts.xds_first_response_timeout;
   xo.security = opts.xds_security;
   xo.security.cluster_id = opts.node.cluster_id;
   xo.ca = ca;

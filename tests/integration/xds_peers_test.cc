@@ -406,6 +406,44 @@ TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
   EXPECT_TRUE(contains(other.log(), "16 authentication failure")) << other.log();
 }
 
+// A server that accepts and then says nothing (no HTTP/2 settings, no
+// response): the stream is restarted after the first-response timeout, and
+// again, never hanging on it.
+TEST_F(XdsPeers, SilentServerStreamIsRestarted) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  listen(fd, 16);
+  std::atomic<bool> done{false};
+  std::atomic<int> accepted{0};
+  std::vector<int> held;
+  std::thread silent([&] {
+    while (!done) {
+      timeval tv{0, 100000};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      int c = accept(fd, nullptr, nullptr);
+      if (c < 0) continue;
+      ++accepted;
+      held.push_back(c);  // open and silent
+    }
+  });
+  EXPECT_FALSE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(ntohs(sa.sin_port)),
+                         "--xds-first-response-timeout-ms", "500"},
+                        false));
+  EXPECT_TRUE(eventually([&] { return count(d_.log(), "no response in 500 ms, restarting the stream") >= 2; }, 20s))
+      << d_.log();
+  EXPECT_TRUE(contains(d_.admin("/ready"), "not ready: waiting for Cluster"));
+  EXPECT_EQ(kill(d_.daemon_pid(), 0), 0);
+  done = true;
+  silent.join();
+  for (int c : held) close(c);
+  close(fd);
+}
+
 // The other direction: metanode-xds read with go-control-plane's generated
 // Envoy types and Aeraki's own MetaProtocolProxy type (unknown fields
 // refused, Envoy's and Aeraki's validation rules applied).

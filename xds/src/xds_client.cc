@@ -254,6 +254,17 @@ void XdsClient::run(Stream& s) {
     std::unique_ptr<DeltaReaderWriter> drw;
     std::unique_ptr<envoy::service::discovery::v3::AggregatedDiscoveryService::Stub> ads;
     std::unique_ptr<envoy::service::route::v3::RouteDiscoveryService::Stub> rds;
+    {
+      // Visible to stop() and the watchdog before the call starts: opening a
+      // sync stream blocks until the connection is up, and a server that
+      // accepts but never speaks HTTP/2 would hold it there.
+      std::lock_guard<std::mutex> l(mu_);
+      std::lock_guard<std::mutex> w(s.write_mu);
+      if (stopping_) ctx.TryCancel();
+      s.ctx = &ctx;
+      s.got_response = false;
+      s.connected_at = std::chrono::steady_clock::now();
+    }
     if (s.ads()) {
       ads = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
       if (opts_.delta) drw = ads->DeltaAggregatedResources(&ctx);
@@ -265,15 +276,11 @@ void XdsClient::run(Stream& s) {
     }
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (stopping_) ctx.TryCancel();
       {
         std::lock_guard<std::mutex> w(s.write_mu);
-        s.ctx = &ctx;
         s.rw = rw.get();
         s.drw = drw.get();
         s.node_sent = false;
-        s.got_response = false;
-        s.connected_at = std::chrono::steady_clock::now();
         ++s.connects;
       }
       on_connected(s);

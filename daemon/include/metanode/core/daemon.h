@@ -18,6 +18,7 @@ struct DaemonOptions {
   std::string xds_address;      // else: an xDS server (HOST:PORT) to pull from
   std::map<std::string, std::string> xds_clusters;  // gRPC cluster -> HOST:PORT (aeraki-xds)
   bool xds_delta = false;       // delta xDS instead of state of the world
+  std::chrono::milliseconds xds_first_response_timeout{15000};  // a silent stream is restarted
   xds::NodeIdentity node;       // who we are to the xDS server
   xds::XdsSecurity xds_security;  // TLS / token / cluster id for xDS and the CA
   std::string ca_address;       // Istio CA (HOST:PORT): a workload certificate for mTLS xDS
