@@ -5,7 +5,7 @@
 // complete first configuration, the daemon side's memory, and the time from
 // one edited MetaRouter / one edited endpoint to applied.
 //
-//   build/bench/xds_scale_bench [--services 10000] [--endpoints 10]
+//   build/bench/xds_scale_bench [--services 10000] [--endpoints 10] [--delta]
 #include <spdlog/spdlog.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -112,6 +112,9 @@ class TimedSink : public metanode::xds::ConfigSink {
 
 int main(int argc, char** argv) {
   int services = 10000, endpoints = 10;
+  bool delta = false;
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--delta") delta = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--services") services = std::atoi(argv[i + 1]);
@@ -160,6 +163,7 @@ int main(int argc, char** argv) {
   xo.server = "127.0.0.1:" + std::to_string(port);
   xo.node.set_id("scale-bench");
   xo.backoff_base = milliseconds(50);
+  xo.delta = delta;
   metanode::xds::XdsClient client(xo);
   if (!client.start(sink)) return 1;
   auto all_routes = [&](const metanode::xds::Snapshot& s) {

@@ -490,8 +490,8 @@ TEST_F(XdsPeers, MetanodeXdsPushesOnlyWhatChanged) {
   EXPECT_TRUE(contains(after, "RESPONSE rds type.googleapis.com/envoy.config.route.v3.RouteConfiguration")) << out;
 }
 
-// One metanode-xds, several daemons: each gets the configuration, and an
-// edit reaches all of them.
+// One metanode-xds, several daemons (one state of the world, one delta):
+// each gets the configuration, and an edit reaches all of them.
 TEST_F(XdsPeers, OneControlPlaneManyDaemons) {
   int port = start_metanode_xds();
   ASSERT_GT(port, 0);
@@ -500,7 +500,7 @@ TEST_F(XdsPeers, OneControlPlaneManyDaemons) {
   // would each bind their own.
   LocalDaemon other;
   ASSERT_TRUE(d_.start({"--xds-address", xds, "--node-id", "node-a"}, false)) << d_.log();
-  ASSERT_TRUE(other.start({"--xds-address", xds, "--node-id", "node-b"}, false)) << other.log();
+  ASSERT_TRUE(other.start({"--xds-address", xds, "--node-id", "node-b", "--xds-delta"}, false)) << other.log();
   auto t0 = std::chrono::steady_clock::now();
   d_.write_config("split.yaml", split(100, 0));
   for (auto* d : {&d_, &other})

@@ -15,6 +15,8 @@
 namespace metanode::xds {
 namespace {
 
+using envoy::service::discovery::v3::DeltaDiscoveryRequest;
+using envoy::service::discovery::v3::DeltaDiscoveryResponse;
 using envoy::service::discovery::v3::DiscoveryRequest;
 using envoy::service::discovery::v3::DiscoveryResponse;
 
@@ -43,13 +45,18 @@ bool full_set_type(const std::string& type) { return type == kListenerType || ty
 
 }  // namespace
 
-class Stream;
+// What the server tells every stream.
+class StreamBase {
+ public:
+  virtual ~StreamBase() = default;
+  virtual void on_update(std::shared_ptr<const Served> s) = 0;  // Impl::mu held
+};
 
 struct XdsServer::Impl {
   std::unique_ptr<grpc::Server> server;
   mutable std::mutex mu;  // guards the fields below
   std::shared_ptr<const Served> served = std::make_shared<Served>();
-  std::set<Stream*> streams;
+  std::set<StreamBase*> streams;
   XdsServerStats stats;
   uint64_t nonce = 0;
 
@@ -59,31 +66,40 @@ struct XdsServer::Impl {
   std::unique_ptr<Rds> rds;
 };
 
-// One client stream. Reads run continuously; responses queue and go out one
-// write at a time. Locking: Impl::mu before Stream::mu_, never the reverse.
-class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse> {
+// One client stream's mechanics, for either protocol variant. Reads run
+// continuously; responses queue and go out one write at a time. Locking:
+// Impl::mu before Reactor::mu_, never the reverse. The variant's hooks run
+// with mu_ held (handle() with Impl::mu too) and queue responses.
+template <class Req, class Resp>
+class Reactor : public StreamBase, public grpc::ServerBidiReactor<Req, Resp> {
  public:
-  Stream(XdsServer::Impl& srv, const char* only_type) : srv_(srv), only_type_(only_type) {
-    std::lock_guard<std::mutex> l(srv_.mu);
-    served_ = srv_.served;
-    srv_.streams.insert(this);
-    ++srv_.stats.streams_active;
-    ++srv_.stats.streams_total;
-    StartRead(&req_);
+  Reactor(XdsServer::Impl& srv, const char* only_type) : srv_(srv), only_type_(only_type) {}
+
+  // After construction, so no hook runs on a half-built object.
+  Reactor* start() {
+    {
+      std::lock_guard<std::mutex> l(srv_.mu);
+      served_ = srv_.served;
+      srv_.streams.insert(this);
+      ++srv_.stats.streams_active;
+      ++srv_.stats.streams_total;
+    }
+    this->StartRead(&req_);
+    return this;
   }
 
-  // A new state of the world: push what changed. Impl::mu held.
-  void on_update(std::shared_ptr<const Served> s) {
+  void on_update(std::shared_ptr<const Served> s) final {
     bool start = false;
     {
       std::lock_guard<std::mutex> l(mu_);
       served_ = std::move(s);
-      for (auto& [type, sub] : subs_) start |= maybe_send(type, sub);
+      push_all();
+      start = claim_write();
     }
-    if (start) StartWrite(&out_.front());
+    if (start) this->StartWrite(&out_.front());
   }
 
-  void OnReadDone(bool ok) override {
+  void OnReadDone(bool ok) final {
     if (!ok) {
       close();
       return;
@@ -92,13 +108,21 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
     {
       std::lock_guard<std::mutex> sl(srv_.mu);
       std::lock_guard<std::mutex> l(mu_);
-      start = on_request(req_);
+      if (req_.has_node() && node_id_.empty()) {
+        node_id_ = req_.node().id();
+        spdlog::info("xds stream from node '{}'", node_id_);
+      }
+      if (only_type_ && req_.type_url() != only_type_)
+        spdlog::warn("node '{}': type {} asked on the RDS service, ignored", node_id_, req_.type_url());
+      else
+        handle(req_);
+      start = claim_write();
     }
-    if (start) StartWrite(&out_.front());
-    StartRead(&req_);
+    if (start) this->StartWrite(&out_.front());
+    this->StartRead(&req_);
   }
 
-  void OnWriteDone(bool ok) override {
+  void OnWriteDone(bool ok) final {
     bool next = false, finish = false;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -112,11 +136,11 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
         if (finish) finished_ = true;
       }
     }
-    if (next) StartWrite(&out_.front());
-    if (finish) Finish(grpc::Status::OK);
+    if (next) this->StartWrite(&out_.front());
+    if (finish) this->Finish(grpc::Status::OK);
   }
 
-  void OnDone() override {
+  void OnDone() final {
     {
       std::lock_guard<std::mutex> l(srv_.mu);
       srv_.streams.erase(this);
@@ -124,6 +148,65 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
     }
     delete this;
   }
+
+ protected:
+  virtual void handle(const Req& q) = 0;  // a client request
+  virtual void push_all() = 0;           // the served set changed
+  void queue(Resp r) {
+    ++srv_.stats.responses;
+    out_.push_back(std::move(r));
+  }
+  // An ACK or NACK of our last response of this type; false if stale.
+  bool answer(const Req& q, const std::string& nonce) {
+    if (q.response_nonce() != nonce) return false;  // stale: a newer response is on its way
+    if (q.has_error_detail()) {
+      ++srv_.stats.nacks;
+      spdlog::warn("node '{}' NACKed {}: {}", node_id_, short_type(q.type_url()), q.error_detail().message());
+    } else {
+      ++srv_.stats.acks;
+    }
+    return true;
+  }
+  const std::map<std::string, Entry>& served(const std::string& type) const {
+    static const std::map<std::string, Entry> kNone;
+    auto it = served_->find(type);
+    return it == served_->end() ? kNone : it->second;
+  }
+  std::string next_nonce() { return std::to_string(++srv_.nonce); }
+
+  XdsServer::Impl& srv_;
+  std::string node_id_;
+
+ private:
+  bool claim_write() {
+    if (out_.empty() || writing_ || closing_) return false;
+    writing_ = true;
+    return true;
+  }
+  void close() {
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      closing_ = true;
+      finish = !writing_ && !finished_;
+      if (finish) finished_ = true;
+    }
+    if (finish) this->Finish(grpc::Status::OK);
+  }
+
+  const char* only_type_;  // RDS service: routes only
+  Req req_;
+  std::mutex mu_;
+  std::shared_ptr<const Served> served_;
+  std::deque<Resp> out_;  // front is being written while writing_
+  bool writing_ = false, closing_ = false, finished_ = false;
+};
+
+// State of the world: a response carries every subscribed resource of a
+// full-set type (Listener, Cluster), or the changed ones of the others.
+class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
+ public:
+  using Reactor::Reactor;
 
  private:
   struct Sub {
@@ -134,40 +217,11 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
     std::string nonce;
   };
 
-  void close() {
-    bool finish = false;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      closing_ = true;
-      finish = !writing_ && !finished_;
-      if (finish) finished_ = true;
-    }
-    if (finish) Finish(grpc::Status::OK);
-  }
-
-  // Both locks held. True if a write must be started.
-  bool on_request(const DiscoveryRequest& q) {
-    if (q.has_node() && node_id_.empty()) {
-      node_id_ = q.node().id();
-      spdlog::info("xds stream from node '{}'", node_id_);
-    }
+  void handle(const DiscoveryRequest& q) override {
     const std::string& type = q.type_url();
-    if (only_type_ && type != only_type_) {
-      spdlog::warn("node '{}': type {} asked on the RDS service, ignored", node_id_, type);
-      return false;
-    }
     bool first = !subs_.count(type);
     Sub& sub = subs_[type];
-    if (!q.response_nonce().empty()) {
-      if (q.response_nonce() != sub.nonce) return false;  // stale: a newer response is on its way
-      if (q.has_error_detail()) {
-        ++srv_.stats.nacks;
-        spdlog::warn("node '{}' NACKed {} (version {}): {}", node_id_, short_type(type),
-                     q.version_info(), q.error_detail().message());
-      } else {
-        ++srv_.stats.acks;
-      }
-    }
+    if (!q.response_nonce().empty() && !answer(q, sub.nonce)) return;
     std::set<std::string> names(q.resource_names().begin(), q.resource_names().end());
     if (first) sub.wildcard = names.empty() || names.count("*");
     else if (names.count("*")) sub.wildcard = true;
@@ -179,14 +233,15 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
         it = names.count(it->first) ? std::next(it) : sub.sent.erase(it);
     }
     sub.names = std::move(names);
-    return maybe_send(type, sub);
+    maybe_send(type, sub);
   }
 
-  // Stream::mu_ held. Queues a response if the client lacks something.
-  bool maybe_send(const std::string& type, Sub& sub) {
-    static const std::map<std::string, Entry> kNone;
-    auto tit = served_->find(type);
-    const auto& all = tit == served_->end() ? kNone : tit->second;
+  void push_all() override {
+    for (auto& [type, sub] : subs_) maybe_send(type, sub);
+  }
+
+  void maybe_send(const std::string& type, Sub& sub) {
+    const auto& all = served(type);
     std::vector<const std::pair<const std::string, Entry>*> want;
     if (sub.wildcard) {
       for (const auto& kv : all) want.push_back(&kv);
@@ -203,7 +258,7 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
       if (differs || full_set_type(type) || !sub.responded) send.push_back(kv);
     }
     if (full_set_type(type) && sub.sent.size() != want.size()) changed = true;  // removals
-    if (!changed) return false;
+    if (!changed) return;
 
     DiscoveryResponse r;
     r.set_type_url(type);
@@ -213,7 +268,7 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
     Entry tmp;
     tmp.any.set_value(ver);
     r.set_version_info(content_version(tmp.any));
-    r.set_nonce(std::to_string(++srv_.nonce));
+    r.set_nonce(next_nonce());
     r.mutable_control_plane()->set_identifier("metanode-xds");
     if (full_set_type(type)) sub.sent.clear();
     for (const auto* kv : send) {
@@ -222,24 +277,95 @@ class Stream : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryRespons
     }
     sub.responded = true;
     sub.nonce = r.nonce();
-    ++srv_.stats.responses;
     spdlog::debug("node '{}': {} version {} with {} resources", node_id_, short_type(type),
                   r.version_info(), r.resources_size());
-    out_.push_back(std::move(r));
-    if (writing_ || closing_) return false;
-    writing_ = true;
-    return true;
+    queue(std::move(r));
   }
 
-  XdsServer::Impl& srv_;
-  const char* only_type_;  // RDS service: routes only
-  DiscoveryRequest req_;
-  std::mutex mu_;
-  std::shared_ptr<const Served> served_;
   std::map<std::string, Sub> subs_;
-  std::deque<DiscoveryResponse> out_;  // front is being written while writing_
-  bool writing_ = false, closing_ = false, finished_ = false;
-  std::string node_id_;
+};
+
+// Delta: each response carries the resources the client lacks or holds at
+// another version, and the names it holds that are gone.
+class DeltaStream : public Reactor<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+ public:
+  using Reactor::Reactor;
+
+ private:
+  struct Sub {
+    bool wildcard = false;
+    std::set<std::string> names;
+    std::map<std::string, std::string> sent;  // name -> version the client has
+    bool responded = false;
+    std::string nonce;
+  };
+
+  void handle(const DeltaDiscoveryRequest& q) override {
+    const std::string& type = q.type_url();
+    bool first = !subs_.count(type);
+    Sub& sub = subs_[type];
+    if (!q.response_nonce().empty() && !answer(q, sub.nonce)) return;
+    if (first) {
+      // An empty first request is the legacy wildcard; a reconnecting client
+      // says what it holds, which is then not sent again.
+      sub.wildcard = q.resource_names_subscribe().empty();
+      for (const auto& [n, v] : q.initial_resource_versions()) sub.sent[n] = v;
+    }
+    for (const auto& n : q.resource_names_subscribe()) {
+      if (n == "*") sub.wildcard = true;
+      else sub.names.insert(n);
+    }
+    for (const auto& n : q.resource_names_unsubscribe()) {
+      if (n == "*") sub.wildcard = false;
+      sub.names.erase(n);
+      sub.sent.erase(n);
+    }
+    maybe_send(type, sub);
+  }
+
+  void push_all() override {
+    for (auto& [type, sub] : subs_) maybe_send(type, sub);
+  }
+
+  void maybe_send(const std::string& type, Sub& sub) {
+    const auto& all = served(type);
+    DeltaDiscoveryResponse r;
+    auto add = [&](const std::string& name, const Entry& e) {
+      auto s = sub.sent.find(name);
+      if (s != sub.sent.end() && s->second == e.version) return;
+      auto* res = r.add_resources();
+      res->set_name(name);
+      res->set_version(e.version);
+      *res->mutable_resource() = e.any;
+      sub.sent[name] = e.version;
+    };
+    if (sub.wildcard) {
+      for (const auto& [n, e] : all) add(n, e);
+    } else {
+      for (const auto& n : sub.names)
+        if (auto it = all.find(n); it != all.end()) add(n, it->second);
+    }
+    for (auto it = sub.sent.begin(); it != sub.sent.end();) {
+      if (all.count(it->first)) {
+        ++it;
+        continue;
+      }
+      r.add_removed_resources(it->first);
+      it = sub.sent.erase(it);
+    }
+    // The first request is always answered, even with nothing, so the
+    // client knows it has everything there is.
+    if (sub.responded && r.resources_size() == 0 && r.removed_resources_size() == 0) return;
+    r.set_type_url(type);
+    r.set_nonce(next_nonce());
+    r.set_system_version_info(r.nonce());
+    r.mutable_control_plane()->set_identifier("metanode-xds");
+    sub.responded = true;
+    sub.nonce = r.nonce();
+    queue(std::move(r));
+  }
+
+  std::map<std::string, Sub> subs_;
 };
 
 class XdsServer::Impl::Ads
@@ -248,7 +374,11 @@ class XdsServer::Impl::Ads
   explicit Ads(Impl& i) : impl_(i) {}
   grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse>* StreamAggregatedResources(
       grpc::CallbackServerContext*) override {
-    return new Stream(impl_, nullptr);
+    return (new SotwStream(impl_, nullptr))->start();
+  }
+  grpc::ServerBidiReactor<DeltaDiscoveryRequest, DeltaDiscoveryResponse>* DeltaAggregatedResources(
+      grpc::CallbackServerContext*) override {
+    return (new DeltaStream(impl_, nullptr))->start();
   }
 
  private:
@@ -260,7 +390,11 @@ class XdsServer::Impl::Rds : public envoy::service::route::v3::RouteDiscoverySer
   explicit Rds(Impl& i) : impl_(i) {}
   grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse>* StreamRoutes(
       grpc::CallbackServerContext*) override {
-    return new Stream(impl_, kRouteType);
+    return (new SotwStream(impl_, kRouteType))->start();
+  }
+  grpc::ServerBidiReactor<DeltaDiscoveryRequest, DeltaDiscoveryResponse>* DeltaRoutes(
+      grpc::CallbackServerContext*) override {
+    return (new DeltaStream(impl_, kRouteType))->start();
   }
 
  private:

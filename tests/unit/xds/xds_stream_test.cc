@@ -150,13 +150,14 @@ bool routed_to(const Snapshot& s, const std::string& route) {
 
 // Our server serving `initial`, and our client pulling from it into a sink.
 struct Pair {
-  explicit Pair(const Resources& initial) {
+  explicit Pair(const Resources& initial, bool delta = false) {
     server.update(initial);
     auto port = server.start("127.0.0.1:0");
     EXPECT_TRUE(port);
     XdsClientOptions o;
     o.server = "127.0.0.1:" + std::to_string(port ? *port : 0);
     o.node.set_id("sidecar~10.0.0.1~t.ns~ns.svc.cluster.local");
+    o.delta = delta;
     client = std::make_unique<XdsClient>(o);
     EXPECT_TRUE(client->start(sink));
   }
@@ -183,6 +184,38 @@ TEST(XdsStreams, ClientSyncsFromServerAndFollowsPushes) {
   EXPECT_EQ(st.streams_active, 2u);  // ADS and RDS
   // Four initial responses and one pushed route: nothing else was resent.
   EXPECT_EQ(st.responses, 5u);
+}
+
+// Delta both ways: the same sync, a route change sent alone, and a removed
+// service's resources removed by name.
+TEST(XdsStreams, DeltaSyncPushAndRemoval) {
+  auto two = tutorial(R"(
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: t, namespace: ns}
+spec:
+  hosts: [t.ns.svc.cluster.local]
+  addresses: [10.96.0.11]
+  ports: [{number: 9090, name: tcp-metaprotocol-thrift-x}]
+  endpoints: [{address: 10.1.0.13}]
+)");
+  Pair p(two, true);
+  auto& [server, sink, c] = p;
+  XdsClient& client = *c;
+  ASSERT_TRUE(sink.wait([](const Snapshot& s) { return s.listeners.size() == 2 && s.routes.size() == 2; }));
+  for (int i = 0; i < 200 && !client.synced(); ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(client.synced()) << client.waiting_for();
+  EXPECT_NE(client.status_json().find("\"variant\":\"delta\""), std::string::npos);
+  auto before = server.stats().responses;
+  server.update(tutorial(kToV1));  // t is gone, s routes to v1
+  ASSERT_TRUE(sink.wait([](const Snapshot& s) {
+    return s.listeners.size() == 1 && routed_to(s, "to-v1") && !s.find_cluster("outbound|9090||t.ns.svc.cluster.local");
+  }));
+  // One response per type that changed: clusters (t's removed), endpoints
+  // (t's removed), the listener (t's removed), routes (s changed, t's gone).
+  EXPECT_EQ(server.stats().responses - before, 4u);
+  EXPECT_EQ(server.stats().nacks, 0u);
 }
 
 TEST(XdsStreams, BadRouteIsNackedOnceAndNotResent) {
