@@ -43,6 +43,6 @@ echo "install-deps: npm peers present"
 # the Go module proxy at the versions in go.sum. Go itself comes with the
 # machine (Debian 12's golang is too old for go-control-plane).
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then PATH=$PATH:/usr/local/go/bin; fi
-if ! command -v go >/dev/null 2>&1; then echo "install-deps: go (>= 1.24) is required on PATH" >&2; exit 1; fi
+if ! command -v go >/dev/null 2>&1; then echo "install-deps: go (>= 1.26, as tests/peers/xds/go.mod says) is required on PATH" >&2; exit 1; fi
 (cd "$(dirname "$0")/../tests/peers/xds" && GOFLAGS=-mod=readonly go mod download)
 echo "install-deps: Go modules present"

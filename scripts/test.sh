@@ -6,6 +6,8 @@
 # test would hide a kernel regression).
 set -eu
 cd "$(dirname "$0")/.."
+# The Go peers' module cache lives under $HOME.
+export HOME="${HOME:-/root}"
 if [ "$(id -u)" != 0 ]; then echo "run as root: the root test tier loads eBPF and builds namespaces" >&2; exit 2; fi
 ./scripts/install-deps.sh
 

@@ -1,6 +1,6 @@
 module metanode.test/xdspeers
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/aeraki-mesh/meta-protocol-control-plane-api v1.4.1
