@@ -95,17 +95,9 @@ class MultiNode : public ::testing::Test {
         int status = 0;
         auto r = http_get(nodes_[i].tb->node_ns(), "127.0.0.1:15000", "/ready", &status);
         return r && status == 200;
-      })) << daemon_log(i) << slurp(nodes_[0].tb->work_dir() + "/metanode-xds.log");
+      }, 20s)) << daemon_log(i) << slurp(nodes_[0].tb->work_dir() + "/metanode-xds.log");
   }
 
-  static bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = 20s) {
-    auto end = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < end) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(20ms);
-    }
-    return pred();
-  }
   void write(const std::string& name, const std::string& text) {
     std::string tmp = config_dir_ + "/." + name;
     std::ofstream(tmp) << text;
@@ -166,7 +158,7 @@ TEST_F(MultiNode, EachNodeSplitsTwentyEightyAndFollowsEdits) {
   auto t0 = std::chrono::steady_clock::now();
   write("route.yaml", split(0, 100));
   for (int i = 0; i < 2; ++i)
-    ASSERT_TRUE(eventually([&] { return admin(i, "/config_dump").find("split-0") != std::string::npos; }))
+    ASSERT_TRUE(eventually([&] { return admin(i, "/config_dump").find("split-0") != std::string::npos; }, 20s))
         << daemon_log(i);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   std::printf("MetaRouter edit applied on both nodes in %lld ms\n", static_cast<long long>(ms));

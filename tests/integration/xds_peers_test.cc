@@ -28,15 +28,6 @@ namespace {
 using namespace std::chrono_literals;
 constexpr char kHost[] = "thrift-sample-server.meta-thrift.svc.cluster.local";
 
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = 10s) {
-  auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
-}
-
 bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
 // The value of a labelled Prometheus sample, or ~0 when absent.
@@ -45,6 +36,49 @@ uint64_t labelled(const std::string& text, const std::string& series) {
   if (p == std::string::npos) return ~0ull;
   return std::stoull(text.substr(p + series.size() + 1));
 }
+
+// Something on loopback that is not an xDS server: `on_accept` gets each
+// connection and says whether to keep it open (closed when this goes).
+class RawServer {
+ public:
+  explicit RawServer(std::function<bool(int)> on_accept) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+    socklen_t len = sizeof(sa);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
+    port_ = ntohs(sa.sin_port);
+    listen(fd_, 16);
+    timeval tv{0, 100000};  // accept() wakes to see done_
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    thread_ = std::thread([this, on_accept] {
+      while (!done_) {
+        int c = accept(fd_, nullptr, nullptr);
+        if (c < 0) continue;
+        ++accepted_;
+        if (on_accept(c)) held_.push_back(c);
+        else close(c);
+      }
+    });
+  }
+  ~RawServer() {
+    done_ = true;
+    thread_.join();
+    for (int c : held_) close(c);
+    close(fd_);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int accepted() const { return accepted_; }
+
+ private:
+  int fd_ = -1, port_ = 0;
+  std::atomic<bool> done_{false};
+  std::atomic<int> accepted_{0};
+  std::vector<int> held_;
+  std::thread thread_;
+};
 
 class XdsPeers : public ::testing::Test {
  protected:
@@ -304,36 +338,16 @@ TEST_F(XdsPeers, ServerAwayKeepsTheLastGoodConfigurationAndReconnects) {
 // Something that is not an xDS server: the daemon never crashes, is not
 // ready, says what it waits for, and keeps retrying.
 TEST_F(XdsPeers, GarbageServerIsRetriedNeverTrusted) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  listen(fd, 16);
-  std::atomic<bool> done{false};
-  std::atomic<int> accepted{0};
-  std::thread garbage([&] {
-    while (!done) {
-      timeval tv{0, 100000};
-      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-      int c = accept(fd, nullptr, nullptr);
-      if (c < 0) continue;
-      ++accepted;
-      const char junk[] = "HTTP/1.1 200 OK\r\n\r\n\x00\x01\x02garbage that is not HTTP/2";
-      (void)!write(c, junk, sizeof(junk));
-      close(c);
-    }
+  RawServer garbage([](int c) {
+    const char junk[] = "HTTP/1.1 200 OK\r\n\r\n\x00\x01\x02garbage that is not HTTP/2";
+    (void)!write(c, junk, sizeof(junk));
+    return false;
   });
-  EXPECT_FALSE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(ntohs(sa.sin_port))}, false));
-  EXPECT_TRUE(eventually([&] { return accepted >= 2; }, 15s)) << d_.log();
+  EXPECT_FALSE(d_.start({"--xds-address", garbage.address()}, false));
+  EXPECT_TRUE(eventually([&] { return garbage.accepted() >= 2; }, 15s)) << d_.log();
   auto ready = d_.admin("/ready");
   EXPECT_TRUE(contains(ready, "not ready: waiting for Cluster from ads")) << ready;
   EXPECT_EQ(kill(d_.daemon_pid(), 0), 0) << "daemon must still run";
-  done = true;
-  garbage.join();
-  close(fd);
 }
 
 // As in a real mesh: istiod's 15012 over TLS with the service-account token
@@ -410,38 +424,12 @@ TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
 // response): the stream is restarted after the first-response timeout, and
 // again, never hanging on it.
 TEST_F(XdsPeers, SilentServerStreamIsRestarted) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  listen(fd, 16);
-  std::atomic<bool> done{false};
-  std::atomic<int> accepted{0};
-  std::vector<int> held;
-  std::thread silent([&] {
-    while (!done) {
-      timeval tv{0, 100000};
-      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-      int c = accept(fd, nullptr, nullptr);
-      if (c < 0) continue;
-      ++accepted;
-      held.push_back(c);  // open and silent
-    }
-  });
-  EXPECT_FALSE(d_.start({"--xds-address", "127.0.0.1:" + std::to_string(ntohs(sa.sin_port)),
-                         "--xds-first-response-timeout-ms", "500"},
-                        false));
+  RawServer silent([](int) { return true; });  // open and silent
+  EXPECT_FALSE(d_.start({"--xds-address", silent.address(), "--xds-first-response-timeout-ms", "500"}, false));
   EXPECT_TRUE(eventually([&] { return count(d_.log(), "no response in 500 ms, restarting the stream") >= 2; }, 20s))
       << d_.log();
   EXPECT_TRUE(contains(d_.admin("/ready"), "not ready: waiting for Cluster"));
   EXPECT_EQ(kill(d_.daemon_pid(), 0), 0);
-  done = true;
-  silent.join();
-  for (int c : held) close(c);
-  close(fd);
 }
 
 // The other direction: metanode-xds read with go-control-plane's generated

@@ -26,6 +26,15 @@ int free_port() {
   return ntohs(sa.sin_port);
 }
 
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
 std::string slurp(const std::string& p) {
   std::ifstream in(p);
   std::stringstream ss;

@@ -2,6 +2,8 @@
 // integration tier that needs no root. Free ports come from the kernel.
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -15,6 +17,9 @@ int free_port();
 std::string slurp(const std::string& path);
 // The value of an unlabelled Prometheus sample, or ~0 when absent.
 uint64_t metric(const std::string& text, const std::string& name);
+// Polls `pred` every 20 ms until it holds or `limit` passes; its last value.
+bool eventually(const std::function<bool()>& pred,
+                std::chrono::milliseconds limit = std::chrono::seconds(10));
 // Parses a peer's "SUMMARY {json}" line (client.py / cpp_peer / node consumers).
 ClientSummary parse_summary(const std::string& output, int status);
 

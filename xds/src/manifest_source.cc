@@ -44,9 +44,9 @@ std::string deterministic_bytes(const google::protobuf::Message& m) {
   return out;
 }
 
-std::string content_version(const google::protobuf::Message& m) {
-  return hex(fnv1a(14695981039346656037ull, deterministic_bytes(m)));
-}
+std::string content_hash(std::string_view bytes) { return hex(fnv1a(14695981039346656037ull, bytes)); }
+
+std::string content_version(const google::protobuf::Message& m) { return content_hash(deterministic_bytes(m)); }
 
 std::string content_version(const Resources& r) {
   uint64_t h = 14695981039346656037ull;

@@ -491,18 +491,18 @@ Compiled compile_snapshot(Resources res) {
   std::set<std::string> bad_cla;
   for (auto& c : res.clusters) {
     auto cl = compile_cluster(c, cla);
-    if (!cl) {
+    if (!cl && c.type() == XdsCluster::EDS) {
       // The cluster itself is fine if only its assignment is bad: name the
       // assignment, keep the cluster without endpoints.
-      bool eds_fault = c.type() == XdsCluster::EDS && compile_cluster(c, {});
-      std::string svc = c.eds_cluster_config().service_name().empty() ? c.name()
-                                                                     : c.eds_cluster_config().service_name();
-      if (!eds_fault) {
-        reject(kClusterType, c.name(), cl.error());
-        continue;
+      if (auto bare = compile_cluster(c, {})) {
+        const std::string& svc = (*bare)->eds_service;
+        if (bad_cla.insert(svc).second) reject(kEndpointType, svc, cl.error());
+        cl = std::move(bare);
       }
-      if (bad_cla.insert(svc).second) reject(kEndpointType, svc, cl.error());
-      cl = compile_cluster(c, {});
+    }
+    if (!cl) {
+      reject(kClusterType, c.name(), cl.error());
+      continue;
     }
     if (snap->clusters.count(c.name())) {
       reject(kClusterType, c.name(), Error::invalid("cluster " + c.name() + ": defined twice"));

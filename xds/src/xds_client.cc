@@ -90,12 +90,10 @@ Result<void> XdsClient::start(ConfigSink& sink) {
   if (opts_.node.id().empty()) return Error::invalid("xDS: no node id");
   sink_ = &sink;
   std::lock_guard<std::mutex> l(mu_);
-  auto& ads = stream_for("");
-  auto& cds = ads.types[kClusterType];
+  auto& cds = stream_for("").types[kClusterType];
   cds.wildcard = true;
   cds.requested = true;
   watchdog_ = std::thread([this] { watchdog(); });
-  (void)ads;
   return Ok();
 }
 

@@ -93,7 +93,7 @@ class Reactor : public StreamBase, public grpc::ServerBidiReactor<Req, Resp> {
     {
       std::lock_guard<std::mutex> l(mu_);
       served_ = std::move(s);
-      push_all();
+      for (auto& [type, sub] : subs_) maybe_send(type, sub);
       start = claim_write();
     }
     if (start) this->StartWrite(&out_.front());
@@ -112,10 +112,14 @@ class Reactor : public StreamBase, public grpc::ServerBidiReactor<Req, Resp> {
         node_id_ = req_.node().id();
         spdlog::info("xds stream from node '{}'", node_id_);
       }
-      if (only_type_ && req_.type_url() != only_type_)
+      if (only_type_ && req_.type_url() != only_type_) {
         spdlog::warn("node '{}': type {} asked on the RDS service, ignored", node_id_, req_.type_url());
-      else
-        handle(req_);
+      } else {
+        bool first = !subs_.count(req_.type_url());
+        Sub& sub = subs_[req_.type_url()];
+        // A stale nonce: a newer response is on its way; nothing to do.
+        if (req_.response_nonce().empty() || answer(req_, sub.nonce)) handle(req_, sub, first);
+      }
       start = claim_write();
     }
     if (start) this->StartWrite(&out_.front());
@@ -150,22 +154,21 @@ class Reactor : public StreamBase, public grpc::ServerBidiReactor<Req, Resp> {
   }
 
  protected:
-  virtual void handle(const Req& q) = 0;  // a client request
-  virtual void push_all() = 0;           // the served set changed
+  // One type's subscription on this stream.
+  struct Sub {
+    bool wildcard = false;
+    std::set<std::string> names;
+    std::map<std::string, std::string> sent;  // name -> version the client has
+    bool responded = false;
+    std::string nonce;  // of our last response
+  };
+  // A request about `sub` (its first if `first`), ACK/NACK already counted.
+  virtual void handle(const Req& q, Sub& sub, bool first) = 0;
+  // Queues a response if the client lacks something of this type.
+  virtual void maybe_send(const std::string& type, Sub& sub) = 0;
   void queue(Resp r) {
     ++srv_.stats.responses;
     out_.push_back(std::move(r));
-  }
-  // An ACK or NACK of our last response of this type; false if stale.
-  bool answer(const Req& q, const std::string& nonce) {
-    if (q.response_nonce() != nonce) return false;  // stale: a newer response is on its way
-    if (q.has_error_detail()) {
-      ++srv_.stats.nacks;
-      spdlog::warn("node '{}' NACKed {}: {}", node_id_, short_type(q.type_url()), q.error_detail().message());
-    } else {
-      ++srv_.stats.acks;
-    }
-    return true;
   }
   const std::map<std::string, Entry>& served(const std::string& type) const {
     static const std::map<std::string, Entry> kNone;
@@ -178,6 +181,17 @@ class Reactor : public StreamBase, public grpc::ServerBidiReactor<Req, Resp> {
   std::string node_id_;
 
  private:
+  // An ACK or NACK of our last response of this type; false if stale.
+  bool answer(const Req& q, const std::string& nonce) {
+    if (q.response_nonce() != nonce) return false;
+    if (q.has_error_detail()) {
+      ++srv_.stats.nacks;
+      spdlog::warn("node '{}' NACKed {}: {}", node_id_, short_type(q.type_url()), q.error_detail().message());
+    } else {
+      ++srv_.stats.acks;
+    }
+    return true;
+  }
   bool claim_write() {
     if (out_.empty() || writing_ || closing_) return false;
     writing_ = true;
@@ -200,6 +214,7 @@ class Reactor : public StreamBase, public grpc::ServerBidiReactor<Req, Resp> {
   std::shared_ptr<const Served> served_;
   std::deque<Resp> out_;  // front is being written while writing_
   bool writing_ = false, closing_ = false, finished_ = false;
+  std::map<std::string, Sub> subs_;  // by type URL
 };
 
 // State of the world: a response carries every subscribed resource of a
@@ -209,19 +224,7 @@ class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
   using Reactor::Reactor;
 
  private:
-  struct Sub {
-    bool wildcard = false;
-    std::set<std::string> names;
-    std::map<std::string, std::string> sent;  // name -> version the client has
-    bool responded = false;
-    std::string nonce;
-  };
-
-  void handle(const DiscoveryRequest& q) override {
-    const std::string& type = q.type_url();
-    bool first = !subs_.count(type);
-    Sub& sub = subs_[type];
-    if (!q.response_nonce().empty() && !answer(q, sub.nonce)) return;
+  void handle(const DiscoveryRequest& q, Sub& sub, bool first) override {
     std::set<std::string> names(q.resource_names().begin(), q.resource_names().end());
     if (first) sub.wildcard = names.empty() || names.count("*");
     else if (names.count("*")) sub.wildcard = true;
@@ -233,14 +236,10 @@ class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
         it = names.count(it->first) ? std::next(it) : sub.sent.erase(it);
     }
     sub.names = std::move(names);
-    maybe_send(type, sub);
+    maybe_send(q.type_url(), sub);
   }
 
-  void push_all() override {
-    for (auto& [type, sub] : subs_) maybe_send(type, sub);
-  }
-
-  void maybe_send(const std::string& type, Sub& sub) {
+  void maybe_send(const std::string& type, Sub& sub) override {
     const auto& all = served(type);
     std::vector<const std::pair<const std::string, Entry>*> want;
     if (sub.wildcard) {
@@ -265,9 +264,7 @@ class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
     // The version names the client's whole state of this type.
     std::string ver;
     for (const auto* kv : want) ver += kv->first + "=" + kv->second.version + ";";
-    Entry tmp;
-    tmp.any.set_value(ver);
-    r.set_version_info(content_version(tmp.any));
+    r.set_version_info(content_hash(ver));
     r.set_nonce(next_nonce());
     r.mutable_control_plane()->set_identifier("metanode-xds");
     if (full_set_type(type)) sub.sent.clear();
@@ -281,8 +278,6 @@ class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
                   r.version_info(), r.resources_size());
     queue(std::move(r));
   }
-
-  std::map<std::string, Sub> subs_;
 };
 
 // Delta: each response carries the resources the client lacks or holds at
@@ -292,19 +287,7 @@ class DeltaStream : public Reactor<DeltaDiscoveryRequest, DeltaDiscoveryResponse
   using Reactor::Reactor;
 
  private:
-  struct Sub {
-    bool wildcard = false;
-    std::set<std::string> names;
-    std::map<std::string, std::string> sent;  // name -> version the client has
-    bool responded = false;
-    std::string nonce;
-  };
-
-  void handle(const DeltaDiscoveryRequest& q) override {
-    const std::string& type = q.type_url();
-    bool first = !subs_.count(type);
-    Sub& sub = subs_[type];
-    if (!q.response_nonce().empty() && !answer(q, sub.nonce)) return;
+  void handle(const DeltaDiscoveryRequest& q, Sub& sub, bool first) override {
     if (first) {
       // An empty first request is the legacy wildcard; a reconnecting client
       // says what it holds, which is then not sent again.
@@ -320,14 +303,10 @@ class DeltaStream : public Reactor<DeltaDiscoveryRequest, DeltaDiscoveryResponse
       sub.names.erase(n);
       sub.sent.erase(n);
     }
-    maybe_send(type, sub);
+    maybe_send(q.type_url(), sub);
   }
 
-  void push_all() override {
-    for (auto& [type, sub] : subs_) maybe_send(type, sub);
-  }
-
-  void maybe_send(const std::string& type, Sub& sub) {
+  void maybe_send(const std::string& type, Sub& sub) override {
     const auto& all = served(type);
     DeltaDiscoveryResponse r;
     auto add = [&](const std::string& name, const Entry& e) {
@@ -364,8 +343,6 @@ class DeltaStream : public Reactor<DeltaDiscoveryRequest, DeltaDiscoveryResponse
     sub.nonce = r.nonce();
     queue(std::move(r));
   }
-
-  std::map<std::string, Sub> subs_;
 };
 
 class XdsServer::Impl::Ads
@@ -434,12 +411,10 @@ std::string XdsServer::update(const Resources& res) {
   add_all(*s, kEndpointType, res.endpoints);
   add_all(*s, kRouteType, res.routes);
   // The set's version from the resources' own: no second serialization.
-  Entry all;
   std::string names;
   for (const auto& [type, m] : *s)
     for (const auto& [name, e] : m) names += type + "/" + name + "=" + e.version + ";";
-  all.any.set_value(std::move(names));
-  std::string version = content_version(all.any);
+  std::string version = content_hash(names);
   std::lock_guard<std::mutex> l(impl_->mu);
   impl_->served = s;
   for (auto* st : impl_->streams) st->on_update(s);

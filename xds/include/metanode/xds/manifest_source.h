@@ -8,6 +8,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "metanode/xds/config_source.h"
@@ -22,6 +23,8 @@ Result<Resources> load_manifest_dir(const std::string& dir, ManifestTranslator& 
 // A stable content hash of resources (deterministic serialization, FNV-1a),
 // in hex: the version of a state of the world.
 std::string content_version(const google::protobuf::Message& m);
+// The same hash of any bytes (e.g. a list of names and versions).
+std::string content_hash(std::string_view bytes);
 // The bytes that hash: the same message always serializes the same.
 std::string deterministic_bytes(const google::protobuf::Message& m);
 std::string content_version(const Resources& r);
