@@ -134,6 +134,13 @@ int run_daemon(const DaemonOptions& opts) {
     return fail(1);
   }
   if (maps) {
+    // VIPs pinned by a previous run would be redirected to a daemon with no
+    // configuration yet: they go direct until the applier adds them back
+    // with the snapshot that serves them.
+    if (auto r = bpf::sync_services(*maps, {}); !r) {
+      spdlog::critical("{}", r.error().message());
+      return fail(1);
+    }
     if (auto r = maps->configure(rc); !r) {
       spdlog::critical("{}", r.error().message());
       return fail(1);
