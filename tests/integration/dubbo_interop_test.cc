@@ -231,7 +231,7 @@ TEST_F(DubboInterop, UpstreamFailureIsAnsweredWithTheClientsRequestId) {
   ASSERT_GE(reply.size(), 16u) << d_.log();
   EXPECT_EQ(uint8_t(reply[3]), 80) << "SERVER_ERROR";
   EXPECT_EQ(uint8_t(reply[11]), 44) << "the client's id, not the upstream one";
-  EXPECT_EQ(d_.metric("metanode_upstream_cx_connect_fail_total"), 1u);
+  EXPECT_EQ(d_.metric("metanode_upstream_cx_connect_fail_total"), 1u) << d_.log();
 }
 
 // A port named tcp-metaprotocol-auto-... is recognised per connection: the

@@ -25,6 +25,10 @@ Error bad(const std::string& where, const std::string& what) {
   return Error::invalid(where + ": " + what);
 }
 
+std::chrono::milliseconds ms(const google::protobuf::Duration& d) {
+  return std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+}
+
 bool ieq_prefix(std::string_view s, std::string_view p) {
   if (s.size() < p.size()) return false;
   for (size_t i = 0; i < p.size(); ++i)
@@ -121,8 +125,9 @@ LbPolicy lb_of(XdsCluster::LbPolicy p) {
     case XdsCluster::RANDOM:
       return LbPolicy::kRandom;
     case XdsCluster::RING_HASH:
-    case XdsCluster::MAGLEV:
       return LbPolicy::kRingHash;
+    case XdsCluster::MAGLEV:
+      return LbPolicy::kMaglev;
     default:
       return LbPolicy::kRoundRobin;
   }
@@ -174,6 +179,8 @@ const char* lb_policy_name(LbPolicy p) {
       return "RANDOM";
     case LbPolicy::kRingHash:
       return "RING_HASH";
+    case LbPolicy::kMaglev:
+      return "MAGLEV";
   }
   return "?";
 }
@@ -263,8 +270,42 @@ Result<std::shared_ptr<Cluster>> compile_cluster(const XdsCluster& c, const ClaI
   cl->name = c.name();
   cl->lb = lb_of(c.lb_policy());
   if (c.has_connect_timeout())
-    cl->connect_timeout = std::chrono::milliseconds(c.connect_timeout().seconds() * 1000 +
-                                                    c.connect_timeout().nanos() / 1000000);
+    cl->connect_timeout = ms(c.connect_timeout());
+  if (c.has_ring_hash_lb_config() && c.ring_hash_lb_config().has_minimum_ring_size())
+    cl->ring_size = c.ring_hash_lb_config().minimum_ring_size().value();
+  if (c.has_maglev_lb_config() && c.maglev_lb_config().has_table_size())
+    cl->maglev_table_size = c.maglev_lb_config().table_size().value();
+  if (cl->ring_size == 0 || cl->ring_size > (8u << 20))
+    return bad(where, "minimum_ring_size " + std::to_string(cl->ring_size) + " out of range");
+  if (cl->maglev_table_size == 0 || cl->maglev_table_size > 5000011)
+    return bad(where, "maglev table_size " + std::to_string(cl->maglev_table_size) +
+                          " out of range");
+  if (c.has_outlier_detection()) {
+    // Envoy's defaults: 5 consecutive 5xx, enforced; 5 consecutive gateway
+    // failures, not enforced unless enforcing_consecutive_gateway_failure.
+    const auto& od = c.outlier_detection();
+    auto val = [](bool has, uint32_t v, uint32_t dflt) { return has ? v : dflt; };
+    auto& o = cl->outlier;
+    uint32_t enforce_5xx = val(od.has_enforcing_consecutive_5xx(),
+                               od.enforcing_consecutive_5xx().value(), 100);
+    uint32_t enforce_gw = val(od.has_enforcing_consecutive_gateway_failure(),
+                              od.enforcing_consecutive_gateway_failure().value(), 0);
+    if ((enforce_5xx != 0 && enforce_5xx != 100) || (enforce_gw != 0 && enforce_gw != 100))
+      return bad(where, "outlier_detection enforcing percentages other than 0 and 100 are not "
+                        "supported");
+    o.consecutive_errors =
+        enforce_5xx ? val(od.has_consecutive_5xx(), od.consecutive_5xx().value(), 5) : 0;
+    o.consecutive_gateway_errors =
+        enforce_gw ? val(od.has_consecutive_gateway_failure(),
+                         od.consecutive_gateway_failure().value(), 5)
+                   : 0;
+    if (od.has_interval()) o.interval = ms(od.interval());
+    if (od.has_base_ejection_time()) o.base_ejection_time = ms(od.base_ejection_time());
+    if (od.has_max_ejection_time()) o.max_ejection_time = ms(od.max_ejection_time());
+    if (od.has_max_ejection_percent())
+      o.max_ejection_percent = std::min(100u, od.max_ejection_percent().value());
+    if (o.interval.count() <= 0) return bad(where, "outlier_detection interval must be positive");
+  }
   uint32_t port;
   parse_cluster_name(c.name(), cl->service_host, cl->subset, port);
   const envoy::config::endpoint::v3::ClusterLoadAssignment* src = nullptr;
@@ -334,8 +375,44 @@ Result<std::shared_ptr<RouteTable>> compile_routes(const envoy::config::route::v
     } else {
       return bad(rw, "route action names no cluster");
     }
-    for (const auto& hp : a.hash_policy())
+    for (const auto& hp : a.hash_policy()) {
       if (hp.has_header()) out.hash_keys.push_back(hp.header().header_name());
+      else if (hp.has_connection_properties() && hp.connection_properties().source_ip())
+        out.hash_source_ip = true;
+    }
+    if (a.has_retry_policy()) {
+      const auto& rp = a.retry_policy();
+      auto& rt = out.retry;
+      rt.num_retries = rp.has_num_retries() ? rp.num_retries().value() : 1;
+      if (rt.num_retries > 10) return bad(rw, "retry_policy num_retries above 10");
+      if (rp.has_per_try_timeout()) rt.per_try_timeout = ms(rp.per_try_timeout());
+      std::string_view on = rp.retry_on();
+      while (!on.empty()) {
+        size_t comma = on.find(',');
+        std::string_view c = on.substr(0, comma);
+        while (!c.empty() && c.front() == ' ') c.remove_prefix(1);
+        while (!c.empty() && c.back() == ' ') c.remove_suffix(1);
+        if (c == "reset") {
+          rt.on_reset = true;
+        } else if (c == "gateway-error") {
+          rt.on_reset = rt.on_timeout = true;
+        } else if (c == "5xx") {
+          rt.on_reset = rt.on_timeout = rt.on_error_reply = true;
+        } else if (c == "connect-failure" || c == "refused-stream" || c.empty()) {
+          // unwritten requests are always retried
+        } else {
+          return bad(rw, "retry_policy retry_on '" + std::string(c) +
+                             "' is not supported (connect-failure, refused-stream, reset, "
+                             "gateway-error, 5xx)");
+        }
+        on = comma == std::string_view::npos ? std::string_view() : on.substr(comma + 1);
+      }
+      for (const auto& h : rp.retriable_request_headers()) {
+        auto m = compile_matcher(h, rw + " retriable_request_headers");
+        if (!m) return m.error();
+        rt.retriable.push_back(std::move(m.value()));
+      }
+    }
     for (const auto& mp : a.request_mirror_policies()) {
       Mirror m;
       m.target = cluster_ref(clusters, mp.cluster(), 1);
@@ -349,9 +426,7 @@ Result<std::shared_ptr<RouteTable>> compile_routes(const envoy::config::route::v
       }
       out.mirrors.push_back(std::move(m));
     }
-    if (a.has_timeout())
-      out.timeout = std::chrono::milliseconds(a.timeout().seconds() * 1000 +
-                                              a.timeout().nanos() / 1000000);
+    if (a.has_timeout()) out.timeout = ms(a.timeout());
     for (const auto& hv : r.request_headers_to_add())
       out.request_mutation.push_back({hv.header().key(), hv.header().value()});
     for (const auto& hv : r.response_headers_to_add())

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "metanode/core/router.h"
+#include "metanode/lb/load_balancer.h"
 
 namespace metanode::core {
 namespace {
@@ -63,7 +64,7 @@ TEST(Router, WeightedChoiceFollowsWeights) {
   xds::Route r;
   r.clusters = {{"v1", 20, nullptr}, {"v2", 80, nullptr}};
   r.total_weight = 100;
-  Rng rng(42);
+  lb::Rng rng(42);
   int v1 = 0;
   const int n = 100000;
   for (int i = 0; i < n; ++i) v1 += pick_cluster(r, rng.next())->name == "v1";
@@ -82,58 +83,20 @@ TEST(Router, WeightedChoiceEdges) {
   EXPECT_EQ(pick_cluster(r, 1ull << 62)->name, "b");
 }
 
-xds::Cluster cluster(int n, xds::LbPolicy lb) {
-  xds::Cluster c;
-  c.name = "c";
-  c.lb = lb;
-  for (int i = 0; i < n; ++i) c.endpoints.push_back({{uint32_t(0x0a000001 + i), 9090}, {}, 1});
-  return c;
-}
-
-TEST(LoadBalancer, RoundRobinCyclesEveryRequest) {
-  auto c = cluster(3, xds::LbPolicy::kRoundRobin);
-  LoadBalancer lb;
-  Rng rng(1);
+TEST(RequestHash, AttributesAndSourceAddress) {
   xds::Route r;
-  std::vector<uint32_t> seen;
-  for (int i = 0; i < 6; ++i)
-    seen.push_back(lb.pick(c, r, {}, rng, [](const auto&) { return 0u; })->address.addr & 0xff);
-  EXPECT_EQ(seen, (std::vector<uint32_t>{1, 2, 3, 1, 2, 3}));
-}
-
-TEST(LoadBalancer, LeastRequestPrefersIdle) {
-  auto c = cluster(2, xds::LbPolicy::kLeastRequest);
-  LoadBalancer lb;
-  Rng rng(7);
-  xds::Route r;
-  int idle = 0;
-  for (int i = 0; i < 1000; ++i) {
-    auto* e = lb.pick(c, r, {}, rng, [](const net::Endpoint& e) { return (e.addr & 0xff) == 1 ? 10u : 0u; });
-    idle += (e->address.addr & 0xff) == 2;
-  }
-  EXPECT_GT(idle, 700);  // P2C picks the busy one only when both draws hit it (~25%)
-}
-
-TEST(LoadBalancer, RingHashIsStickyPerKey) {
-  auto c = cluster(5, xds::LbPolicy::kRingHash);
-  LoadBalancer lb;
-  Rng rng(3);
-  xds::Route r;
+  EXPECT_FALSE(request_hash(r, md({{"user", "a"}}), {1, 2}).has_value());  // route does not hash
   r.hash_keys = {"user"};
-  std::map<std::string, const xds::Endpoint*> first;
-  std::set<const xds::Endpoint*> used;
-  for (int round = 0; round < 3; ++round) {
-    for (int u = 0; u < 50; ++u) {
-      std::string key = "user-" + std::to_string(u);
-      codecs::Metadata meta;
-      meta.set("user", key);
-      auto* e = lb.pick(c, r, meta, rng, [](const auto&) { return 0u; });
-      if (round == 0) first[key] = e;
-      EXPECT_EQ(first[key], e) << key;
-      used.insert(e);
-    }
-  }
-  EXPECT_GE(used.size(), 4u);  // keys spread over the ring
+  EXPECT_FALSE(request_hash(r, md({{"other", "a"}}), {1, 2}).has_value());  // key absent
+  auto a = request_hash(r, md({{"user", "a"}}), {1, 2});
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a, request_hash(r, md({{"user", "a"}}), {7, 8}));  // the address does not count
+  EXPECT_NE(a, request_hash(r, md({{"user", "b"}}), {1, 2}));
+  xds::Route s;
+  s.hash_source_ip = true;
+  // The client's address, not its port: every connection of a pod sticks.
+  EXPECT_EQ(request_hash(s, {}, {0x0a000001, 1000}), request_hash(s, {}, {0x0a000001, 2000}));
+  EXPECT_NE(request_hash(s, {}, {0x0a000001, 1000}), request_hash(s, {}, {0x0a000002, 1000}));
 }
 
 }  // namespace

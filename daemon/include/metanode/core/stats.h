@@ -28,6 +28,15 @@ namespace metanode::core {
   X(no_healthy_upstream, "Requests whose cluster had no endpoint")                         \
   X(upstream_cx, "Upstream connections opened")                                            \
   X(upstream_cx_connect_fail, "Upstream connection attempts that failed")                  \
+  X(upstream_cx_backoff, "Failed connects that put their host into reconnect backoff")     \
+  X(upstream_rq_backoff_fail_fast, "Requests failed at once: their only host was backing off") \
+  X(upstream_lb_panic, "Picks made among unusable hosts because no host was usable")       \
+  X(upstream_rq_retry, "Retried request attempts")                                         \
+  X(upstream_rq_retry_overflow, "Retries not made because the retry budget was spent")     \
+  X(outlier_ejections, "Hosts ejected by outlier detection")                               \
+  X(outlier_ejection_overflow, "Ejections skipped: max_ejection_percent reached")          \
+  X(mirror_requests, "Requests mirrored (copies sent, replies dropped)")                   \
+  X(mirror_dropped, "Mirror copies not sent: no host, or the mirror host is saturated")    \
   X(upstream_cx_closed_with_pending, "Upstream connections lost with requests in flight")  \
   X(upstream_decode_error, "Upstream connections closed for malformed replies")            \
   X(upstream_rq_timeout, "Requests that got no reply in time")                             \

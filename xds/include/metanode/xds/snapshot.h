@@ -24,7 +24,7 @@ class RE2;
 
 namespace metanode::xds {
 
-enum class LbPolicy : uint8_t { kRoundRobin, kLeastRequest, kRandom, kRingHash };
+enum class LbPolicy : uint8_t { kRoundRobin, kLeastRequest, kRandom, kRingHash, kMaglev };
 const char* lb_policy_name(LbPolicy p);
 
 struct Endpoint {
@@ -33,9 +33,28 @@ struct Endpoint {
   uint32_t weight = 1;
 };
 
+// Passive health checking (Envoy's OutlierDetection, Istio's DestinationRule
+// outlierDetection) in RPC terms, see docs/ARCHITECTURE.md: a gateway error
+// is a failure the proxy saw itself (connect failure, connection lost with
+// the request in flight, timeout); an error is a gateway error or an error
+// reply (Dubbo status other than OK or an exception result, a Thrift
+// TApplicationException). A threshold of 0 is off.
+struct OutlierDetection {
+  uint32_t consecutive_gateway_errors = 0;
+  uint32_t consecutive_errors = 0;
+  std::chrono::milliseconds interval{10000};
+  std::chrono::milliseconds base_ejection_time{30000};
+  std::chrono::milliseconds max_ejection_time{300000};
+  uint32_t max_ejection_percent = 10;
+  bool enabled() const { return consecutive_gateway_errors || consecutive_errors; }
+};
+
 struct Cluster {
   std::string name;  // Istio form: outbound|<port>|<subset>|<host>
   LbPolicy lb = LbPolicy::kRoundRobin;
+  uint64_t ring_size = 1024;          // ring hash: minimum_ring_size
+  uint64_t maglev_table_size = 65537;  // Maglev: table_size
+  OutlierDetection outlier;
   std::chrono::milliseconds connect_timeout{1000};
   std::string eds_service;  // EDS: the ClusterLoadAssignment to subscribe to; else empty
   std::vector<Endpoint> endpoints;
@@ -73,16 +92,33 @@ struct Mirror {
   uint32_t per_million = 1000000;  // share of requests mirrored
 };
 
+// Envoy's RetryPolicy in RPC terms. A request that never reached the
+// upstream (connect failed, connection lost before it was written) is always
+// safe to send elsewhere; one that may have been executed is retried only
+// when the policy names the failure (`on_*`) and, if `retriable` is set,
+// one of its matchers holds (Envoy's retriable_request_headers; the
+// manifest form fills it with the methods the user marks idempotent).
+struct RetryPolicy {
+  uint32_t num_retries = 1;  // the default: one retry of unwritten requests
+  bool on_reset = false;     // connection lost after the request was written
+  bool on_timeout = false;   // per-try timeout expired
+  bool on_error_reply = false;  // upstream answered with an error reply
+  std::chrono::milliseconds per_try_timeout{0};  // 0: none (the route's timeout)
+  std::vector<AttributeMatcher> retriable;       // any of them; empty: every request
+};
+
 struct Route {
   std::string name;
   std::vector<AttributeMatcher> match;  // AND; empty matches everything
   std::vector<ClusterRef> clusters;     // one entry, or weighted
   uint32_t total_weight = 0;
   std::vector<std::string> hash_keys;  // consistent hash on these attributes
+  bool hash_source_ip = false;         // ... and/or on the client's address
   std::vector<Mirror> mirrors;
   std::vector<KeyValue> request_mutation;
   std::vector<KeyValue> response_mutation;
   std::chrono::milliseconds timeout{0};  // 0: the daemon default
+  RetryPolicy retry;
 };
 
 struct RouteTable {

@@ -1,0 +1,217 @@
+#include "active_request.h"
+
+#include <spdlog/spdlog.h>
+
+#include "downstream_conn.h"
+#include "metanode/core/router.h"
+#include "upstream_conn.h"
+#include "worker.h"
+
+namespace metanode::core {
+
+using codecs::ErrorKind;
+
+namespace {
+
+// Mirror copies wait at most this many per host and worker: a slow mirror
+// target sheds copies instead of growing queues (it never slows the real
+// call, which has its own connections).
+constexpr uint32_t kMaxMirrorActivePerHost = 1024;
+
+}  // namespace
+
+void ActiveRequest::start() {
+  if (stats) ++stats->active;
+  attempt();
+}
+
+void ActiveRequest::attempt() {
+  auto now = Clock::now();
+  ClusterManager& cm = w.clusters();
+  ClusterState* cs = cm.find(cluster.get());
+  if (!cs) {
+    // The configuration changed since this request was routed: use the
+    // cluster of the same name in the current one, if it is still there.
+    if (const xds::Snapshot* cur = w.snapshot()) {
+      auto it = cur->clusters.find(cluster->name);
+      if (it != cur->clusters.end()) {
+        cluster = it->second;
+        cs = cm.find(cluster.get());
+      }
+    }
+  }
+  std::shared_ptr<HostState> h =
+      cs ? cm.pick(*cs, hash, attempts > 0 ? host.get() : nullptr, w.rng(), now) : nullptr;
+  if (!h) {
+    w.stats().inc(Counter::no_healthy_upstream);
+    fail(ErrorKind::kNoUpstream, "metanode: no healthy upstream in cluster " + cluster->name);
+    return;
+  }
+  if (mirror && h->active >= kMaxMirrorActivePerHost) {
+    w.stats().inc(Counter::mirror_dropped);
+    finish();
+    return;
+  }
+  bool backing_off = h->backing_off(now);
+  auto conn = cm.connection(h, protocol, w.opts().max_upstream_conns, [&]() -> std::shared_ptr<UpstreamConn> {
+    if (backing_off) return nullptr;  // no new connect until the backoff is over
+    auto c = std::make_shared<UpstreamConn>(w, h, protocol);
+    c->connect(cluster->connect_timeout);
+    return c;
+  });
+  if (!conn) {
+    // Every host is down and this one failed its last connect moments ago:
+    // answer now rather than stall the request or hammer the host.
+    w.stats().inc(Counter::upstream_rq_backoff_fail_fast);
+    host = h;
+    fail(ErrorKind::kUpstreamFailure, "metanode: upstream unavailable (reconnecting)");
+    return;
+  }
+  host = h;
+  this->conn = conn.get();
+  ++h->active;
+  if (h->slot) h->slot->requests.fetch_add(1, std::memory_order_relaxed);
+  ++attempts;
+  written = false;
+  try_deadline = deadline;
+  if (route && route->retry.per_try_timeout.count() > 0)
+    try_deadline = std::min(deadline, now + route->retry.per_try_timeout);
+  conn->send(shared_from_this());
+  if (oneway) {
+    // No reply will come: the attempt ends when it is handed over.
+    --h->active;
+    if (stats) stats->by_outcome[kOk]->fetch_add(1, std::memory_order_relaxed);
+    finish();
+  }
+}
+
+void ActiveRequest::on_written() {
+  written = true;
+  if (!keep_frame) codecs::Bytes().swap(frame);
+}
+
+void ActiveRequest::end_attempt(AttemptResult r) {
+  conn = nullptr;
+  if (!host) return;
+  if (host->active > 0) --host->active;
+  w.clusters().record(*cluster, *host, r, Clock::now());
+}
+
+bool ActiveRequest::may_retry(ErrorKind kind, Clock::time_point now) const {
+  if (mirror || oneway || !route || finished_) return false;
+  const auto& rp = route->retry;
+  if (attempts > rp.num_retries || now >= deadline) return false;
+  if (written) {
+    bool named = (kind == ErrorKind::kUpstreamFailure && rp.on_reset) ||
+                 (kind == ErrorKind::kTimeout && rp.on_timeout);
+    if (!named || frame.empty()) return false;
+    if (!rp.retriable.empty() &&
+        std::none_of(rp.retriable.begin(), rp.retriable.end(), [&](const xds::AttributeMatcher& m) {
+          return m.matches(msg.metadata.get(m.name));
+        }))
+      return false;
+  }
+  if (frame.empty()) return false;
+  // Envoy's retry budget: retries in flight at most 20% of the cluster's
+  // active requests, and always at least 3.
+  if (stats && !retrying_ &&
+      stats->retries_active >= std::max<uint32_t>(3, stats->active / 5)) {
+    w.stats().inc(Counter::upstream_rq_retry_overflow);
+    return false;
+  }
+  return true;
+}
+
+void ActiveRequest::on_reply(codecs::Message& reply, codecs::Bytes bytes, codecs::Codec& codec) {
+  bool error_reply = reply.kind == codecs::MessageKind::kException;
+  end_attempt(error_reply ? AttemptResult::kErrorReply : AttemptResult::kOk);
+  if (error_reply && route && route->retry.on_error_reply && may_retry(ErrorKind::kUpstreamFailure, Clock::now())) {
+    // Treated like a reset for eligibility: the request did run.
+    w.stats().inc(Counter::upstream_rq_retry);
+    if (!retrying_ && stats) ++stats->retries_active;
+    retrying_ = true;
+    attempt();
+    return;
+  }
+  if (mirror) {
+    finish();
+    return;
+  }
+  auto d = down.lock();
+  if (d && d->open()) {
+    if (route && !route->response_mutation.empty() &&
+        !codec.mutate(bytes, reply, route->response_mutation))
+      w.stats().inc(Counter::mutation_unsupported);
+    if (!codec.set_request_id(bytes, reply, orig_id)) {
+      msg.request_id = orig_id;
+      d->reply_error(msg, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite reply id", stats);
+    } else {
+      d->deliver(std::move(bytes), error_reply ? kException : kOk, stats);
+    }
+  }
+  finish();
+}
+
+void ActiveRequest::on_failure(ErrorKind kind, const std::string& why) {
+  end_attempt(AttemptResult::kGatewayError);
+  auto now = Clock::now();
+  if (may_retry(kind, now)) {
+    w.stats().inc(Counter::upstream_rq_retry);
+    if (!retrying_ && stats) ++stats->retries_active;
+    retrying_ = true;
+    spdlog::debug("retrying request {} after: {}", orig_id, why);
+    attempt();
+    return;
+  }
+  if (kind == ErrorKind::kTimeout) w.stats().inc(Counter::upstream_rq_timeout);
+  fail(kind, why);
+}
+
+void ActiveRequest::fail(ErrorKind kind, const std::string& text) {
+  if (!mirror && !oneway) {
+    if (auto d = down.lock()) {
+      msg.request_id = orig_id;  // the error answers the client's own id
+      d->reply_error(msg, kind, text, stats);
+    }
+  } else if (mirror) {
+    w.stats().inc(Counter::mirror_dropped);
+  }
+  finish();
+}
+
+void ActiveRequest::finish() {
+  if (finished_) return;
+  finished_ = true;
+  if (stats) {
+    if (stats->active > 0) --stats->active;
+    if (retrying_ && stats->retries_active > 0) --stats->retries_active;
+  }
+  // The frame goes with the last owner: a one-way request's may still be
+  // queued for writing.
+}
+
+void ActiveRequest::start_mirrors(lb::Rng& rng) {
+  if (!route || oneway) return;
+  for (const auto& m : route->mirrors) {
+    if (m.per_million < 1000000 && rng.below(1000000) >= m.per_million) continue;
+    if (!m.target.cluster) {
+      w.stats().inc(Counter::mirror_dropped);
+      continue;
+    }
+    auto copy = std::make_shared<ActiveRequest>(w);
+    copy->protocol = protocol;
+    copy->msg = msg;
+    copy->frame = frame;
+    copy->orig_id = orig_id;
+    copy->mirror = true;
+    copy->snap = snap;
+    copy->route = nullptr;  // no retries, no response mutation
+    copy->cluster = m.target.cluster;
+    copy->hash = hash;
+    copy->deadline = deadline;
+    w.stats().inc(Counter::mirror_requests);
+    copy->start();
+  }
+}
+
+}  // namespace metanode::core

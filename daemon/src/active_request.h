@@ -1,0 +1,73 @@
+// One request from decode to reply (Envoy's ActiveRpc and router in one):
+// the route it matched, the cluster and host of each attempt, its deadlines,
+// the retry decision and how it ended. The downstream connection creates it
+// and learns the result through deliver()/reply_error(); the upstream
+// connection carrying the current attempt holds it until the reply, the
+// failure or the timeout. A mirror copy is an ActiveRequest without a
+// downstream: its reply is dropped.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "cluster_manager.h"
+#include "metanode/codecs/codec.h"
+#include "metanode/xds/snapshot.h"
+
+namespace metanode::core {
+
+class Worker;
+class DownstreamConn;
+class UpstreamConn;
+
+struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
+  explicit ActiveRequest(Worker& worker) : w(worker) {}
+
+  Worker& w;
+  std::weak_ptr<DownstreamConn> down;  // empty for a mirror copy
+  std::string_view protocol;           // the codec's name (static storage)
+  codecs::Message msg;   // the request; msg.request_id is the id on the wire now
+  codecs::Bytes frame;   // as forwarded; released once written unless a retry may resend it
+  uint64_t orig_id = 0;  // the client's id
+  bool oneway = false;
+  bool mirror = false;
+  bool keep_frame = false;  // the route may retry after the request was written
+  std::shared_ptr<const xds::Snapshot> snap;  // keeps route and cluster alive
+  const xds::Route* route = nullptr;
+  std::shared_ptr<const xds::Cluster> cluster;
+  ClusterStats* stats = nullptr;
+  std::optional<uint64_t> hash;
+  Clock::time_point deadline;  // of the whole request
+
+  // The current attempt.
+  std::shared_ptr<HostState> host;
+  const UpstreamConn* conn = nullptr;
+  uint32_t attempts = 0;
+  bool written = false;  // its bytes are out on the upstream socket
+  Clock::time_point try_deadline;
+
+  // First attempt; the caller has set route, cluster and the fields above.
+  void start();
+  // From the upstream connection carrying the attempt (already unlinked).
+  void on_reply(codecs::Message& reply, codecs::Bytes frame, codecs::Codec& codec);
+  void on_failure(codecs::ErrorKind kind, const std::string& why);
+  // A two-way attempt's bytes left the socket.
+  void on_written();
+
+  // Mirror copies of this request for the route's mirror policies.
+  void start_mirrors(lb::Rng& rng);
+
+ private:
+  void attempt();
+  void end_attempt(AttemptResult r);
+  bool may_retry(codecs::ErrorKind kind, Clock::time_point now) const;
+  void fail(codecs::ErrorKind kind, const std::string& text);
+  void finish();
+
+  bool retrying_ = false;  // counted in stats->retries_active
+  bool finished_ = false;
+};
+
+}  // namespace metanode::core

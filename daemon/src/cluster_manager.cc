@@ -1,0 +1,250 @@
+#include "cluster_manager.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "upstream_conn.h"
+
+namespace metanode::core {
+namespace {
+
+uint64_t key_of(net::Endpoint e) { return uint64_t(e.addr) << 16 | e.port; }
+
+lb::Policy policy_of(xds::LbPolicy p) {
+  switch (p) {
+    case xds::LbPolicy::kLeastRequest:
+      return lb::Policy::kLeastRequest;
+    case xds::LbPolicy::kRandom:
+      return lb::Policy::kRandom;
+    case xds::LbPolicy::kRingHash:
+      return lb::Policy::kRingHash;
+    case xds::LbPolicy::kMaglev:
+      return lb::Policy::kMaglev;
+    case xds::LbPolicy::kRoundRobin:
+      break;
+  }
+  return lb::Policy::kRoundRobin;
+}
+
+// Connect backoff: 50 ms doubling to 2 s. Short enough that a restarted
+// upstream is used again within seconds, long enough that a dead one costs
+// one connect attempt per period instead of one per request.
+std::chrono::milliseconds backoff_for(uint32_t failures) {
+  uint32_t shift = std::min<uint32_t>(failures > 0 ? failures - 1 : 0, 6);
+  return std::min(std::chrono::milliseconds(50u << shift), std::chrono::milliseconds(2000));
+}
+
+}  // namespace
+
+std::shared_ptr<HostState> ClusterManager::host(net::Endpoint addr) {
+  auto& h = hosts_[key_of(addr)];
+  if (!h) {
+    h = std::make_shared<HostState>(addr);
+    std::lock_guard<std::mutex> l(slot_mu_);
+    auto& s = slots_[addr];
+    if (!s) s = std::make_unique<HostSlot>();
+    h->slot = s.get();
+  }
+  return h;
+}
+
+void ClusterManager::apply(const xds::Snapshot& snap) {
+  std::unordered_map<const xds::Cluster*, ClusterState> next;
+  std::unordered_map<uint64_t, std::shared_ptr<HostState>> keep;
+  for (const auto& [name, c] : snap.clusters) {
+    auto old = clusters_.find(c.get());
+    if (old != clusters_.end()) {
+      for (const auto& h : old->second.hosts) keep[key_of(h->address)] = h;
+      next.emplace(c.get(), std::move(old->second));
+      continue;
+    }
+    ClusterState cs;
+    cs.cluster = c;
+    std::vector<lb::Host> lb_hosts;
+    for (const auto& e : c->endpoints) {
+      auto h = host(e.address);
+      keep[key_of(e.address)] = h;
+      cs.hosts.push_back(h);
+      lb_hosts.push_back({e.weight, lb::mix64(key_of(e.address))});
+    }
+    cs.lb = lb::make_load_balancer(policy_of(c->lb), lb_hosts,
+                                   {.ring_size = c->ring_size,
+                                    .maglev_table_size = c->maglev_table_size});
+    next.emplace(c.get(), std::move(cs));
+  }
+  for (auto& [k, h] : hosts_) {
+    if (keep.count(k)) continue;
+    h->removed = true;
+    if (h->ejected && h->slot) h->slot->ejected.fetch_sub(1, std::memory_order_relaxed);
+    h->ejected = false;
+    mark_backoff(*h, false);
+    for (auto& p : h->pools)
+      for (auto& c : p.conns) c->drain();
+    draining_.push_back(h);
+  }
+  hosts_ = std::move(keep);
+  clusters_ = std::move(next);
+}
+
+ClusterStats* ClusterManager::stats_for(const xds::Cluster& c, std::string_view protocol) {
+  auto it = cluster_stats_.find(c.name);
+  if (it != cluster_stats_.end()) return &it->second;
+  ClusterStats cs;
+  static const char* const kOutcome[] = {"ok", "exception", "error"};
+  for (int i = 0; i < kOutcomeCount; ++i) {
+    RequestLabels l{c.service_host, c.subset.empty() ? "unknown" : c.subset, c.name,
+                    std::string(protocol), kOutcome[i]};
+    cs.by_outcome[i] = stats_.request_counter(l);
+  }
+  return &cluster_stats_.emplace(c.name, cs).first->second;
+}
+
+ClusterState* ClusterManager::find(const xds::Cluster* c) {
+  auto it = clusters_.find(c);
+  return it == clusters_.end() ? nullptr : &it->second;
+}
+
+std::shared_ptr<HostState> ClusterManager::pick(ClusterState& cs, std::optional<uint64_t> hash,
+                                                const HostState* avoid, lb::Rng& rng,
+                                                Clock::time_point now) {
+  if (cs.hosts.empty()) return nullptr;
+  lb::PickContext ctx(&rng);
+  ctx.hash = hash;
+  ctx.active = [&](size_t i) { return cs.hosts[i]->active; };
+  ctx.usable = [&](size_t i) {
+    const auto& h = *cs.hosts[i];
+    return h.usable(now) && &h != avoid;
+  };
+  auto i = cs.lb->pick(ctx);
+  if (!i && avoid) {
+    ctx.usable = [&](size_t k) { return cs.hosts[k]->usable(now); };
+    i = cs.lb->pick(ctx);
+  }
+  if (!i) {
+    stats_.inc(Counter::upstream_lb_panic);
+    ctx.usable = nullptr;
+    i = cs.lb->pick(ctx);
+  }
+  return i ? cs.hosts[*i] : nullptr;
+}
+
+std::shared_ptr<UpstreamConn> ClusterManager::connection(
+    const std::shared_ptr<HostState>& h, std::string_view protocol, size_t max_conns,
+    const std::function<std::shared_ptr<UpstreamConn>()>& make) {
+  HostState::Pool* pool = nullptr;
+  for (auto& p : h->pools)
+    if (p.protocol == protocol) pool = &p;
+  if (!pool) pool = &h->pools.emplace_back(HostState::Pool{std::string(protocol), {}});
+  auto& conns = pool->conns;
+  conns.erase(std::remove_if(conns.begin(), conns.end(), [](const auto& c) { return c->closed(); }),
+              conns.end());
+  std::shared_ptr<UpstreamConn> best;
+  for (const auto& c : conns)
+    if (!best || c->pending() < best->pending()) best = c;
+  // Reuse an idle connection; open another (up to the cap) when all are
+  // busy, so one slow request does not queue everything behind it.
+  if (best && (best->pending() == 0 || conns.size() >= max_conns)) return best;
+  auto c = make();
+  if (!c) return best;  // no new connection allowed now: share a busy one, if any
+  conns.push_back(c);
+  return c;
+}
+
+void ClusterManager::mark_backoff(HostState& h, bool on) {
+  if (h.backoff_marked == on || !h.slot) return;
+  h.backoff_marked = on;
+  if (on) h.slot->backoff.fetch_add(1, std::memory_order_relaxed);
+  else h.slot->backoff.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void ClusterManager::connect_failed(HostState& h, Clock::time_point now) {
+  ++h.connect_failures;
+  mark_backoff(h, true);
+  h.connect_retry_at = now + backoff_for(h.connect_failures);
+  stats_.inc(Counter::upstream_cx_backoff);
+}
+
+void ClusterManager::connect_succeeded(HostState& h) {
+  mark_backoff(h, false);
+  h.connect_failures = 0;
+  h.connect_retry_at = {};
+}
+
+void ClusterManager::record(const xds::Cluster& c, HostState& h, AttemptResult r,
+                            Clock::time_point now) {
+  if (r == AttemptResult::kOk) {
+    h.consecutive_gateway = h.consecutive_errors = 0;
+    return;
+  }
+  ++h.consecutive_errors;
+  if (r == AttemptResult::kGatewayError) ++h.consecutive_gateway;
+  else h.consecutive_gateway = 0;
+  const auto& od = c.outlier;
+  if (!od.enabled() || h.ejected || h.removed) return;
+  bool trip = (od.consecutive_gateway_errors && h.consecutive_gateway >= od.consecutive_gateway_errors) ||
+              (od.consecutive_errors && h.consecutive_errors >= od.consecutive_errors);
+  if (!trip) return;
+  // Envoy's cap: no ejection while the ejected share of this cluster is
+  // already at max_ejection_percent.
+  ClusterState* cs = find(&c);
+  if (!cs) return;  // routed with a configuration that is gone: let the next one decide
+  size_t ejected = size_t(std::count_if(cs->hosts.begin(), cs->hosts.end(),
+                                        [](const auto& x) { return x->ejected; }));
+  if (double(ejected) * 100 >= double(od.max_ejection_percent) * double(cs->hosts.size())) {
+    stats_.inc(Counter::outlier_ejection_overflow);
+    return;
+  }
+  ++h.ejections;
+  auto t = std::min(od.base_ejection_time * h.ejections,
+                    std::max(od.base_ejection_time, od.max_ejection_time));
+  h.ejected = true;
+  h.ejected_until = now + t;
+  if (h.slot) h.slot->ejected.fetch_add(1, std::memory_order_relaxed);
+  stats_.inc(Counter::outlier_ejections);
+  spdlog::warn("outlier detection: ejected {} from {} for {} ms ({} consecutive {})",
+               h.address.str(), c.name, t.count(),
+               r == AttemptResult::kGatewayError ? h.consecutive_gateway : h.consecutive_errors,
+               r == AttemptResult::kGatewayError ? "gateway errors" : "errors");
+}
+
+void ClusterManager::sweep(Clock::time_point now) {
+  for (auto& [k, h] : hosts_) {
+    if (h->ejected && h->ejected_until <= now) {
+      h->ejected = false;
+      h->consecutive_gateway = h->consecutive_errors = 0;
+      if (h->slot) h->slot->ejected.fetch_sub(1, std::memory_order_relaxed);
+      spdlog::info("outlier detection: {} back in service", h->address.str());
+    }
+    if (!h->backing_off(now)) mark_backoff(*h, false);
+  }
+  // Drained hosts go once their last connection has closed.
+  draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
+                                 [](const std::shared_ptr<HostState>& h) {
+                                   for (auto& p : h->pools) {
+                                     auto& cs = p.conns;
+                                     cs.erase(std::remove_if(cs.begin(), cs.end(),
+                                                             [](const auto& c) { return c->closed(); }),
+                                              cs.end());
+                                     if (!cs.empty()) return false;
+                                   }
+                                   return true;
+                                 }),
+                  draining_.end());
+}
+
+void ClusterManager::clear() {
+  for_each_connection([](const std::shared_ptr<UpstreamConn>& c) { c->close("shutdown"); });
+  hosts_.clear();
+  draining_.clear();
+  clusters_.clear();
+}
+
+std::map<net::Endpoint, const HostSlot*> ClusterManager::slots() const {
+  std::lock_guard<std::mutex> l(slot_mu_);
+  std::map<net::Endpoint, const HostSlot*> out;
+  for (const auto& [ep, s] : slots_) out[ep] = s.get();
+  return out;
+}
+
+}  // namespace metanode::core

@@ -1,0 +1,145 @@
+// Per-worker upstream state, diffed against each new snapshot: a load
+// balancer per cluster, built when the snapshot is applied; per-host state
+// (requests in flight, connection pools, connect backoff, outlier ejection)
+// keyed by address, so it survives configuration updates that keep the
+// host. Hosts no configuration lists any more are drained: idle pooled
+// connections close at once, busy ones after their last reply.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "metanode/core/stats.h"
+#include "metanode/lb/load_balancer.h"
+#include "metanode/net.h"
+#include "metanode/xds/snapshot.h"
+
+namespace metanode::core {
+
+class UpstreamConn;
+using Clock = std::chrono::steady_clock;
+
+// Outcome slots of istio_requests_total for one cluster.
+enum Outcome { kOk = 0, kException, kLocalError, kOutcomeCount };
+
+// Per cluster name, stable across snapshots (requests keep a pointer).
+struct ClusterStats {
+  std::atomic<uint64_t>* by_outcome[kOutcomeCount] = {};
+  uint32_t active = 0;          // requests in flight (this worker)
+  uint32_t retries_active = 0;  // of which retries, for the retry budget
+};
+
+// Per endpoint address, shared with the admin thread (summed over workers).
+struct HostSlot {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint32_t> ejected{0};  // workers that have it ejected
+  std::atomic<uint32_t> backoff{0};  // workers waiting to reconnect to it
+};
+
+// What one attempt came to, as outlier detection counts it.
+enum class AttemptResult { kOk, kErrorReply, kGatewayError };
+
+struct HostState {
+  explicit HostState(net::Endpoint a) : address(a) {}
+  net::Endpoint address;
+  HostSlot* slot = nullptr;
+  uint32_t active = 0;  // requests in flight from this worker
+  struct Pool {
+    std::string protocol;
+    std::vector<std::shared_ptr<UpstreamConn>> conns;
+  };
+  std::vector<Pool> pools;  // one per protocol ("auto" ports may carry two)
+  bool removed = false;     // no longer in any cluster: drain
+  // Connect backoff: after a failed connect, no new connection to this host
+  // before connect_retry_at (doubling per failure, reset by a success).
+  uint32_t connect_failures = 0;
+  Clock::time_point connect_retry_at{};
+  bool backoff_marked = false;  // counted in slot->backoff
+  // Outlier detection.
+  uint32_t consecutive_gateway = 0;
+  uint32_t consecutive_errors = 0;
+  uint32_t ejections = 0;
+  bool ejected = false;
+  Clock::time_point ejected_until{};
+
+  bool backing_off(Clock::time_point now) const { return connect_retry_at > now; }
+  bool usable(Clock::time_point now) const { return !ejected && !backing_off(now); }
+};
+
+struct ClusterState {
+  std::shared_ptr<const xds::Cluster> cluster;
+  std::unique_ptr<lb::LoadBalancer> lb;
+  std::vector<std::shared_ptr<HostState>> hosts;  // parallel to cluster->endpoints
+};
+
+class ClusterManager {
+ public:
+  explicit ClusterManager(StatsShard& stats) : stats_(stats) {}
+
+  // Builds state for the snapshot's clusters (reusing a cluster's state if
+  // the snapshot kept the same object) and drains hosts that left.
+  void apply(const xds::Snapshot& snap);
+
+  ClusterStats* stats_for(const xds::Cluster& c, std::string_view protocol);
+  ClusterState* find(const xds::Cluster* c);
+
+  // The host for one attempt, or nullptr when the cluster has none. Hosts
+  // that are ejected or backing off are skipped while others can serve;
+  // when none can, all are candidates again (Envoy's panic mode), so a
+  // cluster never goes dark on a detector's word alone. `avoid`: the
+  // previous attempt's host, skipped when another one is usable.
+  std::shared_ptr<HostState> pick(ClusterState& cs, std::optional<uint64_t> hash,
+                                  const HostState* avoid, lb::Rng& rng, Clock::time_point now);
+
+  // A pooled connection to `h` for `protocol`: an idle one, else a new one
+  // from `make` up to `max_conns`, else the least loaded. `make` may refuse
+  // (nullptr): then a busy connection, or nullptr when there is none.
+  std::shared_ptr<UpstreamConn> connection(const std::shared_ptr<HostState>& h,
+                                           std::string_view protocol, size_t max_conns,
+                                           const std::function<std::shared_ptr<UpstreamConn>()>& make);
+
+  void connect_failed(HostState& h, Clock::time_point now);
+  void connect_succeeded(HostState& h);
+  // Outlier detection for the attempt's cluster (by the configuration the
+  // request was routed with).
+  void record(const xds::Cluster& c, HostState& h, AttemptResult r, Clock::time_point now);
+
+  // Returns ejected hosts whose time is up; closes drained idle connections.
+  void sweep(Clock::time_point now);
+  // Every pooled connection, for shutdown and timeout sweeps.
+  template <class Fn>
+  void for_each_connection(Fn&& fn) {
+    for (auto& [addr, h] : hosts_)
+      for (auto& p : h->pools)
+        for (auto& c : p.conns) fn(c);
+    for (auto& h : draining_)
+      for (auto& p : h->pools)
+        for (auto& c : p.conns) fn(c);
+  }
+  void clear();
+
+  // Admin thread: per address, summed over workers by the caller.
+  std::map<net::Endpoint, const HostSlot*> slots() const;
+
+ private:
+  std::shared_ptr<HostState> host(net::Endpoint addr);
+  void mark_backoff(HostState& h, bool on);
+
+  StatsShard& stats_;
+  std::unordered_map<const xds::Cluster*, ClusterState> clusters_;
+  std::unordered_map<uint64_t, std::shared_ptr<HostState>> hosts_;  // by address key
+  std::vector<std::shared_ptr<HostState>> draining_;
+  std::unordered_map<std::string, ClusterStats> cluster_stats_;
+  mutable std::mutex slot_mu_;  // guards slots_'s structure for the admin thread
+  std::map<net::Endpoint, std::unique_ptr<HostSlot>> slots_;
+};
+
+}  // namespace metanode::core

@@ -1,0 +1,106 @@
+// The byte-level half both connection kinds share: a growable read buffer
+// that yields whole decoded messages, and a write queue flushed with one
+// gathered write. Driven from the owning worker's thread only.
+#pragma once
+
+#include <boost/asio/buffer.hpp>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "metanode/codecs/codec.h"
+
+namespace metanode::core {
+
+struct ActiveRequest;
+
+class MessageStream {
+ public:
+  explicit MessageStream(uint32_t max_message) : cap_(size_t(max_message) + 64), rbuf_(16384) {}
+
+  // Where the next read goes; an empty buffer means a single message
+  // outgrew the limit (the caller closes the connection).
+  boost::asio::mutable_buffer read_space() {
+    if (rlen_ == rbuf_.size()) {
+      if (rbuf_.size() >= cap_) return {};
+      rbuf_.resize(std::min(cap_, rbuf_.size() * 2));
+    }
+    return boost::asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_);
+  }
+
+  // What is buffered but not yet decoded (for error replies).
+  std::span<const uint8_t> pending_bytes() const { return {rbuf_.data(), rlen_}; }
+
+  // Accounts `n` new bytes, then hands every complete message to
+  // on_msg(Message&, Bytes frame) while keep_going() holds. Returns the
+  // decode error, if the stream stopped making sense.
+  template <class OnMsg, class KeepGoing>
+  std::optional<std::string> decode(size_t n, codecs::Codec& codec, OnMsg&& on_msg,
+                                    KeepGoing&& keep_going) {
+    rlen_ += n;
+    size_t off = 0;
+    std::optional<std::string> err;
+    while (keep_going() && off < rlen_) {
+      codecs::Message msg;
+      auto r = codec.decode(std::span<const uint8_t>(rbuf_.data() + off, rlen_ - off), msg);
+      if (r.status == codecs::DecodeStatus::kNeedMoreData) break;
+      if (r.status == codecs::DecodeStatus::kError) {
+        err = "at stream offset " + std::to_string(consumed_ + off) + ": " + r.error;
+        break;
+      }
+      codecs::Bytes frame(rbuf_.begin() + ptrdiff_t(off), rbuf_.begin() + ptrdiff_t(off + msg.size));
+      off += msg.size;
+      on_msg(msg, std::move(frame));
+    }
+    if (off > 0) {
+      std::memmove(rbuf_.data(), rbuf_.data() + off, rlen_ - off);
+      rlen_ -= off;
+      consumed_ += off;
+    }
+    return err;
+  }
+
+  // One queued write: bytes of its own, or a request whose frame lives in
+  // the ActiveRequest (so a failed connection can hand it to a retry).
+  struct Out {
+    codecs::Bytes bytes;
+    std::shared_ptr<ActiveRequest> req;
+  };
+  void push(codecs::Bytes b) { wq_.push_back({std::move(b), nullptr}); }
+  void push(std::shared_ptr<ActiveRequest> r) { wq_.push_back({{}, std::move(r)}); }
+  bool in_flight() const { return !writing_.empty(); }
+  bool empty() const { return wq_.empty() && writing_.empty(); }
+  // Moves everything queued into flight; empty when there is nothing to
+  // write. `frame_of` maps a queued request to its bytes.
+  template <class FrameOf>
+  std::vector<boost::asio::const_buffer> take(FrameOf&& frame_of) {
+    std::vector<boost::asio::const_buffer> bufs;
+    if (!writing_.empty() || wq_.empty()) return bufs;
+    writing_.swap(wq_);
+    bufs.reserve(writing_.size());
+    for (const auto& o : writing_)
+      bufs.emplace_back(boost::asio::buffer(o.req ? frame_of(*o.req) : o.bytes));
+    return bufs;
+  }
+  std::vector<boost::asio::const_buffer> take() {
+    return take([](ActiveRequest&) -> const codecs::Bytes& { std::abort(); });
+  }
+  // The batch in flight is out; returns it for per-request bookkeeping.
+  std::vector<Out> written() {
+    std::vector<Out> done;
+    done.swap(writing_);
+    return done;
+  }
+
+ private:
+  size_t cap_;
+  std::vector<uint8_t> rbuf_;
+  size_t rlen_ = 0;
+  uint64_t consumed_ = 0;
+  std::vector<Out> wq_, writing_;
+};
+
+}  // namespace metanode::core

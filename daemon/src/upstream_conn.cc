@@ -1,0 +1,206 @@
+#include "upstream_conn.h"
+
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+#include "active_request.h"
+#include "metanode_abi.h"
+#include "worker.h"
+
+namespace metanode::core {
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using codecs::Bytes;
+using codecs::ErrorKind;
+using codecs::Message;
+using codecs::MessageKind;
+
+UpstreamConn::UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::string_view protocol)
+    : w_(w),
+      host_(std::move(host)),
+      sock_(w.io()),
+      connect_timer_(w.io()),
+      codec_(codecs::make_codec(protocol, w.opts().limits)),
+      stream_(w.opts().limits.max_message_bytes) {}
+
+void UpstreamConn::connect(std::chrono::milliseconds timeout) {
+  w_.stats().inc(Counter::upstream_cx);
+  w_.stats().gauge_add(Gauge::upstream_cx_active, 1);
+  boost::system::error_code ec;
+  sock_.open(tcp::v4(), ec);
+  if (!ec) {
+    // Marked so the connect hook never sends the daemon's own connects back
+    // to itself. Needs CAP_NET_ADMIN; without it (--no-bpf as a user) there
+    // is no hook to loop through anyway.
+    uint32_t mark = MN_DAEMON_MARK;
+    if (setsockopt(sock_.native_handle(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0 &&
+        w_.opts().intercept)
+      spdlog::warn("SO_MARK on upstream socket failed: {}", std::strerror(errno));
+  }
+  connect_timer_.expires_after(timeout);
+  connect_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& e) {
+    if (!e && self->state_ == State::kConnecting) {
+      boost::system::error_code ig;
+      self->sock_.cancel(ig);  // completes async_connect with operation_aborted
+    }
+  });
+  sock_.async_connect(to_asio(host_->address), [self = shared_from_this()](
+                                                   const boost::system::error_code& e) {
+    self->connect_timer_.cancel();
+    if (self->state_ == State::kClosed) return;
+    if (e) {
+      self->w_.stats().inc(Counter::upstream_cx_connect_fail);
+      self->w_.clusters().connect_failed(*self->host_, Clock::now());
+      spdlog::warn("upstream {} connect failed: {}", self->host_->address.str(),
+                   e == asio::error::operation_aborted ? "timeout" : e.message());
+      self->close("connect failed");
+      return;
+    }
+    self->w_.clusters().connect_succeeded(*self->host_);
+    boost::system::error_code ig;
+    self->sock_.set_option(tcp::no_delay(true), ig);
+    self->state_ = State::kReady;
+    self->do_write();
+    self->do_read();
+  });
+}
+
+void UpstreamConn::send(const std::shared_ptr<ActiveRequest>& r) {
+  if (state_ == State::kClosed) {
+    r->on_failure(ErrorKind::kUpstreamFailure, "metanode: upstream closed");
+    return;
+  }
+  // Ids unique on this connection; 31 bits so a Thrift i32 stays positive.
+  uint32_t id = next_id_;
+  next_id_ = next_id_ >= 0x7ffffffe ? 1 : next_id_ + 1;
+  if (!codec_->set_request_id(r->frame, r->msg, id)) {
+    r->on_failure(ErrorKind::kUpstreamFailure, "metanode: cannot rewrite request id");
+    return;
+  }
+  if (!r->oneway) {
+    w_.stats().gauge_add(Gauge::upstream_rq_active, 1);
+    pending_[id] = r;
+  }
+  stream_.push(r);
+  do_write();
+}
+
+void UpstreamConn::do_write() {
+  if (state_ != State::kReady) return;
+  auto bufs = stream_.take([](ActiveRequest& r) -> const Bytes& { return r.frame; });
+  if (bufs.empty()) return;
+  asio::async_write(sock_, bufs,
+                    [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
+                      auto batch = self->stream_.written();
+                      if (ec) {
+                        self->close("write failed: " + ec.message());
+                        return;
+                      }
+                      for (auto& o : batch)
+                        if (o.req && o.req->conn == self.get()) o.req->on_written();
+                      self->do_write();
+                    });
+}
+
+void UpstreamConn::do_read() {
+  if (state_ != State::kReady) return;
+  auto space = stream_.read_space();
+  if (space.size() == 0) {
+    w_.stats().inc(Counter::upstream_decode_error);
+    close("reply larger than the limit");
+    return;
+  }
+  sock_.async_read_some(space,
+                        [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
+                          if (ec) {
+                            self->close(ec == asio::error::eof ? "closed by upstream"
+                                                               : "read failed: " + ec.message());
+                            return;
+                          }
+                          self->on_read(n);
+                        });
+}
+
+void UpstreamConn::on_read(size_t n) {
+  auto err = stream_.decode(
+      n, *codec_, [this](Message& msg, Bytes frame) { on_reply(msg, std::move(frame)); },
+      [this] { return state_ == State::kReady; });
+  if (err) {
+    w_.stats().inc(Counter::upstream_decode_error);
+    close("malformed reply " + *err);
+    return;
+  }
+  if (draining_ && pending_.empty()) {
+    close("drained");
+    return;
+  }
+  if (state_ == State::kReady) do_read();
+}
+
+void UpstreamConn::on_reply(Message& msg, Bytes frame) {
+  if (msg.kind == MessageKind::kHeartbeatResponse) return;
+  if (msg.kind == MessageKind::kHeartbeatRequest) {
+    // Providers probe idle consumers (Dubbo); answer as the consumer would.
+    Bytes out;
+    if (codec_->encode_heartbeat_reply(msg, out)) {
+      stream_.push(std::move(out));
+      do_write();
+    }
+    return;
+  }
+  auto it = pending_.find(msg.request_id);
+  if (it == pending_.end()) {
+    w_.stats().inc(Counter::responses_orphaned);
+    return;
+  }
+  auto r = std::move(it->second);
+  pending_.erase(it);
+  w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
+  r->on_reply(msg, std::move(frame), *codec_);
+}
+
+void UpstreamConn::sweep_timeouts(Clock::time_point now) {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->second->try_deadline > now) {
+      ++it;
+      continue;
+    }
+    auto r = std::move(it->second);
+    it = pending_.erase(it);
+    w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
+    r->on_failure(ErrorKind::kTimeout, "metanode: upstream timed out");
+  }
+  if (draining_ && pending_.empty() && state_ == State::kReady) close("drained");
+}
+
+void UpstreamConn::fail_all(ErrorKind kind, const std::string& why) {
+  if (!pending_.empty()) w_.stats().inc(Counter::upstream_cx_closed_with_pending);
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto& [id, r] : pending) {
+    w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
+    r->on_failure(kind, why);
+  }
+}
+
+void UpstreamConn::drain() {
+  draining_ = true;
+  if (pending_.empty()) close("drained");
+}
+
+void UpstreamConn::close(const std::string& why) {
+  if (state_ == State::kClosed) return;
+  state_ = State::kClosed;
+  if (!why.empty()) spdlog::debug("upstream {} closed: {}", host_->address.str(), why);
+  boost::system::error_code ec;
+  connect_timer_.cancel();
+  sock_.close(ec);
+  w_.stats().gauge_add(Gauge::upstream_cx_active, -1);
+  // After the socket is closed, so a retry never picks this connection.
+  fail_all(ErrorKind::kUpstreamFailure, "metanode: upstream " + (why.empty() ? "closed" : why));
+}
+
+}  // namespace metanode::core

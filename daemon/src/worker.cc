@@ -1,0 +1,157 @@
+#include "worker.h"
+
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include "downstream_conn.h"
+#include "upstream_conn.h"
+
+namespace metanode::core {
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+net::Endpoint to_endpoint(const tcp::endpoint& e) {
+  return {e.address().is_v4() ? e.address().to_v4().to_uint()
+                              : (e.address().to_v6().is_v4_mapped()
+                                     ? asio::ip::make_address_v4(asio::ip::v4_mapped,
+                                                                 e.address().to_v6())
+                                           .to_uint()
+                                     : 0),
+          e.port()};
+}
+
+tcp::endpoint to_asio(const net::Endpoint& e) { return {asio::ip::address_v4(e.addr), e.port}; }
+
+Worker::Worker(Server::Impl& srv, size_t index)
+    : srv_(srv),
+      index_(index),
+      cm_(stats_),
+      rng_(uint64_t(Clock::now().time_since_epoch().count()) ^ (index * 0x9e37)),
+      sweep_timer_(io_) {}
+
+Worker::~Worker() = default;
+
+const ServerOptions& Worker::opts() const { return srv_.opts; }
+bpf::Maps* Worker::maps() const { return srv_.maps; }
+
+const xds::Snapshot* Worker::snapshot() {
+  uint64_t g = srv_.gen.load(std::memory_order_acquire);
+  if (g != snap_gen_) {
+    {
+      std::lock_guard<std::mutex> l(srv_.snap_mu);
+      snap_ = srv_.snap;
+      snap_gen_ = srv_.gen.load(std::memory_order_relaxed);
+    }
+    if (snap_) cm_.apply(*snap_);
+  }
+  return snap_.get();
+}
+
+void Worker::start_timers() { sweep(); }
+
+// Timeouts, un-ejection and drained pools, every 100 ms: timeouts are as
+// precise as that, and the sweep costs nothing when nothing is pending.
+void Worker::sweep() {
+  sweep_timer_.expires_after(std::chrono::milliseconds(100));
+  sweep_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec) return;
+    auto now = Clock::now();
+    snapshot();  // apply a new configuration even when no traffic comes
+    std::vector<std::shared_ptr<UpstreamConn>> conns;
+    cm_.for_each_connection([&](const std::shared_ptr<UpstreamConn>& c) { conns.push_back(c); });
+    for (auto& c : conns) c->sweep_timeouts(now);
+    cm_.sweep(now);
+    sweep();
+  });
+}
+
+Result<void> Worker::reconcile_listeners() {
+  Result<void> result = Ok();
+  std::vector<net::Endpoint> want;
+  if (opts().intercept) {
+    want.push_back(opts().redirect);
+  } else if (const auto* s = snapshot()) {
+    for (const auto& l : s->listeners) want.push_back(l.address);
+  }
+  for (auto it = acceptors_.begin(); it != acceptors_.end();) {
+    if (std::find(want.begin(), want.end(), it->first) == want.end()) {
+      boost::system::error_code ec;
+      it->second->close(ec);
+      it = acceptors_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& ep : want) {
+    if (acceptors_.count(ep)) continue;
+    auto a = std::make_unique<tcp::acceptor>(io_);
+    boost::system::error_code ec;
+    a->open(tcp::v4(), ec);
+    if (!ec) a->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) {
+      int one = 1;
+      // Every worker binds the same address; the kernel spreads connections.
+      if (setsockopt(a->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+        ec = boost::system::error_code(errno, boost::system::system_category());
+    }
+    if (!ec) a->bind(to_asio(ep), ec);
+    if (!ec) a->listen(4096, ec);
+    if (ec) {
+      spdlog::error("worker {}: cannot listen on {}: {}", index_, ep.str(), ec.message());
+      if (result)
+        result = Error{std::error_code(ec.value(), std::system_category()), "listen on " + ep.str()};
+      continue;
+    }
+    accept_on(*a);
+    acceptors_.emplace(ep, std::move(a));
+  }
+  return result;
+}
+
+void Worker::accept_on(tcp::acceptor& a) {
+  a.async_accept([this, &a](const boost::system::error_code& ec, tcp::socket s) {
+    if (ec == asio::error::operation_aborted) return;
+    if (!ec) on_accept(std::move(s));
+    if (a.is_open()) accept_on(a);
+  });
+}
+
+void Worker::on_accept(tcp::socket s) {
+  stats_.inc(Counter::downstream_cx);
+  boost::system::error_code ec;
+  s.set_option(tcp::no_delay(true), ec);
+  net::Endpoint source = to_endpoint(s.remote_endpoint(ec));
+  net::Endpoint orig;
+  if (opts().intercept) {
+    auto od = maps() ? maps()->original_dst(s.native_handle())
+                     : Result<bpf::OrigDst>(Error::invalid("no BPF maps"));
+    if (!od) {
+      stats_.inc(Counter::downstream_cx_no_orig_dst);
+      spdlog::warn("closing connection from {}: {}", source.str(), od.error().message());
+      return;
+    }
+    orig = od->dst;
+  } else {
+    orig = to_endpoint(s.local_endpoint(ec));
+  }
+  const xds::Snapshot* snap = snapshot();
+  const xds::Listener* l = snap ? snap->find_listener(orig) : nullptr;
+  if (!l) {
+    stats_.inc(Counter::downstream_cx_no_listener);
+    spdlog::warn("closing connection to {}: no listener for that address", orig.str());
+    return;
+  }
+  auto conn = std::make_shared<DownstreamConn>(*this, std::move(s), orig, source, l->protocol);
+  conn->start();
+}
+
+void Worker::shutdown() {
+  boost::system::error_code ec;
+  sweep_timer_.cancel();
+  for (auto& [ep, a] : acceptors_) a->close(ec);
+  acceptors_.clear();
+  cm_.clear();
+}
+
+}  // namespace metanode::core

@@ -1,0 +1,79 @@
+// One event loop thread: its acceptors (SO_REUSEPORT), downstream
+// connections, cluster manager (pools, balancers, host health) and stats
+// shard. Workers share nothing but the configuration snapshot, which they
+// pick up without a lock.
+#pragma once
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "cluster_manager.h"
+#include "metanode/core/server.h"
+
+namespace metanode::core {
+
+class Worker {
+ public:
+  Worker(Server::Impl& srv, size_t index);
+  ~Worker();
+  void run() {
+    auto guard = boost::asio::make_work_guard(io_);
+    io_.run();
+  }
+  boost::asio::io_context& io() { return io_; }
+  StatsShard& stats() { return stats_; }
+  const ServerOptions& opts() const;
+  bpf::Maps* maps() const;
+
+  // Current snapshot; refreshed only when the generation moved (no lock on
+  // the request path otherwise). A new one is applied to the cluster manager.
+  const xds::Snapshot* snapshot();
+  const std::shared_ptr<const xds::Snapshot>& snapshot_ref() { return snap_; }
+  ClusterManager& clusters() { return cm_; }
+  lb::Rng& rng() { return rng_; }
+
+  // Binds what the configuration wants and closes what it no longer does;
+  // returns the first bind failure (the others are still attempted).
+  Result<void> reconcile_listeners();
+  void start_timers();
+  void shutdown();
+
+ private:
+  void accept_on(boost::asio::ip::tcp::acceptor& a);
+  void on_accept(boost::asio::ip::tcp::socket s);
+  void sweep();
+
+  Server::Impl& srv_;
+  size_t index_;
+  boost::asio::io_context io_{1};
+  StatsShard stats_;
+  std::shared_ptr<const xds::Snapshot> snap_;
+  uint64_t snap_gen_ = 0;
+  ClusterManager cm_;
+  lb::Rng rng_;
+  std::map<net::Endpoint, std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+  boost::asio::steady_timer sweep_timer_;
+};
+
+struct Server::Impl {
+  ServerOptions opts;
+  bpf::Maps* maps;
+  mutable std::mutex snap_mu;
+  std::shared_ptr<const xds::Snapshot> snap;
+  std::atomic<uint64_t> gen{0};
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<std::thread> threads;
+  StatsShard control;
+  std::atomic<bool> started{false};
+};
+
+// Conversions between asio and our endpoint type (IPv4).
+net::Endpoint to_endpoint(const boost::asio::ip::tcp::endpoint& e);
+boost::asio::ip::tcp::endpoint to_asio(const net::Endpoint& e);
+
+}  // namespace metanode::core
