@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <fstream>
+#include <cctype>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -104,6 +106,53 @@ void expect_map(const YAML::Node& n, const Origin& o, const std::string& field) 
   if (n && !n.IsNull() && !n.IsMap()) fail(o, field, "expected a map");
 }
 
+// A field we accept is a field we execute: anything else in a map is
+// rejected by name, so a setting never silently does nothing.
+void allow_only(const YAML::Node& n, const Origin& o, const std::string& field,
+                std::initializer_list<const char*> known) {
+  if (!n || !n.IsMap()) return;
+  for (const auto& kv : n) {
+    std::string key = kv.first.IsScalar() ? kv.first.as<std::string>() : "?";
+    bool ok = std::any_of(known.begin(), known.end(), [&](const char* k) { return key == k; });
+    if (ok) continue;
+    std::string list;
+    for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+    fail(o, (field.empty() ? "" : field + ".") + key,
+         "not supported by metanode (supported here: " + list + ")");
+  }
+}
+
+bool boolean(const YAML::Node& n, const Origin& o, const std::string& field) {
+  if (!n || n.IsNull()) return false;
+  try {
+    return n.as<bool>();
+  } catch (const YAML::Exception&) {
+    fail(o, field, "expected true or false");
+  }
+}
+
+// Istio durations: "10s", "0.5s", "500ms", "1m", "1h".
+uint32_t duration_ms(const YAML::Node& n, const Origin& o, const std::string& field) {
+  std::string v = scalar(n, o, field);
+  if (v.empty()) return 0;
+  size_t i = 0;
+  while (i < v.size() && (std::isdigit(static_cast<unsigned char>(v[i])) || v[i] == '.')) ++i;
+  std::string num = v.substr(0, i), unit = v.substr(i);
+  double x = 0;
+  try {
+    size_t used = 0;
+    x = std::stod(num, &used);
+    if (used != num.size()) throw std::invalid_argument(num);
+  } catch (const std::exception&) {
+    fail(o, field, "'" + v + "' is not a duration (e.g. 10s, 500ms)");
+  }
+  double scale = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60000 : unit == "h" ? 3600000 : -1;
+  if (scale < 0) fail(o, field, "'" + v + "' is not a duration (units: ms, s, m, h)");
+  double ms = x * scale;
+  if (ms < 1 || ms > 86400000.0 * 30) fail(o, field, "'" + v + "' out of range (1ms to 30 days)");
+  return uint32_t(ms);
+}
+
 // Kubernetes names and hosts are DNS-1123 (Istio also allows a leading "*."
 // wildcard). Checking here keeps arbitrary bytes out of resource names, which
 // are protobuf strings (UTF-8) and metric labels.
@@ -159,18 +208,51 @@ struct ServiceEntry {
   std::vector<SeEndpoint> endpoints;
 };
 
+// DestinationRule trafficPolicy, each part optional so that a subset's or a
+// port's setting replaces the part it sets and inherits the rest (Istio).
+struct LoadBalancerSpec {
+  std::string simple;     // ROUND_ROBIN, LEAST_REQUEST, RANDOM (empty: default)
+  std::string hash_attr;  // consistentHash.httpHeaderName
+  bool hash_source_ip = false;
+  bool maglev = false;
+  uint64_t ring_size = 0;    // 0: Envoy's default
+  uint64_t table_size = 0;   // 0: Envoy's default
+  bool hashes() const { return !hash_attr.empty() || hash_source_ip; }
+};
+
+struct OutlierSpec {
+  uint32_t gateway = 0, errors = 0;  // consecutive thresholds, 0 off
+  uint32_t interval_ms = 0, base_ejection_ms = 0, max_ejection_percent = 0;
+  bool has_max_ejection_percent = false;
+};
+
+struct TrafficPolicy {
+  std::optional<LoadBalancerSpec> lb;
+  std::optional<OutlierSpec> outlier;
+  std::map<uint32_t, TrafficPolicy> ports;  // portLevelSettings (not nested)
+  // Applies `over` on top of this: what it sets wins.
+  TrafficPolicy merged(const TrafficPolicy& over) const {
+    TrafficPolicy t = *this;
+    if (over.lb) t.lb = over.lb;
+    if (over.outlier) t.outlier = over.outlier;
+    return t;
+  }
+  TrafficPolicy for_port(uint32_t port) const {
+    auto it = ports.find(port);
+    return it == ports.end() ? *this : merged(it->second);
+  }
+};
+
 struct Subset {
   std::string name;
   std::map<std::string, std::string> labels;
-  std::string lb;         // simple LB policy name, if set
-  std::string hash_attr;  // consistentHash.httpHeaderName
+  TrafficPolicy policy;
 };
 
 struct DestinationRule {
   Origin origin;
   std::string host;
-  std::string lb;
-  std::string hash_attr;
+  TrafficPolicy policy;
   std::vector<Subset> subsets;
 };
 
@@ -196,10 +278,22 @@ struct MetaRoute {
   std::vector<std::pair<std::string, std::string>> request_mutation, response_mutation;
 };
 
+// metanode's additions to a MetaRouter, as annotations (Aeraki's CRD
+// schema would prune unknown spec fields): see docs/XDS.md.
+struct RouteResilience {
+  uint32_t timeout_ms = 0;
+  bool has_retries = false;
+  uint32_t attempts = 1;
+  uint32_t per_try_timeout_ms = 0;
+  std::string retry_on;
+  std::vector<std::string> idempotent_methods;
+};
+
 struct MetaRouter {
   Origin origin;
   std::string host;
   std::vector<MetaRoute> routes;
+  RouteResilience resilience;
 };
 
 struct Objects {
@@ -218,9 +312,25 @@ std::string metaprotocol_of(const std::string& port_name) {
   return parts[2];
 }
 
+// One daemon serves every pod of the node, so visibility narrower than the
+// whole mesh cannot be honoured.
+void check_export_to(const YAML::Node& spec, const Origin& o) {
+  for (const auto& e : strings(spec["exportTo"], o, "spec.exportTo"))
+    if (e != "*")
+      fail(o, "spec.exportTo", "'" + e + "': only \"*\" (visible to the whole mesh) is supported");
+}
+
 ServiceEntry parse_service_entry(const YAML::Node& spec, const Origin& o) {
   ServiceEntry se;
   se.origin = o;
+  if (spec["workloadSelector"])
+    fail(o, "spec.workloadSelector", "not supported by the embedded control plane; list endpoints");
+  allow_only(spec, o, "spec", {"hosts", "addresses", "ports", "endpoints", "location", "resolution",
+                               "exportTo"});
+  check_export_to(spec, o);
+  std::string res = scalar(spec["resolution"], o, "spec.resolution");
+  if (!res.empty() && res != "STATIC" && res != "NONE")
+    fail(o, "spec.resolution", "'" + res + "' is not supported: endpoints are IP addresses (STATIC)");
   se.hosts = strings(spec["hosts"], o, "spec.hosts");
   if (se.hosts.empty()) fail(o, "spec.hosts", "at least one host is required");
   for (size_t i = 0; i < se.hosts.size(); ++i)
@@ -236,6 +346,7 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, const Origin& o) {
   if (ports && !ports.IsSequence()) fail(o, "spec.ports", "expected a list");
   for (size_t i = 0; ports && i < ports.size(); ++i) {
     std::string f = "spec.ports[" + std::to_string(i) + "]";
+    allow_only(ports[i], o, f, {"number", "targetPort", "name", "protocol"});
     SePort p;
     p.number = number(ports[i]["number"], o, f + ".number", 65535);
     if (p.number == 0) fail(o, f + ".number", "a port number is required");
@@ -252,6 +363,7 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, const Origin& o) {
   if (eps && !eps.IsSequence()) fail(o, "spec.endpoints", "expected a list");
   for (size_t i = 0; eps && i < eps.size(); ++i) {
     std::string f = "spec.endpoints[" + std::to_string(i) + "]";
+    allow_only(eps[i], o, f, {"address", "labels", "ports", "weight"});
     SeEndpoint e;
     e.address = scalar(eps[i]["address"], o, f + ".address");
     if (!net::parse_ipv4(e.address))
@@ -264,33 +376,113 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, const Origin& o) {
     e.weight = number(eps[i]["weight"], o, f + ".weight", 1u << 31);
     se.endpoints.push_back(std::move(e));
   }
-  if (spec["workloadSelector"])
-    fail(o, "spec.workloadSelector", "not supported by the embedded control plane; list endpoints");
   return se;
 }
 
-void parse_lb(const YAML::Node& tp, const Origin& o, const std::string& f, std::string& lb,
-              std::string& hash) {
-  if (!tp) return;
-  const YAML::Node l = tp["loadBalancer"];
-  if (!l) return;
-  std::string simple = scalar(l["simple"], o, f + ".loadBalancer.simple");
-  static const std::set<std::string> known = {"",       "ROUND_ROBIN", "LEAST_REQUEST",
-                                              "RANDOM", "LEAST_CONN",  "PASSTHROUGH",
-                                              "UNSPECIFIED"};
-  if (!known.count(simple)) fail(o, f + ".loadBalancer.simple", "unknown policy '" + simple + "'");
-  lb = simple;
-  if (l["consistentHash"])
-    hash = scalar(l["consistentHash"]["httpHeaderName"], o,
-                  f + ".loadBalancer.consistentHash.httpHeaderName");
+LoadBalancerSpec parse_load_balancer(const YAML::Node& l, const Origin& o, const std::string& f) {
+  LoadBalancerSpec lb;
+  expect_map(l, o, f);
+  allow_only(l, o, f, {"simple", "consistentHash"});
+  lb.simple = scalar(l["simple"], o, f + ".simple");
+  if (lb.simple == "LEAST_CONN") lb.simple = "LEAST_REQUEST";  // Istio's deprecated name
+  if (lb.simple == "UNSPECIFIED") lb.simple.clear();
+  if (lb.simple == "PASSTHROUGH")
+    fail(o, f + ".simple", "PASSTHROUGH (connect to the original destination) is not supported: "
+                           "metanode balances over the service's endpoints");
+  if (!lb.simple.empty() && lb.simple != "ROUND_ROBIN" && lb.simple != "LEAST_REQUEST" &&
+      lb.simple != "RANDOM")
+    fail(o, f + ".simple", "unknown policy '" + lb.simple + "'");
+  if (const YAML::Node ch = l["consistentHash"]) {
+    std::string cf = f + ".consistentHash";
+    expect_map(ch, o, cf);
+    allow_only(ch, o, cf, {"httpHeaderName", "useSourceIp", "ringHash", "maglev", "minimumRingSize"});
+    if (!lb.simple.empty()) fail(o, cf, "set either simple or consistentHash, not both");
+    // Aeraki maps httpHeaderName to a request attribute (metadata key).
+    lb.hash_attr = scalar(ch["httpHeaderName"], o, cf + ".httpHeaderName");
+    lb.hash_source_ip = boolean(ch["useSourceIp"], o, cf + ".useSourceIp");
+    if (!lb.hashes())
+      fail(o, cf, "needs httpHeaderName (a request attribute) or useSourceIp: true");
+    if (!lb.hash_attr.empty() && lb.hash_source_ip)
+      fail(o, cf, "set one of httpHeaderName and useSourceIp");
+    lb.ring_size = number(ch["minimumRingSize"], o, cf + ".minimumRingSize", 8u << 20);
+    if (const YAML::Node r = ch["ringHash"]) {
+      allow_only(r, o, cf + ".ringHash", {"minimumRingSize"});
+      lb.ring_size = number(r["minimumRingSize"], o, cf + ".ringHash.minimumRingSize", 8u << 20);
+    }
+    if (const YAML::Node m = ch["maglev"]) {
+      allow_only(m, o, cf + ".maglev", {"tableSize"});
+      if (ch["ringHash"]) fail(o, cf, "set one of ringHash and maglev");
+      lb.maglev = true;
+      lb.table_size = number(m["tableSize"], o, cf + ".maglev.tableSize", 5000011);
+    }
+  }
+  return lb;
+}
+
+OutlierSpec parse_outlier(const YAML::Node& n, const Origin& o, const std::string& f) {
+  OutlierSpec od;
+  expect_map(n, o, f);
+  allow_only(n, o, f, {"consecutiveGatewayErrors", "consecutive5xxErrors", "consecutiveErrors",
+                       "interval", "baseEjectionTime", "maxEjectionPercent", "minHealthPercent"});
+  od.gateway = number(n["consecutiveGatewayErrors"], o, f + ".consecutiveGatewayErrors", 1u << 20);
+  // Istio's deprecated consecutiveErrors counted gateway errors.
+  if (n["consecutiveErrors"] && !n["consecutiveGatewayErrors"])
+    od.gateway = number(n["consecutiveErrors"], o, f + ".consecutiveErrors", 1u << 20);
+  // Istio defaults consecutive5xxErrors to 5 when the block is present.
+  od.errors = n["consecutive5xxErrors"]
+                  ? number(n["consecutive5xxErrors"], o, f + ".consecutive5xxErrors", 1u << 20)
+                  : 5;
+  od.interval_ms = duration_ms(n["interval"], o, f + ".interval");
+  od.base_ejection_ms = duration_ms(n["baseEjectionTime"], o, f + ".baseEjectionTime");
+  od.has_max_ejection_percent = bool(n["maxEjectionPercent"]);
+  od.max_ejection_percent = number(n["maxEjectionPercent"], o, f + ".maxEjectionPercent", 100);
+  if (number(n["minHealthPercent"], o, f + ".minHealthPercent", 100) != 0)
+    fail(o, f + ".minHealthPercent",
+         "not supported: metanode always balances over all hosts when none is usable");
+  return od;
+}
+
+TrafficPolicy parse_traffic_policy(const YAML::Node& tp, const Origin& o, const std::string& f,
+                                   bool allow_ports) {
+  TrafficPolicy t;
+  if (!tp || tp.IsNull()) return t;
+  expect_map(tp, o, f);
+  if (tp["tls"]) {
+    std::string mode = scalar(tp["tls"]["mode"], o, f + ".tls.mode");
+    if (mode != "DISABLE")
+      fail(o, f + ".tls", "TLS to upstreams is not supported yet (only mode: DISABLE)");
+  }
+  if (tp["connectionPool"])
+    fail(o, f + ".connectionPool", "not executed by metanode yet; remove it");
+  if (allow_ports)
+    allow_only(tp, o, f, {"loadBalancer", "outlierDetection", "tls", "portLevelSettings"});
+  else
+    allow_only(tp, o, f, {"loadBalancer", "outlierDetection", "tls", "port"});
+  if (tp["loadBalancer"]) t.lb = parse_load_balancer(tp["loadBalancer"], o, f + ".loadBalancer");
+  if (tp["outlierDetection"])
+    t.outlier = parse_outlier(tp["outlierDetection"], o, f + ".outlierDetection");
+  if (const YAML::Node pls = tp["portLevelSettings"]) {
+    if (!pls.IsSequence()) fail(o, f + ".portLevelSettings", "expected a list");
+    for (size_t i = 0; i < pls.size(); ++i) {
+      std::string pf = f + ".portLevelSettings[" + std::to_string(i) + "]";
+      uint32_t port = number(pls[i]["port"]["number"], o, pf + ".port.number", 65535);
+      if (port == 0) fail(o, pf + ".port.number", "required");
+      allow_only(pls[i]["port"], o, pf + ".port", {"number"});
+      if (!t.ports.emplace(port, parse_traffic_policy(pls[i], o, pf, false)).second)
+        fail(o, pf + ".port.number", "port " + std::to_string(port) + " listed twice");
+    }
+  }
+  return t;
 }
 
 DestinationRule parse_destination_rule(const YAML::Node& spec, const Origin& o) {
   DestinationRule dr;
   dr.origin = o;
+  allow_only(spec, o, "spec", {"host", "trafficPolicy", "subsets", "exportTo"});
   dr.host = fqdn(checked_name(spec["host"], o, "spec.host", true), o.ns);
   if (dr.host.empty()) fail(o, "spec.host", "required");
-  parse_lb(spec["trafficPolicy"], o, "spec.trafficPolicy", dr.lb, dr.hash_attr);
+  check_export_to(spec, o);
+  dr.policy = parse_traffic_policy(spec["trafficPolicy"], o, "spec.trafficPolicy", true);
   const YAML::Node subsets = spec["subsets"];
   if (subsets && !subsets.IsSequence()) fail(o, "spec.subsets", "expected a list");
   std::set<std::string> seen;
@@ -300,8 +492,9 @@ DestinationRule parse_destination_rule(const YAML::Node& spec, const Origin& o) 
     s.name = checked_name(subsets[i]["name"], o, f + ".name");
     if (s.name.empty()) fail(o, f + ".name", "required");
     if (!seen.insert(s.name).second) fail(o, f + ".name", "duplicate subset '" + s.name + "'");
+    allow_only(subsets[i], o, f, {"name", "labels", "trafficPolicy"});
     s.labels = labels(subsets[i]["labels"], o, f + ".labels");
-    parse_lb(subsets[i]["trafficPolicy"], o, f + ".trafficPolicy", s.lb, s.hash_attr);
+    s.policy = parse_traffic_policy(subsets[i]["trafficPolicy"], o, f + ".trafficPolicy", true);
     dr.subsets.push_back(std::move(s));
   }
   return dr;
@@ -311,6 +504,8 @@ Destination parse_destination(const YAML::Node& d, const Origin& o, const std::s
                               const std::string& ns) {
   Destination out;
   if (!d || !d.IsMap()) fail(o, f, "a destination (host, subset) is required");
+  allow_only(d, o, f, {"host", "subset", "port"});
+  allow_only(d["port"], o, f + ".port", {"number"});
   out.host = fqdn(checked_name(d["host"], o, f + ".host", true), ns);
   if (out.host.empty()) fail(o, f + ".host", "required");
   out.subset = checked_name(d["subset"], o, f + ".subset");
@@ -318,9 +513,68 @@ Destination parse_destination(const YAML::Node& d, const Origin& o, const std::s
   return out;
 }
 
-MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o) {
+constexpr const char* kTimeoutAnnotation = "metanode.io/timeout";
+constexpr const char* kRetriesAnnotation = "metanode.io/retries";
+
+RouteResilience parse_resilience(const std::map<std::string, std::string>& annotations,
+                                 const Origin& o) {
+  RouteResilience r;
+  for (const auto& [k, v] : annotations) {
+    if (k.rfind("metanode.io/", 0) != 0) continue;
+    std::string f = "metadata.annotations." + k;
+    if (k == kTimeoutAnnotation) {
+      r.timeout_ms = duration_ms(YAML::Node(v), o, f);
+    } else if (k == kRetriesAnnotation) {
+      YAML::Node n;
+      try {
+        n = YAML::Load(v);
+      } catch (const YAML::Exception& e) {
+        fail(o, f, "expected a map such as {attempts: 2, retryOn: connect-failure}: " + e.msg);
+      }
+      if (!n.IsMap()) fail(o, f, "expected a map such as {attempts: 2, retryOn: connect-failure}");
+      allow_only(n, o, f, {"attempts", "perTryTimeout", "retryOn", "idempotentMethods"});
+      r.has_retries = true;
+      r.attempts = number(n["attempts"], o, f + ".attempts", 10);
+      r.per_try_timeout_ms = duration_ms(n["perTryTimeout"], o, f + ".perTryTimeout");
+      r.retry_on = scalar(n["retryOn"], o, f + ".retryOn");
+      r.idempotent_methods = strings(n["idempotentMethods"], o, f + ".idempotentMethods");
+      bool after_write = false;
+      std::stringstream ss(r.retry_on);
+      std::string tok;
+      while (std::getline(ss, tok, ',')) {
+        while (!tok.empty() && tok.front() == ' ') tok.erase(tok.begin());
+        while (!tok.empty() && tok.back() == ' ') tok.pop_back();
+        if (tok == "reset" || tok == "gateway-error" || tok == "5xx") after_write = true;
+        else if (tok != "connect-failure" && !tok.empty())
+          fail(o, f + ".retryOn", "'" + tok + "' (supported: connect-failure, reset, gateway-error, 5xx)");
+      }
+      // A request that may have run is sent again only if the user says
+      // doing so is harmless.
+      if (after_write && r.idempotent_methods.empty())
+        fail(o, f + ".idempotentMethods",
+             "retryOn '" + r.retry_on + "' retries requests that may have run: list the "
+             "idempotent methods it may repeat");
+      if (!after_write && !r.idempotent_methods.empty())
+        fail(o, f + ".idempotentMethods", "only meaningful with retryOn reset, gateway-error or 5xx");
+      if (r.per_try_timeout_ms && !after_write)
+        fail(o, f + ".perTryTimeout", "a per-try timeout retries requests that may have run: "
+                                      "needs retryOn gateway-error or 5xx");
+    } else {
+      fail(o, f, "unknown metanode annotation (known: " + std::string(kTimeoutAnnotation) + ", " +
+                     kRetriesAnnotation + ")");
+    }
+  }
+  return r;
+}
+
+MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o,
+                             const std::map<std::string, std::string>& annotations) {
   MetaRouter mr;
   mr.origin = o;
+  for (const char* k : {"localRateLimit", "globalRateLimit"})
+    if (spec[k]) fail(o, std::string("spec.") + k, "not executed by metanode yet; remove it");
+  allow_only(spec, o, "spec", {"hosts", "routes"});
+  mr.resilience = parse_resilience(annotations, o);
   auto hosts = strings(spec["hosts"], o, "spec.hosts");
   if (hosts.empty()) fail(o, "spec.hosts", "one host is required");
   if (!dns_name(hosts[0], true)) fail(o, "spec.hosts[0]", "'" + hosts[0] + "' is not a valid host name");
@@ -330,10 +584,13 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o) {
   for (size_t i = 0; routes && i < routes.size(); ++i) {
     std::string f = "spec.routes[" + std::to_string(i) + "]";
     const YAML::Node r = routes[i];
+    allow_only(r, o, f, {"name", "match", "route", "mirror", "mirrorPercentage", "requestMutation",
+                         "responseMutation"});
     MetaRoute mrt;
     mrt.name = scalar(r["name"], o, f + ".name");
     const YAML::Node match = r["match"];
     expect_map(match, o, f + ".match");
+    allow_only(match, o, f + ".match", {"attributes"});
     if (const YAML::Node attrs = match ? match["attributes"] : YAML::Node();
         attrs && !attrs.IsNull()) {
       if (!attrs.IsMap()) fail(o, f + ".match.attributes", "expected a map");
@@ -343,6 +600,7 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o) {
         StringMatch m;
         const YAML::Node v = kv.second;
         if (v && !v.IsNull() && !v.IsMap()) fail(o, af, "expected exact, prefix or regex");
+        allow_only(v, o, af, {"exact", "prefix", "regex"});
         int set = 0;
         if (v && v["exact"]) m = {StringMatch::kExact, scalar(v["exact"], o, af + ".exact")}, ++set;
         if (v && v["prefix"]) m = {StringMatch::kPrefix, scalar(v["prefix"], o, af + ".prefix")}, ++set;
@@ -361,6 +619,7 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o) {
       fail(o, f + ".route", "at least one destination is required");
     for (size_t j = 0; j < dests.size(); ++j) {
       std::string df = f + ".route[" + std::to_string(j) + "]";
+      allow_only(dests[j], o, df, {"destination", "weight"});
       Destination d = parse_destination(dests[j]["destination"], o, df + ".destination", o.ns);
       d.weight = number(dests[j]["weight"], o, df + ".weight", 1000000);
       mrt.route.push_back(d);
@@ -374,6 +633,7 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o) {
       mrt.has_mirror = true;
       mrt.mirror = parse_destination(r["mirror"], o, f + ".mirror", o.ns);
       if (r["mirrorPercentage"]) {
+        allow_only(r["mirrorPercentage"], o, f + ".mirrorPercentage", {"value"});
         try {
           mrt.mirror_percent = r["mirrorPercentage"]["value"].as<double>();
         } catch (const YAML::Exception&) {
@@ -389,6 +649,7 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o) {
       if (!n.IsSequence()) fail(o, f + "." + key, "expected a list of {key, value}");
       for (size_t j = 0; j < n.size(); ++j) {
         std::string kf = f + "." + key + "[" + std::to_string(j) + "]";
+        allow_only(n[j], o, kf, {"key", "value"});
         std::string k = scalar(n[j]["key"], o, kf + ".key");
         if (k.empty()) fail(o, kf + ".key", "required");
         out.emplace_back(k, scalar(n[j]["value"], o, kf + ".value"));
@@ -411,9 +672,11 @@ void collect(const YAML::Node& doc, const std::string& file, Objects& objs) {
   }
   std::string api = doc["apiVersion"] ? doc["apiVersion"].as<std::string>() : "";
   Origin o{file, kind, "default", ""};
+  std::map<std::string, std::string> annotations;
   if (const YAML::Node md = doc["metadata"]; md && md.IsMap()) {
     if (md["namespace"]) o.ns = md["namespace"].as<std::string>();
     if (md["name"]) o.name = md["name"].as<std::string>();
+    annotations = labels(md["annotations"], o, "metadata.annotations");
   }
   bool istio = api.rfind("networking.istio.io/", 0) == 0;
   bool aeraki = api == "metaprotocol.aeraki.io/v1alpha1";
@@ -427,7 +690,11 @@ void collect(const YAML::Node& doc, const std::string& file, Objects& objs) {
   if (!spec || !spec.IsMap()) fail(o, "spec", "required");
   if (kind == "ServiceEntry") objs.service_entries.push_back(parse_service_entry(spec, o));
   if (kind == "DestinationRule") objs.destination_rules.push_back(parse_destination_rule(spec, o));
-  if (kind == "MetaRouter") objs.meta_routers.push_back(parse_meta_router(spec, o));
+  if (kind == "MetaRouter") objs.meta_routers.push_back(parse_meta_router(spec, o, annotations));
+  if (kind != "MetaRouter")
+    for (const auto& [k, v] : annotations)
+      if (k.rfind("metanode.io/", 0) == 0)
+        fail(o, "metadata.annotations." + k, "metanode annotations belong on a MetaRouter");
 }
 
 // ---- xDS generation ----------------------------------------------------------
@@ -438,11 +705,55 @@ std::string cluster_name(uint32_t port, const std::string& subset, const std::st
   return "outbound|" + std::to_string(port) + "|" + subset + "|" + host;
 }
 
-Cluster::LbPolicy lb_policy(const std::string& simple, const std::string& hash) {
-  if (!hash.empty()) return Cluster::RING_HASH;
-  if (simple == "LEAST_REQUEST" || simple == "LEAST_CONN") return Cluster::LEAST_REQUEST;
-  if (simple == "RANDOM") return Cluster::RANDOM;
-  return Cluster::ROUND_ROBIN;
+// The policy a cluster gets: the DestinationRule's, then its port-level
+// settings, then the subset's and the subset's port-level settings.
+TrafficPolicy effective_policy(const DestinationRule* dr, const std::string& subset, uint32_t port) {
+  if (!dr) return {};
+  TrafficPolicy t = dr->policy.for_port(port);
+  for (const auto& s : dr->subsets)
+    if (s.name == subset) t = t.merged(s.policy.for_port(port));
+  return t;
+}
+
+google::protobuf::Duration pb_duration(uint32_t ms) {
+  google::protobuf::Duration d;
+  d.set_seconds(ms / 1000);
+  d.set_nanos(int32_t(ms % 1000) * 1000000);
+  return d;
+}
+
+void apply_policy(Cluster& c, const TrafficPolicy& t) {
+  if (t.lb) {
+    const auto& lb = *t.lb;
+    if (lb.hashes()) {
+      c.set_lb_policy(lb.maglev ? Cluster::MAGLEV : Cluster::RING_HASH);
+      if (lb.maglev && lb.table_size)
+        c.mutable_maglev_lb_config()->mutable_table_size()->set_value(lb.table_size);
+      if (!lb.maglev && lb.ring_size)
+        c.mutable_ring_hash_lb_config()->mutable_minimum_ring_size()->set_value(lb.ring_size);
+    } else if (lb.simple == "LEAST_REQUEST") {
+      c.set_lb_policy(Cluster::LEAST_REQUEST);
+    } else if (lb.simple == "RANDOM") {
+      c.set_lb_policy(Cluster::RANDOM);
+    } else {
+      c.set_lb_policy(Cluster::ROUND_ROBIN);
+    }
+  }
+  if (t.outlier) {
+    // As istiod writes it: each threshold with its enforcement at 100%.
+    const auto& od = *t.outlier;
+    auto* o = c.mutable_outlier_detection();
+    o->mutable_consecutive_5xx()->set_value(od.errors);
+    o->mutable_enforcing_consecutive_5xx()->set_value(od.errors ? 100 : 0);
+    if (od.gateway) {
+      o->mutable_consecutive_gateway_failure()->set_value(od.gateway);
+      o->mutable_enforcing_consecutive_gateway_failure()->set_value(100);
+    }
+    if (od.interval_ms) *o->mutable_interval() = pb_duration(od.interval_ms);
+    if (od.base_ejection_ms) *o->mutable_base_ejection_time() = pb_duration(od.base_ejection_ms);
+    if (od.has_max_ejection_percent)
+      o->mutable_max_ejection_percent()->set_value(od.max_ejection_percent);
+  }
 }
 
 void set_ads(envoy::config::core::v3::ConfigSource* cs) {
@@ -488,7 +799,7 @@ struct Service {
 };
 
 void add_cluster(Resources& out, const Service& svc, const std::string& subset,
-                 const std::map<std::string, std::string>& want_labels, Cluster::LbPolicy lb) {
+                 const std::map<std::string, std::string>& want_labels, const TrafficPolicy& policy) {
   std::string name = cluster_name(svc.port->number, subset, svc.host);
   Cluster c;
   c.set_name(name);
@@ -496,7 +807,7 @@ void add_cluster(Resources& out, const Service& svc, const std::string& subset,
   set_ads(c.mutable_eds_cluster_config()->mutable_eds_config());
   c.mutable_eds_cluster_config()->set_service_name(name);
   c.mutable_connect_timeout()->set_seconds(1);
-  c.set_lb_policy(lb);
+  apply_policy(c, policy);
   envoy::config::endpoint::v3::ClusterLoadAssignment cla;
   cla.set_cluster_name(name);
   auto* loc = cla.add_endpoints();
@@ -630,15 +941,12 @@ Result<Resources> generate(const Objects& objs) {
     for (const auto& svc : services) {
       uint32_t port = svc.port->number;
       std::string route_name = host + "_" + std::to_string(port);
-      std::string hash_attr = dr ? dr->hash_attr : "";
 
       // Clusters: the whole service and each subset.
-      add_cluster(out, svc, "", {}, lb_policy(dr ? dr->lb : "", hash_attr));
+      add_cluster(out, svc, "", {}, effective_policy(dr, "", port));
       if (dr)
         for (const auto& s : dr->subsets)
-          add_cluster(out, svc, s.name, s.labels,
-                      lb_policy(s.lb.empty() ? dr->lb : s.lb,
-                                s.hash_attr.empty() ? hash_attr : s.hash_attr));
+          add_cluster(out, svc, s.name, s.labels, effective_policy(dr, s.name, port));
 
       // Listener per VIP.
       if (svc.se->addresses.empty()) continue;  // nothing to intercept by address
@@ -666,12 +974,14 @@ Result<Resources> generate(const Objects& objs) {
       auto* vh = rc.add_virtual_hosts();
       vh->set_name("dummy");
       vh->add_domains("*");
+      // Envoy hashes in the route, not the cluster: the hash policy of the
+      // (first) destination's cluster goes on the route.
       auto hash = [&](envoy::config::route::v3::RouteAction* a, const std::string& subset) {
-        std::string attr = hash_attr;
-        if (dr)
-          for (const auto& s : dr->subsets)
-            if (s.name == subset && !s.hash_attr.empty()) attr = s.hash_attr;
-        if (!attr.empty()) a->add_hash_policy()->mutable_header()->set_header_name(attr);
+        auto lb = effective_policy(dr, subset, port).lb;
+        if (!lb) return;
+        if (!lb->hash_attr.empty()) a->add_hash_policy()->mutable_header()->set_header_name(lb->hash_attr);
+        if (lb->hash_source_ip)
+          a->add_hash_policy()->mutable_connection_properties()->set_source_ip(true);
       };
       if (!mr) {
         auto* r = vh->add_routes();
@@ -702,6 +1012,19 @@ Result<Resources> generate(const Objects& objs) {
             a->mutable_weighted_clusters()->mutable_total_weight()->set_value(total);
           }
           hash(a, m.route[0].subset);
+          const auto& res = mr->resilience;
+          if (res.timeout_ms) *a->mutable_timeout() = pb_duration(res.timeout_ms);
+          if (res.has_retries) {
+            auto* rp = a->mutable_retry_policy();
+            rp->mutable_num_retries()->set_value(res.attempts);
+            rp->set_retry_on(res.retry_on.empty() ? "connect-failure" : res.retry_on);
+            if (res.per_try_timeout_ms) *rp->mutable_per_try_timeout() = pb_duration(res.per_try_timeout_ms);
+            for (const auto& method : res.idempotent_methods) {
+              auto* h = rp->add_retriable_request_headers();
+              h->set_name("method");
+              h->set_exact_match(method);
+            }
+          }
           if (m.has_mirror) {
             auto* mp = a->add_request_mirror_policies();
             mp->set_cluster(dest_cluster(m.mirror));

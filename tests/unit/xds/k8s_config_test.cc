@@ -79,6 +79,12 @@ spec:
 
 constexpr char kHost[] = "thrift-sample-server.meta-thrift.svc.cluster.local";
 
+std::string replace(std::string s, const std::string& from, const std::string& to) {
+  auto p = s.find(from);
+  if (p != std::string::npos) s.replace(p, from.size(), to);
+  return s;
+}
+
 Result<std::shared_ptr<const Snapshot>> compile(std::vector<ManifestFile> files) {
   auto r = translate_manifests(files);
   if (!r) return r.error();
@@ -160,17 +166,100 @@ TEST(K8sConfig, ResourcesRenderAsJson) {
   EXPECT_NE(j.find("aeraki.meta_protocol.codec.thrift"), std::string::npos);
 }
 
+
+// Every DestinationRule traffic policy field metanode accepts reaches the
+// compiled cluster, with Istio's inheritance: subset over port-level over
+// the rule's own.
+TEST(K8sConfig, TrafficPolicyReachesTheClusters) {
+  std::string dr = R"(
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: thrift-sample-server, namespace: meta-thrift}
+spec:
+  host: thrift-sample-server
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    outlierDetection:
+      consecutiveGatewayErrors: 2
+      consecutive5xxErrors: 4
+      interval: 500ms
+      baseEjectionTime: 1m
+      maxEjectionPercent: 50
+    portLevelSettings:
+    - port: {number: 9090}
+      loadBalancer:
+        consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {httpHeaderName: user, ringHash: {minimumRingSize: 2048}}
+  - name: v2
+    labels: {version: v2}
+)";
+  std::string svc = kService;
+  svc = svc.substr(0, svc.find("---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule"));
+  auto s = compile({{"svc.yaml", svc}, {"dr.yaml", dr}});
+  ASSERT_TRUE(s) << s.error().message();
+  const Cluster* all = (*s)->find_cluster(std::string("outbound|9090||") + kHost);
+  const Cluster* v1 = (*s)->find_cluster(std::string("outbound|9090|v1|") + kHost);
+  const Cluster* v2 = (*s)->find_cluster(std::string("outbound|9090|v2|") + kHost);
+  ASSERT_TRUE(all && v1 && v2);
+  // Port-level settings replace the rule's load balancer for port 9090.
+  EXPECT_EQ(all->lb, LbPolicy::kMaglev);
+  EXPECT_EQ(all->maglev_table_size, 251u);
+  EXPECT_EQ(v1->lb, LbPolicy::kRingHash);
+  EXPECT_EQ(v1->ring_size, 2048u);
+  EXPECT_EQ(v2->lb, LbPolicy::kMaglev);  // inherits the port level
+  for (const Cluster* c : {all, v1, v2}) {
+    EXPECT_EQ(c->outlier.consecutive_gateway_errors, 2u) << c->name;
+    EXPECT_EQ(c->outlier.consecutive_errors, 4u);
+    EXPECT_EQ(c->outlier.interval.count(), 500);
+    EXPECT_EQ(c->outlier.base_ejection_time.count(), 60000);
+    EXPECT_EQ(c->outlier.max_ejection_percent, 50u);
+  }
+  // The hash policy sits on the route (Envoy hashes per route).
+  const auto& route = (*s)->listeners[0].routes->routes[0];
+  EXPECT_TRUE(route.hash_source_ip);
+  EXPECT_TRUE(route.hash_keys.empty());
+}
+
+TEST(K8sConfig, AnnotationsSetTimeoutAndRetries) {
+  std::string router = replace(kRouter, "  namespace: meta-thrift\nspec:",
+                               "  namespace: meta-thrift\n  annotations:\n"
+                               "    metanode.io/timeout: 2s\n"
+                               "    metanode.io/retries: '{attempts: 3, perTryTimeout: 300ms, "
+                               "retryOn: \"connect-failure,gateway-error\", idempotentMethods: [sayHello]}'\n"
+                               "spec:");
+  auto s = compile({{"svc.yaml", kService}, {"route.yaml", router}});
+  ASSERT_TRUE(s) << s.error().message();
+  for (const auto& r : (*s)->listeners[0].routes->routes) {
+    EXPECT_EQ(r.timeout.count(), 2000);
+    EXPECT_EQ(r.retry.num_retries, 3u);
+    EXPECT_EQ(r.retry.per_try_timeout.count(), 300);
+    EXPECT_TRUE(r.retry.on_reset);
+    EXPECT_TRUE(r.retry.on_timeout);
+    EXPECT_FALSE(r.retry.on_error_reply);
+    ASSERT_EQ(r.retry.retriable.size(), 1u);
+    std::string m = "sayHello", other = "sayBye";
+    EXPECT_TRUE(r.retry.retriable[0].matches(&m));
+    EXPECT_FALSE(r.retry.retriable[0].matches(&other));
+  }
+  // Without the annotation: unwritten requests get one retry, nothing else.
+  auto plain = compile({{"svc.yaml", kService}, {"route.yaml", kRouter}});
+  ASSERT_TRUE(plain);
+  const auto& r = (*plain)->listeners[0].routes->routes[0];
+  EXPECT_EQ(r.retry.num_retries, 1u);
+  EXPECT_FALSE(r.retry.on_reset || r.retry.on_timeout || r.retry.on_error_reply);
+}
+
 struct BadCase {
   const char* name;
   std::string yaml;
   std::vector<std::string> expect;  // substrings of the error
 };
 
-std::string replace(std::string s, const std::string& from, const std::string& to) {
-  auto p = s.find(from);
-  if (p != std::string::npos) s.replace(p, from.size(), to);
-  return s;
-}
 
 class BadConfig : public ::testing::TestWithParam<BadCase> {};
 
@@ -216,6 +305,47 @@ INSTANTIATE_TEST_SUITE_P(
                 "spec:\n  host: thrift-sample-server.meta-thrift.svc.cluster.local\n"
                 "  subsets: [{name: v1, labels: {version: \"\xff\"}}]\n",
                 {"spec.subsets[0].labels", "not valid UTF-8"}},
+        BadCase{"connection_pool_not_executed",
+                replace(kService, "  host: thrift-sample-server\n  subsets:",
+                        "  host: thrift-sample-server\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 5}}\n  subsets:"),
+                {"DestinationRule meta-thrift/thrift-sample-server", "spec.trafficPolicy.connectionPool",
+                 "not executed"}},
+        BadCase{"local_rate_limit_not_executed",
+                replace(kRouter, "  routes:\n  - name: v1",
+                        "  localRateLimit: {tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 1s}}\n"
+                        "  routes:\n  - name: v1"),
+                {"MetaRouter meta-thrift/test-metaprotocol-thrift-route", "spec.localRateLimit", "not executed"}},
+        BadCase{"typo_in_route_field",
+                replace(kRouter, "  - name: traffic-split\n", "  - name: traffic-split\n    mirrorPercent: {value: 5}\n"),
+                {"spec.routes[1].mirrorPercent", "not supported", "mirrorPercentage"}},
+        BadCase{"passthrough",
+                replace(kService, "  host: thrift-sample-server\n  subsets:",
+                        "  host: thrift-sample-server\n  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}\n  subsets:"),
+                {"spec.trafficPolicy.loadBalancer.simple", "PASSTHROUGH"}},
+        BadCase{"cookie_hash",
+                replace(kService, "  host: thrift-sample-server\n  subsets:",
+                        "  host: thrift-sample-server\n  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: x}}}}\n  subsets:"),
+                {"spec.trafficPolicy.loadBalancer.consistentHash.httpCookie", "not supported"}},
+        BadCase{"min_health_percent",
+                replace(kService, "  host: thrift-sample-server\n  subsets:",
+                        "  host: thrift-sample-server\n  trafficPolicy: {outlierDetection: {minHealthPercent: 50}}\n  subsets:"),
+                {"spec.trafficPolicy.outlierDetection.minHealthPercent"}},
+        BadCase{"bad_duration",
+                replace(kService, "  host: thrift-sample-server\n  subsets:",
+                        "  host: thrift-sample-server\n  trafficPolicy: {outlierDetection: {interval: soon}}\n  subsets:"),
+                {"spec.trafficPolicy.outlierDetection.interval", "not a duration"}},
+        BadCase{"retry_after_write_needs_idempotent_methods",
+                replace(kRouter, "  namespace: meta-thrift\nspec:",
+                        "  namespace: meta-thrift\n  annotations: {metanode.io/retries: '{attempts: 2, retryOn: reset}'}\nspec:"),
+                {"metadata.annotations.metanode.io/retries.idempotentMethods", "may have run"}},
+        BadCase{"unknown_annotation",
+                replace(kRouter, "  namespace: meta-thrift\nspec:",
+                        "  namespace: meta-thrift\n  annotations: {metanode.io/timout: 1s}\nspec:"),
+                {"metadata.annotations.metanode.io/timout", "unknown metanode annotation"}},
+        BadCase{"export_to_namespace",
+                replace(kService, "  host: thrift-sample-server\n  subsets:",
+                        "  host: thrift-sample-server\n  exportTo: [\".\"]\n  subsets:"),
+                {"spec.exportTo", "only \"*\""}},
         BadCase{"duplicate_dr",
                 "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dup, namespace: meta-thrift}\n"
                 "spec:\n  host: thrift-sample-server\n  subsets: [{name: v1, labels: {version: v1}}]\n",
