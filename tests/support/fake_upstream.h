@@ -1,0 +1,85 @@
+// A scripted Thrift upstream (framed binary) and a blocking Thrift client,
+// for in-process data-plane tests: the fake decides per request whether to
+// answer, answer with a TApplicationException, stay silent, close, or wait,
+// and counts what it saw. Our own bytes on both ends; the real-peer tests
+// (thrift_interop_test, dubbo_interop_test) cover other implementations.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace metanode::testbed {
+
+// Thrift framed binary messages (TMessageType: 1 call, 2 reply, 3 exception, 4 oneway).
+std::string thrift_message(uint8_t type, const std::string& method, int32_t seqid,
+                           const std::string& result = "");
+struct ThriftReply {
+  uint8_t type = 0;
+  std::string method;
+  int32_t seqid = 0;
+  std::string text;  // the reply's string field 0, or the exception's message
+};
+std::optional<ThriftReply> parse_thrift(const std::string& frame);
+
+class FakeUpstream {
+ public:
+  enum class Act { kReply, kException, kSilent, kClose };
+  struct Action {
+    Act act = Act::kReply;
+    std::chrono::milliseconds delay{0};
+  };
+  using Script = std::function<Action(const std::string& method)>;
+
+  // Listens on 127.0.0.1 (an ephemeral port); replies carry `name`.
+  FakeUpstream(std::string name, Script script = nullptr);
+  ~FakeUpstream();
+  int port() const { return port_; }
+  const std::string& name() const { return name_; }
+  int requests() const { return requests_.load(); }
+  int connections() const { return connections_.load(); }
+  int open_connections() const { return open_.load(); }
+  void set_script(Script s);
+
+ private:
+  void accept_loop();
+  void serve(int fd);
+
+  std::string name_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> requests_{0}, connections_{0}, open_{0};
+  std::mutex mu_;
+  Script script_;
+  std::vector<int> fds_;
+  std::vector<std::thread> threads_;
+  std::thread acceptor_;
+};
+
+// One blocking client connection; `source` binds a local address first
+// (e.g. 127.0.0.2, to look like another pod).
+class ThriftClient {
+ public:
+  explicit ThriftClient(int port, const std::string& source = "");
+  ~ThriftClient();
+  bool ok() const { return fd_ >= 0; }
+  // One call; nullopt on a closed connection or no reply in `wait`.
+  std::optional<ThriftReply> call(const std::string& method,
+                                  std::chrono::milliseconds wait = std::chrono::milliseconds(5000));
+  bool send_raw(const std::string& bytes);
+  std::optional<ThriftReply> read_reply(std::chrono::milliseconds wait);
+
+ private:
+  int fd_ = -1;
+  int32_t seq_ = 0;
+};
+
+}  // namespace metanode::testbed

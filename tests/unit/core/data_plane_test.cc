@@ -1,0 +1,308 @@
+// The data plane in process: a real Server (--no-bpf, one worker so the
+// per-worker state under test is deterministic) on loopback, scripted fake
+// Thrift upstreams, a blocking client. Each test names the behaviour whose
+// absence would turn it red.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <thread>
+
+#include "fake_upstream.h"
+#include "local_daemon.h"
+#include "metanode/core/server.h"
+#include "metanode/xds/k8s_config.h"
+
+namespace metanode::core {
+namespace {
+
+using testbed::FakeUpstream;
+using testbed::ThriftClient;
+using Act = FakeUpstream::Act;
+
+constexpr char kHost[] = "svc.ns.svc.cluster.local";
+
+struct Endpoint {
+  int port;
+  std::string version;
+  uint32_t weight = 0;
+};
+
+// A ServiceEntry on 127.0.0.1:`vip_port` with the given endpoints, subsets
+// by version, and whatever DestinationRule/MetaRouter YAML the test adds.
+std::string service_yaml(int vip_port, const std::vector<Endpoint>& eps) {
+  std::string y =
+      "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+      "metadata: {name: svc, namespace: ns}\n"
+      "spec:\n  hosts: [" + std::string(kHost) + "]\n  addresses: [127.0.0.1]\n"
+      "  ports: [{number: " + std::to_string(vip_port) + ", name: tcp-metaprotocol-thrift-svc}]\n"
+      "  endpoints:\n";
+  for (const auto& e : eps) {
+    y += "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-svc: " + std::to_string(e.port) +
+         "}, labels: {version: " + e.version + "}";
+    if (e.weight) y += ", weight: " + std::to_string(e.weight);
+    y += "}\n";
+  }
+  return y;
+}
+
+std::string rule_yaml(const std::string& traffic_policy) {
+  return "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+         "metadata: {name: svc, namespace: ns}\n"
+         "spec:\n  host: " + std::string(kHost) + "\n" + traffic_policy +
+         "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n"
+         "  - {name: v3, labels: {version: v3}}\n";
+}
+
+class DataPlane : public ::testing::Test {
+ protected:
+  void SetUp() override { vip_port_ = testbed::free_port(); }
+  void TearDown() override {
+    if (server_) server_->stop();
+  }
+
+  void configure(const std::vector<std::string>& docs) {
+    std::vector<xds::ManifestFile> files;
+    for (size_t i = 0; i < docs.size(); ++i) files.push_back({"f" + std::to_string(i) + ".yaml", docs[i]});
+    auto res = xds::translate_manifests(files);
+    ASSERT_TRUE(res) << res.error().message();
+    auto snap = xds::build_snapshot(std::move(res.value()));
+    ASSERT_TRUE(snap) << snap.error().message();
+    if (!server_) {
+      ServerOptions o;
+      o.workers = 1;
+      o.request_timeout = std::chrono::milliseconds(2000);
+      server_ = std::make_unique<Server>(o, nullptr);
+      ASSERT_TRUE(server_->publish(*snap));
+      ASSERT_TRUE(server_->start());
+    } else {
+      ASSERT_TRUE(server_->publish(*snap));
+    }
+  }
+
+  uint64_t counter(Counter c) {
+    uint64_t n = 0;
+    for (const auto* s : server_->shards()) n += s->get(c);
+    return n;
+  }
+
+  // `n` calls on one connection; replies by server name ("" for none,
+  // "exception" for an error reply).
+  std::map<std::string, int> calls(int n, const std::string& method = "get",
+                                   const std::string& source = "") {
+    std::map<std::string, int> out;
+    ThriftClient c(vip_port_, source);
+    EXPECT_TRUE(c.ok());
+    for (int i = 0; i < n; ++i) {
+      auto r = c.call(method);
+      if (!r) {
+        out[""]++;
+        continue;
+      }
+      out[r->type == 3 ? "exception" : r->text]++;
+    }
+    return out;
+  }
+
+  int vip_port_ = 0;
+  std::unique_ptr<Server> server_;
+};
+
+// Without retries of unwritten requests and connect backoff, half of these
+// calls would fail (round robin onto a port nobody listens on).
+TEST_F(DataPlane, DeadEndpointCostsNoFailedCalls) {
+  FakeUpstream a("a");
+  int dead = testbed::free_port();
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}, {dead, "v1"}})});
+  auto r = calls(40);
+  EXPECT_EQ(r["a"], 40);
+  EXPECT_GE(counter(Counter::upstream_rq_retry), 1u);
+  // One connect attempt per backoff period, not one per request.
+  EXPECT_LT(counter(Counter::upstream_cx_connect_fail), 10u);
+}
+
+TEST_F(DataPlane, OnlyHostDownFailsFastInsteadOfConnectingPerRequest) {
+  int dead = testbed::free_port();
+  configure({service_yaml(vip_port_, {{dead, "v1"}})});
+  auto r = calls(30);
+  EXPECT_EQ(r["exception"], 30);  // every call answered, as an error
+  EXPECT_LT(counter(Counter::upstream_cx_connect_fail), 10u);
+  EXPECT_GE(counter(Counter::upstream_rq_backoff_fail_fast), 20u);
+}
+
+TEST_F(DataPlane, OutlierDetectionEjectsTheHostThatAnswersErrors) {
+  FakeUpstream good("good");
+  FakeUpstream bad("bad", [](const std::string&) { return FakeUpstream::Action{Act::kException}; });
+  configure({service_yaml(vip_port_, {{good.port(), "v1"}, {bad.port(), "v1"}}),
+             rule_yaml("  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, "
+                       "interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 50}\n")});
+  auto r = calls(60);
+  EXPECT_EQ(r["exception"], 3);  // the three that tripped the detector
+  EXPECT_EQ(r["good"], 57);
+  EXPECT_EQ(counter(Counter::outlier_ejections), 1u);
+  EXPECT_NE(server_->clusters_text().find("failed_outlier_check"), std::string::npos)
+      << server_->clusters_text();
+  // Host state is keyed by address: an unrelated configuration change keeps
+  // the ejection.
+  configure({service_yaml(vip_port_, {{good.port(), "v1"}, {bad.port(), "v1"}}),
+             rule_yaml("  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, "
+                       "interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 50}\n"
+                       "    loadBalancer: {simple: RANDOM}\n")});
+  r = calls(30);
+  EXPECT_EQ(r["good"], 30);
+}
+
+// Envoy's cap: with 10% allowed, the first of two failing hosts is ejected
+// (0% were), the second is not (50% are); calls keep being answered.
+TEST_F(DataPlane, MaxEjectionPercentCapsEjections) {
+  auto fail = [](const std::string&) { return FakeUpstream::Action{Act::kException}; };
+  FakeUpstream bad1("bad1", fail), bad2("bad2", fail);
+  configure({service_yaml(vip_port_, {{bad1.port(), "v1"}, {bad2.port(), "v1"}}),
+             rule_yaml("  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 10}\n")});
+  auto r = calls(10);
+  EXPECT_EQ(r["exception"], 10);
+  EXPECT_EQ(bad1.requests() + bad2.requests(), 10);
+  EXPECT_EQ(counter(Counter::outlier_ejections), 1u);
+  EXPECT_GE(counter(Counter::outlier_ejection_overflow), 1u);
+}
+
+TEST_F(DataPlane, MirrorCopiesEveryRequestAndNeverDelaysTheCall) {
+  FakeUpstream v1("v1");
+  // The mirror never answers: if its reply were awaited, every call would time out.
+  FakeUpstream v2("v2", [](const std::string&) { return FakeUpstream::Action{Act::kSilent}; });
+  configure({service_yaml(vip_port_, {{v1.port(), "v1"}, {v2.port(), "v2"}}), rule_yaml(""),
+             "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+             "metadata: {name: svc, namespace: ns}\n"
+             "spec:\n  hosts: [" + std::string(kHost) + "]\n  routes:\n"
+             "  - name: all\n    route: [{destination: {host: " + kHost + ", subset: v1}}]\n"
+             "    mirror: {host: " + kHost + ", subset: v2}\n"});
+  auto r = calls(20);
+  EXPECT_EQ(r["v1"], 20);
+  EXPECT_TRUE(testbed::eventually([&] { return v2.requests() == 20; })) << v2.requests();
+  EXPECT_EQ(counter(Counter::mirror_requests), 20u);
+  EXPECT_EQ(v1.requests(), 20);
+}
+
+TEST_F(DataPlane, MirrorPercentageMirrorsThatShare) {
+  FakeUpstream v1("v1"), v2("v2");
+  configure({service_yaml(vip_port_, {{v1.port(), "v1"}, {v2.port(), "v2"}}), rule_yaml(""),
+             "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+             "metadata: {name: svc, namespace: ns}\n"
+             "spec:\n  hosts: [" + std::string(kHost) + "]\n  routes:\n"
+             "  - name: all\n    route: [{destination: {host: " + kHost + ", subset: v1}}]\n"
+             "    mirror: {host: " + kHost + ", subset: v2}\n    mirrorPercentage: {value: 25}\n"});
+  const int n = 400;
+  auto r = calls(n);
+  EXPECT_EQ(r["v1"], n);
+  ASSERT_TRUE(testbed::eventually([&] { return int(counter(Counter::mirror_requests)) == v2.requests(); }));
+  double p = double(v2.requests()) / n;
+  EXPECT_NEAR(p, 0.25, 5 * std::sqrt(0.25 * 0.75 / n)) << v2.requests();
+}
+
+std::string router_with(const std::string& annotations) {
+  return "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+         "metadata:\n  name: svc\n  namespace: ns\n  annotations:\n" + annotations +
+         "spec:\n  hosts: [" + std::string(kHost) + "]\n  routes:\n"
+         "  - name: all\n    route: [{destination: {host: " + kHost + "}}]\n";
+}
+
+TEST_F(DataPlane, RouteTimeoutAnswersWithAnError) {
+  FakeUpstream silent("silent", [](const std::string&) { return FakeUpstream::Action{Act::kSilent}; });
+  configure({service_yaml(vip_port_, {{silent.port(), "v1"}}),
+             router_with("    metanode.io/timeout: 300ms\n")});
+  auto r = calls(2);
+  EXPECT_EQ(r["exception"], 2);  // answered (by the daemon's 300 ms, not the client's 5 s)
+  EXPECT_EQ(counter(Counter::upstream_rq_timeout), 2u);
+}
+
+// A per-try timeout resends an idempotent method elsewhere; a method not
+// listed as idempotent is never sent twice.
+TEST_F(DataPlane, PerTryTimeoutRetriesOnlyIdempotentMethods) {
+  FakeUpstream silent("silent", [](const std::string&) { return FakeUpstream::Action{Act::kSilent}; });
+  FakeUpstream fine("fine");
+  configure({service_yaml(vip_port_, {{silent.port(), "v1"}, {fine.port(), "v1"}}),
+             router_with("    metanode.io/timeout: 1s\n"
+                         "    metanode.io/retries: '{attempts: 2, perTryTimeout: 200ms, "
+                         "retryOn: gateway-error, idempotentMethods: [get]}'\n")});
+  auto gets = calls(6, "get");
+  EXPECT_EQ(gets["fine"], 6);
+  int silent_before = silent.requests();
+  auto puts = calls(6, "put");
+  EXPECT_GE(puts["exception"], 1);  // round robin sent some to the silent host: not retried
+  EXPECT_EQ(puts["exception"] + puts["fine"], 6);
+  EXPECT_EQ(silent.requests() - silent_before + fine.requests() - 6, 6)
+      << "each put reached exactly one upstream";
+}
+
+TEST_F(DataPlane, ResetAfterWriteIsRetriedForIdempotentMethods) {
+  FakeUpstream closer("closer", [](const std::string&) { return FakeUpstream::Action{Act::kClose}; });
+  FakeUpstream fine("fine");
+  configure({service_yaml(vip_port_, {{closer.port(), "v1"}, {fine.port(), "v1"}}),
+             router_with("    metanode.io/retries: '{attempts: 1, retryOn: reset, idempotentMethods: [get]}'\n")});
+  auto gets = calls(6, "get");
+  EXPECT_EQ(gets["fine"], 6);
+  auto puts = calls(6, "put");
+  EXPECT_GE(puts["exception"], 1);
+}
+
+TEST_F(DataPlane, ConsistentHashOnSourceAddressSticksPerClient) {
+  FakeUpstream a("a"), b("b"), c("c");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}, {b.port(), "v1"}, {c.port(), "v1"}}),
+             rule_yaml("  trafficPolicy:\n    loadBalancer:\n      consistentHash: {useSourceIp: true, "
+                       "maglev: {tableSize: 1021}}\n")});
+  std::set<std::string> used;
+  for (const char* src : {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"}) {
+    auto r = calls(5, "get", src);
+    EXPECT_EQ(r.size(), 1u) << src << " went to " << r.size() << " servers";
+    // A second connection from the same address lands on the same server.
+    auto again = calls(3, "get", src);
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again.begin()->first, r.begin()->first);
+    used.insert(r.begin()->first);
+  }
+  EXPECT_GE(used.size(), 2u);  // different clients spread
+}
+
+TEST_F(DataPlane, ConsistentHashOnAnAttributeSticksPerValue) {
+  FakeUpstream a("a"), b("b"), c("c");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}, {b.port(), "v1"}, {c.port(), "v1"}}),
+             rule_yaml("  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: method}\n")});
+  std::set<std::string> used;
+  for (int m = 0; m < 8; ++m) {
+    auto r = calls(4, "method" + std::to_string(m));
+    EXPECT_EQ(r.size(), 1u);
+    used.insert(r.begin()->first);
+  }
+  EXPECT_GE(used.size(), 2u);
+}
+
+TEST_F(DataPlane, EndpointWeightsAreHonouredByRoundRobin) {
+  FakeUpstream a("a"), b("b");
+  configure({service_yaml(vip_port_, {{a.port(), "v1", 1}, {b.port(), "v1", 3}})});
+  auto r = calls(40);
+  EXPECT_EQ(r["a"], 10);
+  EXPECT_EQ(r["b"], 30);
+}
+
+// A host that leaves the configuration is drained: the call in flight on it
+// completes, then its connection closes, and new calls go to the others.
+TEST_F(DataPlane, RemovedEndpointIsDrainedNotCut) {
+  FakeUpstream slow("slow", [](const std::string&) {
+    return FakeUpstream::Action{Act::kReply, std::chrono::milliseconds(400)};
+  });
+  FakeUpstream other("other");
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}})});
+  ThriftClient c(vip_port_);
+  ASSERT_TRUE(c.send_raw(testbed::thrift_message(1, "get", 7)));
+  ASSERT_TRUE(testbed::eventually([&] { return slow.requests() == 1; }));
+  configure({service_yaml(vip_port_, {{other.port(), "v1"}})});
+  auto r = c.read_reply(std::chrono::milliseconds(3000));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->text, "slow");
+  EXPECT_EQ(r->seqid, 7);
+  EXPECT_TRUE(testbed::eventually([&] { return slow.open_connections() == 0; }));
+  EXPECT_EQ(calls(3)["other"], 3);
+}
+
+}  // namespace
+}  // namespace metanode::core
