@@ -21,7 +21,18 @@ constexpr uint32_t kMaxMirrorActivePerHost = 1024;
 }  // namespace
 
 void ActiveRequest::start() {
-  if (stats) ++stats->active;
+  if (stats && stats->shared) {
+    // connectionPool http2MaxRequests: requests in flight to the cluster.
+    uint32_t max = cluster->pool.max_requests;
+    uint32_t now_active = stats->shared->active.fetch_add(1, std::memory_order_relaxed);
+    active_ = true;
+    if (max && now_active >= max && !mirror) {
+      w.stats().inc(Counter::upstream_rq_overflow);
+      fail(ErrorKind::kNoUpstream, "metanode: too many requests to cluster " + cluster->name +
+                                       " (connectionPool limit)");
+      return;
+    }
+  }
   attempt();
 }
 
@@ -53,19 +64,46 @@ void ActiveRequest::attempt() {
     return;
   }
   bool backing_off = h->backing_off(now);
+  const auto& pool = cluster->pool;
+  bool at_max_connections = false;
   auto conn = cm.connection(h, protocol, w.opts().max_upstream_conns, [&]() -> std::shared_ptr<UpstreamConn> {
     if (backing_off) return nullptr;  // no new connect until the backoff is over
-    auto c = std::make_shared<UpstreamConn>(w, h, protocol);
+    if (pool.max_connections && h->shared &&
+        h->shared->connections.load(std::memory_order_relaxed) >= pool.max_connections) {
+      at_max_connections = true;
+      return nullptr;
+    }
+    auto c = std::make_shared<UpstreamConn>(w, h, protocol, pool);
     c->connect(cluster->connect_timeout);
     return c;
   });
   if (!conn) {
+    host = h;
+    if (at_max_connections) {
+      // connectionPool tcp.maxConnections reached by other workers, and
+      // this one has no connection of its own to the host to share.
+      w.stats().inc(Counter::upstream_cx_overflow);
+      fail(ErrorKind::kUpstreamFailure, "metanode: too many connections to an upstream of " +
+                                            cluster->name + " (connectionPool limit)");
+      return;
+    }
     // Every host is down and this one failed its last connect moments ago:
     // answer now rather than stall the request or hammer the host.
     w.stats().inc(Counter::upstream_rq_backoff_fail_fast);
-    host = h;
     fail(ErrorKind::kUpstreamFailure, "metanode: upstream unavailable (reconnecting)");
     return;
+  }
+  if (conn->connecting() && !oneway && stats && stats->shared) {
+    // connectionPool http1MaxPendingRequests: requests waiting for a connection.
+    uint32_t waiting = stats->shared->pending.fetch_add(1, std::memory_order_relaxed);
+    waiting_ = true;
+    if (pool.max_pending_requests && waiting >= pool.max_pending_requests && !mirror) {
+      stop_waiting_for_connection();
+      w.stats().inc(Counter::upstream_rq_pending_overflow);
+      fail(ErrorKind::kUpstreamFailure, "metanode: too many requests waiting for a connection to " +
+                                            cluster->name + " (connectionPool limit)");
+      return;
+    }
   }
   host = h;
   this->conn = conn.get();
@@ -90,7 +128,14 @@ void ActiveRequest::on_written() {
   if (!keep_frame) codecs::Bytes().swap(frame);
 }
 
+void ActiveRequest::stop_waiting_for_connection() {
+  if (!waiting_) return;
+  waiting_ = false;
+  stats->shared->pending.fetch_sub(1, std::memory_order_relaxed);
+}
+
 void ActiveRequest::end_attempt(AttemptResult r) {
+  stop_waiting_for_connection();
   conn = nullptr;
   if (!host) return;
   if (host->active > 0) --host->active;
@@ -112,25 +157,34 @@ bool ActiveRequest::may_retry(ErrorKind kind, Clock::time_point now) const {
       return false;
   }
   if (frame.empty()) return false;
-  // Envoy's retry budget: retries in flight at most 20% of the cluster's
-  // active requests, and always at least 3.
-  if (stats && !retrying_ &&
-      stats->retries_active >= std::max<uint32_t>(3, stats->active / 5)) {
-    w.stats().inc(Counter::upstream_rq_retry_overflow);
-    return false;
+  // connectionPool http.maxRetries caps concurrent retries to the cluster;
+  // without it, Envoy's retry budget: at most 20% of its active requests,
+  // and always at least 3.
+  if (stats && stats->shared && !retrying_) {
+    uint32_t retries = stats->shared->retries.load(std::memory_order_relaxed);
+    uint32_t cap = cluster->pool.max_retries
+                       ? cluster->pool.max_retries
+                       : std::max<uint32_t>(3, stats->shared->active.load(std::memory_order_relaxed) / 5);
+    if (retries >= cap) {
+      w.stats().inc(Counter::upstream_rq_retry_overflow);
+      return false;
+    }
   }
   return true;
+}
+
+void ActiveRequest::retry() {
+  w.stats().inc(Counter::upstream_rq_retry);
+  if (!retrying_ && stats && stats->shared) stats->shared->retries.fetch_add(1, std::memory_order_relaxed);
+  retrying_ = true;
+  attempt();
 }
 
 void ActiveRequest::on_reply(codecs::Message& reply, codecs::Bytes bytes, codecs::Codec& codec) {
   bool error_reply = reply.kind == codecs::MessageKind::kException;
   end_attempt(error_reply ? AttemptResult::kErrorReply : AttemptResult::kOk);
   if (error_reply && route && route->retry.on_error_reply && may_retry(ErrorKind::kUpstreamFailure, Clock::now())) {
-    // Treated like a reset for eligibility: the request did run.
-    w.stats().inc(Counter::upstream_rq_retry);
-    if (!retrying_ && stats) ++stats->retries_active;
-    retrying_ = true;
-    attempt();
+    retry();  // eligible like a reset: the request did run
     return;
   }
   if (mirror) {
@@ -156,11 +210,8 @@ void ActiveRequest::on_failure(ErrorKind kind, const std::string& why) {
   end_attempt(AttemptResult::kGatewayError);
   auto now = Clock::now();
   if (may_retry(kind, now)) {
-    w.stats().inc(Counter::upstream_rq_retry);
-    if (!retrying_ && stats) ++stats->retries_active;
-    retrying_ = true;
     spdlog::debug("retrying request {} after: {}", orig_id, why);
-    attempt();
+    retry();
     return;
   }
   if (kind == ErrorKind::kTimeout) w.stats().inc(Counter::upstream_rq_timeout);
@@ -182,9 +233,10 @@ void ActiveRequest::fail(ErrorKind kind, const std::string& text) {
 void ActiveRequest::finish() {
   if (finished_) return;
   finished_ = true;
-  if (stats) {
-    if (stats->active > 0) --stats->active;
-    if (retrying_ && stats->retries_active > 0) --stats->retries_active;
+  stop_waiting_for_connection();
+  if (stats && stats->shared) {
+    if (active_) stats->shared->active.fetch_sub(1, std::memory_order_relaxed);
+    if (retrying_) stats->shared->retries.fetch_sub(1, std::memory_order_relaxed);
   }
   // The frame goes with the last owner: a one-way request's may still be
   // queued for writing.

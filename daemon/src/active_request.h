@@ -55,6 +55,8 @@ struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
   void on_failure(codecs::ErrorKind kind, const std::string& why);
   // A two-way attempt's bytes left the socket.
   void on_written();
+  // The connection it was queued on is up (connectionPool pending limit).
+  void stop_waiting_for_connection();
 
   // Mirror copies of this request for the route's mirror policies.
   void start_mirrors(lb::Rng& rng);
@@ -63,10 +65,13 @@ struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
   void attempt();
   void end_attempt(AttemptResult r);
   bool may_retry(codecs::ErrorKind kind, Clock::time_point now) const;
+  void retry();
   void fail(codecs::ErrorKind kind, const std::string& text);
   void finish();
 
-  bool retrying_ = false;  // counted in stats->retries_active
+  bool retrying_ = false;  // counted in the cluster's retries
+  bool active_ = false;    // counted in the cluster's active requests
+  bool waiting_ = false;   // counted in the cluster's pending requests
   bool finished_ = false;
 };
 

@@ -37,10 +37,34 @@ std::chrono::milliseconds backoff_for(uint32_t failures) {
 
 }  // namespace
 
+std::shared_ptr<ClusterShared> SharedLimits::cluster(const std::string& name) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto& w = clusters_[name];
+  auto p = w.lock();
+  if (!p) w = p = std::make_shared<ClusterShared>();
+  return p;
+}
+
+std::shared_ptr<HostShared> SharedLimits::host(net::Endpoint addr) {
+  std::lock_guard<std::mutex> l(mu_);
+  // Hosts come and go with pods: forget the ones nobody holds any more
+  // whenever the map has doubled since the last sweep.
+  if (hosts_.size() >= sweep_at_) {
+    for (auto it = hosts_.begin(); it != hosts_.end();)
+      it = it->second.expired() ? hosts_.erase(it) : std::next(it);
+    sweep_at_ = std::max<size_t>(1024, hosts_.size() * 2);
+  }
+  auto& w = hosts_[addr];
+  auto p = w.lock();
+  if (!p) w = p = std::make_shared<HostShared>();
+  return p;
+}
+
 std::shared_ptr<HostState> ClusterManager::host(net::Endpoint addr) {
   auto& h = hosts_[key_of(addr)];
   if (!h) {
     h = std::make_shared<HostState>(addr);
+    h->shared = limits_.host(addr);
     std::lock_guard<std::mutex> l(slot_mu_);
     auto& s = slots_[addr];
     if (!s) s = std::make_unique<HostSlot>();
@@ -97,6 +121,7 @@ ClusterStats* ClusterManager::stats_for(const xds::Cluster& c, std::string_view 
                     std::string(protocol), kOutcome[i]};
     cs.by_outcome[i] = stats_.request_counter(l);
   }
+  cs.shared = limits_.cluster(c.name);
   return &cluster_stats_.emplace(c.name, cs).first->second;
 }
 
@@ -140,11 +165,15 @@ std::shared_ptr<UpstreamConn> ClusterManager::connection(
   conns.erase(std::remove_if(conns.begin(), conns.end(), [](const auto& c) { return c->closed(); }),
               conns.end());
   std::shared_ptr<UpstreamConn> best;
-  for (const auto& c : conns)
+  size_t usable = 0;
+  for (const auto& c : conns) {
+    if (c->draining()) continue;
+    ++usable;
     if (!best || c->pending() < best->pending()) best = c;
+  }
   // Reuse an idle connection; open another (up to the cap) when all are
   // busy, so one slow request does not queue everything behind it.
-  if (best && (best->pending() == 0 || conns.size() >= max_conns)) return best;
+  if (best && (best->pending() == 0 || usable >= max_conns)) return best;
   auto c = make();
   if (!c) return best;  // no new connection allowed now: share a busy one, if any
   conns.push_back(c);

@@ -30,11 +30,33 @@ using Clock = std::chrono::steady_clock;
 // Outcome slots of istio_requests_total for one cluster.
 enum Outcome { kOk = 0, kException, kLocalError, kOutcomeCount };
 
+// Node-wide state behind connectionPool limits, shared by every worker.
+struct ClusterShared {
+  std::atomic<uint32_t> active{0};   // requests in flight
+  std::atomic<uint32_t> pending{0};  // of which waiting for a connection
+  std::atomic<uint32_t> retries{0};  // of which retries
+};
+struct HostShared {
+  std::atomic<uint32_t> connections{0};
+};
+
+// The registry of that state: entries live while a worker refers to them.
+class SharedLimits {
+ public:
+  std::shared_ptr<ClusterShared> cluster(const std::string& name);
+  std::shared_ptr<HostShared> host(net::Endpoint addr);
+
+ private:
+  std::mutex mu_;
+  size_t sweep_at_ = 1024;
+  std::map<std::string, std::weak_ptr<ClusterShared>, std::less<>> clusters_;
+  std::map<net::Endpoint, std::weak_ptr<HostShared>> hosts_;
+};
+
 // Per cluster name, stable across snapshots (requests keep a pointer).
 struct ClusterStats {
   std::atomic<uint64_t>* by_outcome[kOutcomeCount] = {};
-  uint32_t active = 0;          // requests in flight (this worker)
-  uint32_t retries_active = 0;  // of which retries, for the retry budget
+  std::shared_ptr<ClusterShared> shared;
 };
 
 // Per endpoint address, shared with the admin thread (summed over workers).
@@ -51,6 +73,7 @@ struct HostState {
   explicit HostState(net::Endpoint a) : address(a) {}
   net::Endpoint address;
   HostSlot* slot = nullptr;
+  std::shared_ptr<HostShared> shared;
   uint32_t active = 0;  // requests in flight from this worker
   struct Pool {
     std::string protocol;
@@ -82,7 +105,7 @@ struct ClusterState {
 
 class ClusterManager {
  public:
-  explicit ClusterManager(StatsShard& stats) : stats_(stats) {}
+  ClusterManager(StatsShard& stats, SharedLimits& limits) : stats_(stats), limits_(limits) {}
 
   // Builds state for the snapshot's clusters (reusing a cluster's state if
   // the snapshot kept the same object) and drains hosts that left.
@@ -102,6 +125,7 @@ class ClusterManager {
   // A pooled connection to `h` for `protocol`: an idle one, else a new one
   // from `make` up to `max_conns`, else the least loaded. `make` may refuse
   // (nullptr): then a busy connection, or nullptr when there is none.
+  // Connections that are draining take no new requests.
   std::shared_ptr<UpstreamConn> connection(const std::shared_ptr<HostState>& h,
                                            std::string_view protocol, size_t max_conns,
                                            const std::function<std::shared_ptr<UpstreamConn>()>& make);
@@ -134,6 +158,7 @@ class ClusterManager {
   void mark_backoff(HostState& h, bool on);
 
   StatsShard& stats_;
+  SharedLimits& limits_;
   std::unordered_map<const xds::Cluster*, ClusterState> clusters_;
   std::unordered_map<uint64_t, std::shared_ptr<HostState>> hosts_;  // by address key
   std::vector<std::shared_ptr<HostState>> draining_;

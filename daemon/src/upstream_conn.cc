@@ -18,13 +18,36 @@ using codecs::ErrorKind;
 using codecs::Message;
 using codecs::MessageKind;
 
-UpstreamConn::UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::string_view protocol)
+UpstreamConn::UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::string_view protocol,
+                           const xds::ConnectionPool& pool)
     : w_(w),
       host_(std::move(host)),
       sock_(w.io()),
       connect_timer_(w.io()),
       codec_(codecs::make_codec(protocol, w.opts().limits)),
-      stream_(w.opts().limits.max_message_bytes) {}
+      stream_(w.opts().limits.max_message_bytes),
+      pool_(pool) {
+  // Counted from creation: the limit is on connections opened or opening.
+  if (host_->shared) host_->shared->connections.fetch_add(1, std::memory_order_relaxed);
+}
+
+UpstreamConn::~UpstreamConn() {
+  if (host_->shared) host_->shared->connections.fetch_sub(1, std::memory_order_relaxed);
+}
+
+namespace {
+void set_keepalive(int fd, const xds::ConnectionPool& p) {
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  int v;
+  if (p.keepalive_probes && (v = int(p.keepalive_probes)))
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, sizeof v);
+  if (p.keepalive_time_s && (v = int(p.keepalive_time_s)))
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof v);
+  if (p.keepalive_interval_s && (v = int(p.keepalive_interval_s)))
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof v);
+}
+}  // namespace
 
 void UpstreamConn::connect(std::chrono::milliseconds timeout) {
   w_.stats().inc(Counter::upstream_cx);
@@ -39,6 +62,7 @@ void UpstreamConn::connect(std::chrono::milliseconds timeout) {
     if (setsockopt(sock_.native_handle(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0 &&
         w_.opts().intercept)
       spdlog::warn("SO_MARK on upstream socket failed: {}", std::strerror(errno));
+    if (pool_.keepalive) set_keepalive(sock_.native_handle(), pool_);
   }
   connect_timer_.expires_after(timeout);
   connect_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& e) {
@@ -60,6 +84,7 @@ void UpstreamConn::connect(std::chrono::milliseconds timeout) {
       return;
     }
     self->w_.clusters().connect_succeeded(*self->host_);
+    self->connected_pending();
     boost::system::error_code ig;
     self->sock_.set_option(tcp::no_delay(true), ig);
     self->state_ = State::kReady;
@@ -85,7 +110,18 @@ void UpstreamConn::send(const std::shared_ptr<ActiveRequest>& r) {
     pending_[id] = r;
   }
   stream_.push(r);
+  last_used_ = Clock::now();
+  // maxRequestsPerConnection: this one is the last; the pool opens another.
+  if (pool_.max_requests_per_connection && ++sent_ >= pool_.max_requests_per_connection) {
+    draining_ = true;
+    w_.stats().inc(Counter::upstream_cx_max_requests);
+  }
   do_write();
+}
+
+void UpstreamConn::connected_pending() {
+  for (auto& [id, r] : pending_)
+    if (r->conn == this) r->stop_waiting_for_connection();
 }
 
 void UpstreamConn::do_write() {
@@ -158,11 +194,24 @@ void UpstreamConn::on_reply(Message& msg, Bytes frame) {
   }
   auto r = std::move(it->second);
   pending_.erase(it);
+  last_used_ = Clock::now();
   w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
   r->on_reply(msg, std::move(frame), *codec_);
 }
 
-void UpstreamConn::sweep_timeouts(Clock::time_point now) {
+void UpstreamConn::sweep(Clock::time_point now) {
+  if (state_ == State::kClosed) return;
+  if (pending_.empty() && pool_.idle_timeout.count() > 0 && now - last_used_ >= pool_.idle_timeout) {
+    w_.stats().inc(Counter::upstream_cx_idle_timeout);
+    close("idle");
+    return;
+  }
+  if (pool_.max_connection_duration.count() > 0 && !draining_ &&
+      now - created_ >= pool_.max_connection_duration) {
+    w_.stats().inc(Counter::upstream_cx_max_duration);
+    drain();
+    if (state_ == State::kClosed) return;
+  }
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (it->second->try_deadline > now) {
       ++it;
@@ -173,7 +222,7 @@ void UpstreamConn::sweep_timeouts(Clock::time_point now) {
     w_.stats().gauge_add(Gauge::upstream_rq_active, -1);
     r->on_failure(ErrorKind::kTimeout, "metanode: upstream timed out");
   }
-  if (draining_ && pending_.empty() && state_ == State::kReady) close("drained");
+  if (draining_ && pending_.empty() && state_ != State::kClosed) close("drained");
 }
 
 void UpstreamConn::fail_all(ErrorKind kind, const std::string& why) {

@@ -19,7 +19,9 @@ struct ActiveRequest;
 
 class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
  public:
-  UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::string_view protocol);
+  UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::string_view protocol,
+               const xds::ConnectionPool& pool);
+  ~UpstreamConn();
   void connect(std::chrono::milliseconds timeout);
   // Sends the request's current attempt; the reply, failure or timeout is
   // reported to the request.
@@ -27,7 +29,9 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   size_t pending() const { return pending_.size(); }
   bool closed() const { return state_ == State::kClosed; }
   bool connecting() const { return state_ == State::kConnecting; }
-  void sweep_timeouts(Clock::time_point now);
+  bool draining() const { return draining_; }
+  // Timeouts of pending requests; idle timeout and maximum age.
+  void sweep(Clock::time_point now);
   void close(const std::string& why);
   // The host left the configuration: close once the last reply is in.
   void drain();
@@ -39,6 +43,7 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   void on_reply(codecs::Message& msg, codecs::Bytes frame);
   void do_write();
   void fail_all(codecs::ErrorKind kind, const std::string& why);
+  void connected_pending();  // requests that waited for the connection stop waiting
 
   Worker& w_;
   std::shared_ptr<HostState> host_;
@@ -47,6 +52,10 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   std::unique_ptr<codecs::Codec> codec_;
   State state_ = State::kConnecting;
   bool draining_ = false;
+  xds::ConnectionPool pool_;
+  uint32_t sent_ = 0;
+  Clock::time_point created_ = Clock::now();
+  Clock::time_point last_used_ = created_;
   MessageStream stream_;
   std::unordered_map<uint64_t, std::shared_ptr<ActiveRequest>> pending_;
   uint32_t next_id_ = 1;

@@ -26,7 +26,7 @@ tcp::endpoint to_asio(const net::Endpoint& e) { return {asio::ip::address_v4(e.a
 Worker::Worker(Server::Impl& srv, size_t index)
     : srv_(srv),
       index_(index),
-      cm_(stats_),
+      cm_(stats_, srv.limits),
       rng_(uint64_t(Clock::now().time_since_epoch().count()) ^ (index * 0x9e37)),
       sweep_timer_(io_) {}
 
@@ -60,7 +60,7 @@ void Worker::sweep() {
     snapshot();  // apply a new configuration even when no traffic comes
     std::vector<std::shared_ptr<UpstreamConn>> conns;
     cm_.for_each_connection([&](const std::shared_ptr<UpstreamConn>& c) { conns.push_back(c); });
-    for (auto& c : conns) c->sweep_timeouts(now);
+    for (auto& c : conns) c->sweep(now);
     cm_.sweep(now);
     sweep();
   });

@@ -66,6 +66,7 @@ struct Server::Impl {
   mutable std::mutex snap_mu;
   std::shared_ptr<const xds::Snapshot> snap;
   std::atomic<uint64_t> gen{0};
+  SharedLimits limits;  // before the workers, which refer to it
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> threads;
   StatsShard control;

@@ -226,15 +226,25 @@ struct OutlierSpec {
   bool has_max_ejection_percent = false;
 };
 
+struct PoolSpec {
+  uint32_t max_connections = 0, connect_timeout_ms = 0, max_connection_duration_ms = 0;
+  bool keepalive = false;
+  uint32_t keepalive_probes = 0, keepalive_time_ms = 0, keepalive_interval_ms = 0;
+  uint32_t max_pending = 0, max_requests = 0, max_requests_per_connection = 0, max_retries = 0;
+  uint32_t idle_timeout_ms = 0;
+};
+
 struct TrafficPolicy {
   std::optional<LoadBalancerSpec> lb;
   std::optional<OutlierSpec> outlier;
+  std::optional<PoolSpec> pool;
   std::map<uint32_t, TrafficPolicy> ports;  // portLevelSettings (not nested)
   // Applies `over` on top of this: what it sets wins.
   TrafficPolicy merged(const TrafficPolicy& over) const {
     TrafficPolicy t = *this;
     if (over.lb) t.lb = over.lb;
     if (over.outlier) t.outlier = over.outlier;
+    if (over.pool) t.pool = over.pool;
     return t;
   }
   TrafficPolicy for_port(uint32_t port) const {
@@ -442,6 +452,47 @@ OutlierSpec parse_outlier(const YAML::Node& n, const Origin& o, const std::strin
   return od;
 }
 
+PoolSpec parse_pool(const YAML::Node& n, const Origin& o, const std::string& f) {
+  PoolSpec p;
+  expect_map(n, o, f);
+  allow_only(n, o, f, {"tcp", "http"});
+  if (const YAML::Node t = n["tcp"]) {
+    std::string tf = f + ".tcp";
+    expect_map(t, o, tf);
+    if (t["idleTimeout"])
+      fail(o, tf + ".idleTimeout", "not supported for RPC connections: use http.idleTimeout, which "
+                                   "metanode applies to pooled upstream connections");
+    allow_only(t, o, tf, {"maxConnections", "connectTimeout", "tcpKeepalive", "maxConnectionDuration"});
+    p.max_connections = number(t["maxConnections"], o, tf + ".maxConnections", 1u << 30);
+    p.connect_timeout_ms = duration_ms(t["connectTimeout"], o, tf + ".connectTimeout");
+    p.max_connection_duration_ms = duration_ms(t["maxConnectionDuration"], o, tf + ".maxConnectionDuration");
+    if (const YAML::Node k = t["tcpKeepalive"]) {
+      allow_only(k, o, tf + ".tcpKeepalive", {"probes", "time", "interval"});
+      p.keepalive = true;
+      p.keepalive_probes = number(k["probes"], o, tf + ".tcpKeepalive.probes", 127);
+      p.keepalive_time_ms = duration_ms(k["time"], o, tf + ".tcpKeepalive.time");
+      p.keepalive_interval_ms = duration_ms(k["interval"], o, tf + ".tcpKeepalive.interval");
+    }
+  }
+  if (const YAML::Node h = n["http"]) {
+    // Istio's HTTP settings in RPC terms: a request is an RPC, a pending
+    // request one waiting for an upstream connection.
+    std::string hf = f + ".http";
+    expect_map(h, o, hf);
+    for (const char* k : {"h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"})
+      if (h[k]) fail(o, hf + "." + k, "an HTTP-only setting; it has no meaning for Dubbo or Thrift");
+    allow_only(h, o, hf, {"http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection",
+                          "maxRetries", "idleTimeout"});
+    p.max_pending = number(h["http1MaxPendingRequests"], o, hf + ".http1MaxPendingRequests", 1u << 30);
+    p.max_requests = number(h["http2MaxRequests"], o, hf + ".http2MaxRequests", 1u << 30);
+    p.max_requests_per_connection =
+        number(h["maxRequestsPerConnection"], o, hf + ".maxRequestsPerConnection", 1u << 30);
+    p.max_retries = number(h["maxRetries"], o, hf + ".maxRetries", 1u << 30);
+    p.idle_timeout_ms = duration_ms(h["idleTimeout"], o, hf + ".idleTimeout");
+  }
+  return p;
+}
+
 TrafficPolicy parse_traffic_policy(const YAML::Node& tp, const Origin& o, const std::string& f,
                                    bool allow_ports) {
   TrafficPolicy t;
@@ -452,12 +503,11 @@ TrafficPolicy parse_traffic_policy(const YAML::Node& tp, const Origin& o, const 
     if (mode != "DISABLE")
       fail(o, f + ".tls", "TLS to upstreams is not supported yet (only mode: DISABLE)");
   }
-  if (tp["connectionPool"])
-    fail(o, f + ".connectionPool", "not executed by metanode yet; remove it");
   if (allow_ports)
-    allow_only(tp, o, f, {"loadBalancer", "outlierDetection", "tls", "portLevelSettings"});
+    allow_only(tp, o, f, {"loadBalancer", "outlierDetection", "connectionPool", "tls", "portLevelSettings"});
   else
-    allow_only(tp, o, f, {"loadBalancer", "outlierDetection", "tls", "port"});
+    allow_only(tp, o, f, {"loadBalancer", "outlierDetection", "connectionPool", "tls", "port"});
+  if (tp["connectionPool"]) t.pool = parse_pool(tp["connectionPool"], o, f + ".connectionPool");
   if (tp["loadBalancer"]) t.lb = parse_load_balancer(tp["loadBalancer"], o, f + ".loadBalancer");
   if (tp["outlierDetection"])
     t.outlier = parse_outlier(tp["outlierDetection"], o, f + ".outlierDetection");
@@ -737,6 +787,31 @@ void apply_policy(Cluster& c, const TrafficPolicy& t) {
       c.set_lb_policy(Cluster::RANDOM);
     } else {
       c.set_lb_policy(Cluster::ROUND_ROBIN);
+    }
+  }
+  if (t.pool) {
+    const auto& p = *t.pool;
+    if (p.connect_timeout_ms) *c.mutable_connect_timeout() = pb_duration(p.connect_timeout_ms);
+    // As istiod writes circuit breakers: one DEFAULT-priority threshold,
+    // unset limits at 2^32-1.
+    auto* th = c.mutable_circuit_breakers()->add_thresholds();
+    auto lim = [](uint32_t v) { return v ? v : 0xffffffffu; };
+    th->mutable_max_connections()->set_value(lim(p.max_connections));
+    th->mutable_max_pending_requests()->set_value(lim(p.max_pending));
+    th->mutable_max_requests()->set_value(lim(p.max_requests));
+    th->mutable_max_retries()->set_value(lim(p.max_retries));
+    auto* hpo = c.mutable_common_http_protocol_options();
+    if (p.idle_timeout_ms) *hpo->mutable_idle_timeout() = pb_duration(p.idle_timeout_ms);
+    if (p.max_connection_duration_ms)
+      *hpo->mutable_max_connection_duration() = pb_duration(p.max_connection_duration_ms);
+    if (p.max_requests_per_connection)
+      hpo->mutable_max_requests_per_connection()->set_value(p.max_requests_per_connection);
+    if (p.keepalive) {
+      auto* k = c.mutable_upstream_connection_options()->mutable_tcp_keepalive();
+      if (p.keepalive_probes) k->mutable_keepalive_probes()->set_value(p.keepalive_probes);
+      if (p.keepalive_time_ms) k->mutable_keepalive_time()->set_value(std::max(1u, p.keepalive_time_ms / 1000));
+      if (p.keepalive_interval_ms)
+        k->mutable_keepalive_interval()->set_value(std::max(1u, p.keepalive_interval_ms / 1000));
     }
   }
   if (t.outlier) {

@@ -280,6 +280,32 @@ Result<std::shared_ptr<Cluster>> compile_cluster(const XdsCluster& c, const ClaI
   if (cl->maglev_table_size == 0 || cl->maglev_table_size > 5000011)
     return bad(where, "maglev table_size " + std::to_string(cl->maglev_table_size) +
                           " out of range");
+  {
+    // istiod sends every threshold, at 2^32-1 when the user set none.
+    auto limit = [](bool has, uint32_t v) { return has && v != 0xffffffffu ? v : 0u; };
+    auto& p = cl->pool;
+    for (const auto& t : c.circuit_breakers().thresholds()) {
+      if (t.priority() != 0) continue;  // HIGH priority has no meaning for us
+      p.max_connections = limit(t.has_max_connections(), t.max_connections().value());
+      p.max_pending_requests = limit(t.has_max_pending_requests(), t.max_pending_requests().value());
+      p.max_requests = limit(t.has_max_requests(), t.max_requests().value());
+      p.max_retries = limit(t.has_max_retries(), t.max_retries().value());
+    }
+    const auto& hpo = c.common_http_protocol_options();
+    p.max_requests_per_connection =
+        hpo.has_max_requests_per_connection()
+            ? hpo.max_requests_per_connection().value()
+            : limit(c.has_max_requests_per_connection(), c.max_requests_per_connection().value());
+    if (hpo.has_idle_timeout()) p.idle_timeout = ms(hpo.idle_timeout());
+    if (hpo.has_max_connection_duration()) p.max_connection_duration = ms(hpo.max_connection_duration());
+    if (c.upstream_connection_options().has_tcp_keepalive()) {
+      const auto& k = c.upstream_connection_options().tcp_keepalive();
+      p.keepalive = true;
+      p.keepalive_probes = k.keepalive_probes().value();
+      p.keepalive_time_s = k.keepalive_time().value();
+      p.keepalive_interval_s = k.keepalive_interval().value();
+    }
+  }
   if (c.has_outlier_detection()) {
     // Envoy's defaults: 5 consecutive 5xx, enforced; 5 consecutive gateway
     // failures, not enforced unless enforcing_consecutive_gateway_failure.

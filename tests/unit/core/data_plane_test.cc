@@ -2,9 +2,15 @@
 // per-worker state under test is deterministic) on loopback, scripted fake
 // Thrift upstreams, a blocking client. Each test names the behaviour whose
 // absence would turn it red.
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <cmath>
+#include <set>
 #include <map>
 #include <thread>
 
@@ -302,6 +308,119 @@ TEST_F(DataPlane, RemovedEndpointIsDrainedNotCut) {
   EXPECT_EQ(r->seqid, 7);
   EXPECT_TRUE(testbed::eventually([&] { return slow.open_connections() == 0; }));
   EXPECT_EQ(calls(3)["other"], 3);
+}
+
+}  // namespace
+}  // namespace metanode::core
+
+namespace metanode::core {
+namespace {
+
+std::string pool_rule(const std::string& pool) {
+  return rule_yaml("  trafficPolicy:\n    connectionPool: " + pool + "\n");
+}
+
+// Sends `n` requests at once from `n` connections and collects the replies.
+std::map<std::string, int> concurrent_calls(int port, int n) {
+  std::vector<std::unique_ptr<ThriftClient>> clients;
+  for (int i = 0; i < n; ++i) {
+    clients.push_back(std::make_unique<ThriftClient>(port));
+    clients.back()->send_raw(testbed::thrift_message(1, "get", i + 1));
+  }
+  std::map<std::string, int> out;
+  for (auto& c : clients) {
+    auto r = c->read_reply(std::chrono::milliseconds(5000));
+    out[!r ? "" : r->type == 3 ? "exception" : r->text]++;
+  }
+  return out;
+}
+
+TEST_F(DataPlane, MaxRequestsPerConnectionRetiresConnections) {
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}}), pool_rule("{http: {maxRequestsPerConnection: 5}}")});
+  EXPECT_EQ(calls(20)["a"], 20);
+  EXPECT_EQ(a.connections(), 4);
+  EXPECT_GE(counter(Counter::upstream_cx_max_requests), 4u);
+}
+
+TEST_F(DataPlane, IdleTimeoutClosesPooledConnections) {
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}}), pool_rule("{http: {idleTimeout: 200ms}}")});
+  EXPECT_EQ(calls(1)["a"], 1);
+  EXPECT_TRUE(testbed::eventually([&] { return a.open_connections() == 0; }));
+  EXPECT_EQ(counter(Counter::upstream_cx_idle_timeout), 1u);
+  EXPECT_EQ(calls(1)["a"], 1);  // and a new one is opened when needed
+}
+
+TEST_F(DataPlane, MaxRequestsRefusesTheExcess) {
+  FakeUpstream slow("slow", [](const std::string&) {
+    return FakeUpstream::Action{Act::kReply, std::chrono::milliseconds(300)};
+  });
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}}), pool_rule("{http: {http2MaxRequests: 2}}")});
+  auto r = concurrent_calls(vip_port_, 5);
+  EXPECT_EQ(r["slow"], 2);
+  EXPECT_EQ(r["exception"], 3);
+  EXPECT_EQ(counter(Counter::upstream_rq_overflow), 3u);
+}
+
+TEST_F(DataPlane, MaxConnectionsCapsConnectionsPerHost) {
+  FakeUpstream slow("slow", [](const std::string&) {
+    return FakeUpstream::Action{Act::kReply, std::chrono::milliseconds(100)};
+  });
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}}), pool_rule("{tcp: {maxConnections: 1}}")});
+  auto r = concurrent_calls(vip_port_, 4);
+  EXPECT_EQ(r["slow"], 4);          // multiplexed on the one connection
+  EXPECT_EQ(slow.connections(), 1);  // without the limit the pool opens a second
+}
+
+TEST_F(DataPlane, MaxPendingRefusesRequestsWaitingForAConnection) {
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}}), pool_rule("{http: {http1MaxPendingRequests: 1}}")});
+  // Four requests in one write: all arrive before the first connect completes.
+  ThriftClient c(vip_port_);
+  std::string burst;
+  for (int i = 1; i <= 4; ++i) burst += testbed::thrift_message(1, "get", i);
+  ASSERT_TRUE(c.send_raw(burst));
+  std::map<std::string, int> out;
+  for (int i = 0; i < 4; ++i) {
+    auto r = c.read_reply(std::chrono::milliseconds(5000));
+    out[!r ? "" : r->type == 3 ? "exception" : r->text]++;
+  }
+  EXPECT_EQ(out["a"], 1);
+  EXPECT_EQ(out["exception"], 3);
+  EXPECT_EQ(counter(Counter::upstream_rq_pending_overflow), 3u);
+}
+
+// The daemon runs in this process, so its upstream socket is one of ours:
+// find the one connected to the fake and read its options.
+TEST_F(DataPlane, TcpKeepaliveIsSetOnUpstreamSockets) {
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}}),
+             pool_rule("{tcp: {tcpKeepalive: {probes: 3, time: 45s, interval: 7s}}}")});
+  EXPECT_EQ(calls(1)["a"], 1);
+  int found = -1;
+  DIR* d = opendir("/proc/self/fd");
+  ASSERT_NE(d, nullptr);
+  while (dirent* e = readdir(d)) {
+    int fd = atoi(e->d_name);
+    sockaddr_in peer{};
+    socklen_t len = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0 && peer.sin_family == AF_INET &&
+        ntohs(peer.sin_port) == a.port())
+      found = fd;
+  }
+  closedir(d);
+  ASSERT_GE(found, 0);
+  int on = 0, cnt = 0, idle = 0, intvl = 0;
+  socklen_t l = sizeof(int);
+  getsockopt(found, SOL_SOCKET, SO_KEEPALIVE, &on, &l);
+  getsockopt(found, IPPROTO_TCP, TCP_KEEPCNT, &cnt, &l);
+  getsockopt(found, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l);
+  getsockopt(found, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, &l);
+  EXPECT_EQ(on, 1);
+  EXPECT_EQ(cnt, 3);
+  EXPECT_EQ(idle, 45);
+  EXPECT_EQ(intvl, 7);
 }
 
 }  // namespace

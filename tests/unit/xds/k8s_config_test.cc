@@ -179,6 +179,10 @@ spec:
   host: thrift-sample-server
   trafficPolicy:
     loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool:
+      tcp: {maxConnections: 3, connectTimeout: 250ms, tcpKeepalive: {probes: 4, time: 60s, interval: 5s}}
+      http: {http1MaxPendingRequests: 7, http2MaxRequests: 9, maxRequestsPerConnection: 100,
+             maxRetries: 2, idleTimeout: 30s}
     outlierDetection:
       consecutiveGatewayErrors: 2
       consecutive5xxErrors: 4
@@ -218,6 +222,17 @@ spec:
     EXPECT_EQ(c->outlier.interval.count(), 500);
     EXPECT_EQ(c->outlier.base_ejection_time.count(), 60000);
     EXPECT_EQ(c->outlier.max_ejection_percent, 50u);
+    EXPECT_EQ(c->connect_timeout.count(), 250);
+    EXPECT_EQ(c->pool.max_connections, 3u);
+    EXPECT_EQ(c->pool.max_pending_requests, 7u);
+    EXPECT_EQ(c->pool.max_requests, 9u);
+    EXPECT_EQ(c->pool.max_requests_per_connection, 100u);
+    EXPECT_EQ(c->pool.max_retries, 2u);
+    EXPECT_EQ(c->pool.idle_timeout.count(), 30000);
+    EXPECT_TRUE(c->pool.keepalive);
+    EXPECT_EQ(c->pool.keepalive_probes, 4u);
+    EXPECT_EQ(c->pool.keepalive_time_s, 60u);
+    EXPECT_EQ(c->pool.keepalive_interval_s, 5u);
   }
   // The hash policy sits on the route (Envoy hashes per route).
   const auto& route = (*s)->listeners[0].routes->routes[0];
@@ -305,11 +320,11 @@ INSTANTIATE_TEST_SUITE_P(
                 "spec:\n  host: thrift-sample-server.meta-thrift.svc.cluster.local\n"
                 "  subsets: [{name: v1, labels: {version: \"\xff\"}}]\n",
                 {"spec.subsets[0].labels", "not valid UTF-8"}},
-        BadCase{"connection_pool_not_executed",
+        BadCase{"http_only_pool_setting",
                 replace(kService, "  host: thrift-sample-server\n  subsets:",
-                        "  host: thrift-sample-server\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 5}}\n  subsets:"),
-                {"DestinationRule meta-thrift/thrift-sample-server", "spec.trafficPolicy.connectionPool",
-                 "not executed"}},
+                        "  host: thrift-sample-server\n  trafficPolicy:\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}\n  subsets:"),
+                {"DestinationRule meta-thrift/thrift-sample-server",
+                 "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy", "HTTP-only"}},
         BadCase{"local_rate_limit_not_executed",
                 replace(kRouter, "  routes:\n  - name: v1",
                         "  localRateLimit: {tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 1s}}\n"

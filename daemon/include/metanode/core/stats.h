@@ -31,6 +31,12 @@ namespace metanode::core {
   X(upstream_cx_backoff, "Failed connects that put their host into reconnect backoff")     \
   X(upstream_rq_backoff_fail_fast, "Requests failed at once: their only host was backing off") \
   X(upstream_lb_panic, "Picks made among unusable hosts because no host was usable")       \
+  X(upstream_rq_overflow, "Requests refused: the cluster's connectionPool request limit")  \
+  X(upstream_rq_pending_overflow, "Requests refused: too many waiting for a connection")   \
+  X(upstream_cx_overflow, "Requests refused: the host's connectionPool connection limit")  \
+  X(upstream_cx_idle_timeout, "Pooled upstream connections closed after idleTimeout")      \
+  X(upstream_cx_max_requests, "Upstream connections retired at maxRequestsPerConnection")  \
+  X(upstream_cx_max_duration, "Upstream connections retired at maxConnectionDuration")     \
   X(upstream_rq_retry, "Retried request attempts")                                         \
   X(upstream_rq_retry_overflow, "Retries not made because the retry budget was spent")     \
   X(outlier_ejections, "Hosts ejected by outlier detection")                               \

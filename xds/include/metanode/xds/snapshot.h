@@ -49,12 +49,28 @@ struct OutlierDetection {
   bool enabled() const { return consecutive_gateway_errors || consecutive_errors; }
 };
 
+// Istio's connectionPool as Envoy receives it (circuit breakers, protocol
+// options, keepalive). Limits are node-wide (all workers together); 0 is
+// unlimited. Requests over a limit get a protocol-level error at once.
+struct ConnectionPool {
+  uint32_t max_connections = 0;       // per host (Istio's meaning)
+  uint32_t max_pending_requests = 0;  // per cluster: waiting for a connection
+  uint32_t max_requests = 0;          // per cluster: in flight
+  uint32_t max_retries = 0;           // per cluster: concurrent retries; 0: the retry budget
+  uint32_t max_requests_per_connection = 0;
+  std::chrono::milliseconds idle_timeout{0};  // close an upstream connection idle this long
+  std::chrono::milliseconds max_connection_duration{0};
+  bool keepalive = false;
+  uint32_t keepalive_probes = 0, keepalive_time_s = 0, keepalive_interval_s = 0;  // 0: kernel default
+};
+
 struct Cluster {
   std::string name;  // Istio form: outbound|<port>|<subset>|<host>
   LbPolicy lb = LbPolicy::kRoundRobin;
   uint64_t ring_size = 1024;          // ring hash: minimum_ring_size
   uint64_t maglev_table_size = 65537;  // Maglev: table_size
   OutlierDetection outlier;
+  ConnectionPool pool;
   std::chrono::milliseconds connect_timeout{1000};
   std::string eds_service;  // EDS: the ClusterLoadAssignment to subscribe to; else empty
   std::vector<Endpoint> endpoints;
