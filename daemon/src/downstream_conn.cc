@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "active_request.h"
 #include "metanode/core/router.h"
 #include "worker.h"
@@ -88,6 +90,12 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
 
   const xds::Snapshot* snap = w_.snapshot();
   const xds::Listener* l = snap ? snap->find_listener(orig_) : nullptr;
+  if (l && l->local_rate_limit && !admit(*l->local_rate_limit, msg.metadata)) {
+    st.inc(Counter::rate_limited);
+    if (!oneway)
+      reply_error(msg, ErrorKind::kOverLimit, "metanode: rate limited (" + l->service_host + ")", nullptr);
+    return;
+  }
   const xds::Route* route = l && l->routes ? match_route(*l->routes, msg.metadata) : nullptr;
   if (!route) {
     st.inc(Counter::no_route);
@@ -129,6 +137,18 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
   // Copies first: the real attempt rewrites the frame's id in place.
   if (!route->mirrors.empty()) r->start_mirrors(w_.rng());
   r->start();
+}
+
+// Aeraki's order: the first condition that matches decides; a request that
+// matches none draws from the listener-wide bucket, if any.
+bool DownstreamConn::admit(const xds::LocalRateLimit& rl, const codecs::Metadata& md) {
+  auto now = Clock::now();
+  for (const auto& c : rl.conditions) {
+    bool match = std::all_of(c.match.begin(), c.match.end(),
+                             [&](const xds::AttributeMatcher& m) { return m.matches(md.get(m.name)); });
+    if (match) return c.bucket->take(now);
+  }
+  return !rl.bucket || rl.bucket->take(now);
 }
 
 void DownstreamConn::request_done() {

@@ -11,6 +11,7 @@
 #include "message_stream.h"
 #include "metanode/codecs/codec.h"
 #include "metanode/net.h"
+#include "metanode/xds/snapshot.h"
 
 namespace metanode::core {
 
@@ -34,6 +35,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
   void do_write();
   void close(const char* why);
   void request_done();
+  bool admit(const xds::LocalRateLimit& rl, const codecs::Metadata& md);
 
   Worker& w_;
   boost::asio::ip::tcp::socket sock_;

@@ -22,6 +22,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "aeraki/meta_protocol_proxy/filters/local_ratelimit/v1alpha/local_ratelimit.pb.h"
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
 #include "udpa/type/v1/typed_struct.pb.h"
 #include "metanode/net.h"
@@ -299,11 +300,21 @@ struct RouteResilience {
   std::vector<std::string> idempotent_methods;
 };
 
+struct Bucket {
+  uint32_t max_tokens = 0, tokens_per_fill = 0, fill_interval_ms = 0;
+};
+
+struct RateLimitSpec {
+  std::optional<Bucket> bucket;
+  std::vector<std::pair<std::vector<std::pair<std::string, StringMatch>>, Bucket>> conditions;
+};
+
 struct MetaRouter {
   Origin origin;
   std::string host;
   std::vector<MetaRoute> routes;
   RouteResilience resilience;
+  std::optional<RateLimitSpec> local_rate_limit;
 };
 
 struct Objects {
@@ -563,6 +574,68 @@ Destination parse_destination(const YAML::Node& d, const Origin& o, const std::s
   return out;
 }
 
+// A MetaRouter match: {attributes: {key: {exact|prefix|regex: v}}}.
+std::vector<std::pair<std::string, StringMatch>> parse_match(const YAML::Node& match, const Origin& o,
+                                                             const std::string& mf) {
+  std::vector<std::pair<std::string, StringMatch>> out;
+  expect_map(match, o, mf);
+  allow_only(match, o, mf, {"attributes"});
+  if (const YAML::Node attrs = match ? match["attributes"] : YAML::Node(); attrs && !attrs.IsNull()) {
+    if (!attrs.IsMap()) fail(o, mf + ".attributes", "expected a map");
+    for (const auto& kv : attrs) {
+      std::string key = scalar(kv.first, o, mf + ".attributes key");
+      std::string af = mf + ".attributes." + key;
+      StringMatch m;
+      const YAML::Node v = kv.second;
+      if (v && !v.IsNull() && !v.IsMap()) fail(o, af, "expected exact, prefix or regex");
+      allow_only(v, o, af, {"exact", "prefix", "regex"});
+      int set = 0;
+      if (v && v["exact"]) m = {StringMatch::kExact, scalar(v["exact"], o, af + ".exact")}, ++set;
+      if (v && v["prefix"]) m = {StringMatch::kPrefix, scalar(v["prefix"], o, af + ".prefix")}, ++set;
+      if (v && v["regex"]) {
+        m = {StringMatch::kRegex, scalar(v["regex"], o, af + ".regex")};
+        ++set;
+        // Aeraki: an empty or "*" regex means "the attribute is present".
+        if (m.value.empty() || m.value == "*") m.kind = StringMatch::kPresent;
+      }
+      if (set > 1) fail(o, af, "only one of exact, prefix, regex");
+      out.emplace_back(key, m);
+    }
+  }
+  return out;
+}
+
+Bucket parse_bucket(const YAML::Node& n, const Origin& o, const std::string& f) {
+  if (!n || !n.IsMap()) fail(o, f, "a tokenBucket {maxTokens, tokensPerFill, fillInterval} is required");
+  allow_only(n, o, f, {"maxTokens", "tokensPerFill", "fillInterval"});
+  Bucket b;
+  b.max_tokens = number(n["maxTokens"], o, f + ".maxTokens", 1u << 30);
+  if (b.max_tokens == 0) fail(o, f + ".maxTokens", "must be positive");
+  b.tokens_per_fill = n["tokensPerFill"] ? number(n["tokensPerFill"], o, f + ".tokensPerFill", 1u << 30) : 1;
+  if (b.tokens_per_fill == 0) fail(o, f + ".tokensPerFill", "must be positive");
+  b.fill_interval_ms = duration_ms(n["fillInterval"], o, f + ".fillInterval");
+  if (b.fill_interval_ms == 0) fail(o, f + ".fillInterval", "required");
+  return b;
+}
+
+RateLimitSpec parse_local_rate_limit(const YAML::Node& n, const Origin& o, const std::string& f) {
+  RateLimitSpec rl;
+  expect_map(n, o, f);
+  allow_only(n, o, f, {"tokenBucket", "conditions"});
+  if (n["tokenBucket"]) rl.bucket = parse_bucket(n["tokenBucket"], o, f + ".tokenBucket");
+  if (const YAML::Node cs = n["conditions"]) {
+    if (!cs.IsSequence()) fail(o, f + ".conditions", "expected a list");
+    for (size_t i = 0; i < cs.size(); ++i) {
+      std::string cf = f + ".conditions[" + std::to_string(i) + "]";
+      allow_only(cs[i], o, cf, {"match", "tokenBucket"});
+      rl.conditions.emplace_back(parse_match(cs[i]["match"], o, cf + ".match"),
+                                 parse_bucket(cs[i]["tokenBucket"], o, cf + ".tokenBucket"));
+    }
+  }
+  if (!rl.bucket && rl.conditions.empty()) fail(o, f, "needs a tokenBucket or conditions");
+  return rl;
+}
+
 constexpr const char* kTimeoutAnnotation = "metanode.io/timeout";
 constexpr const char* kRetriesAnnotation = "metanode.io/retries";
 
@@ -621,9 +694,10 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o,
                              const std::map<std::string, std::string>& annotations) {
   MetaRouter mr;
   mr.origin = o;
-  for (const char* k : {"localRateLimit", "globalRateLimit"})
-    if (spec[k]) fail(o, std::string("spec.") + k, "not executed by metanode yet; remove it");
-  allow_only(spec, o, "spec", {"hosts", "routes"});
+  if (spec["globalRateLimit"]) fail(o, "spec.globalRateLimit", "not executed by metanode yet; remove it");
+  allow_only(spec, o, "spec", {"hosts", "routes", "localRateLimit"});
+  if (spec["localRateLimit"])
+    mr.local_rate_limit = parse_local_rate_limit(spec["localRateLimit"], o, "spec.localRateLimit");
   mr.resilience = parse_resilience(annotations, o);
   auto hosts = strings(spec["hosts"], o, "spec.hosts");
   if (hosts.empty()) fail(o, "spec.hosts", "one host is required");
@@ -638,32 +712,7 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o,
                          "responseMutation"});
     MetaRoute mrt;
     mrt.name = scalar(r["name"], o, f + ".name");
-    const YAML::Node match = r["match"];
-    expect_map(match, o, f + ".match");
-    allow_only(match, o, f + ".match", {"attributes"});
-    if (const YAML::Node attrs = match ? match["attributes"] : YAML::Node();
-        attrs && !attrs.IsNull()) {
-      if (!attrs.IsMap()) fail(o, f + ".match.attributes", "expected a map");
-      for (const auto& kv : attrs) {
-        std::string key = scalar(kv.first, o, f + ".match.attributes key");
-        std::string af = f + ".match.attributes." + key;
-        StringMatch m;
-        const YAML::Node v = kv.second;
-        if (v && !v.IsNull() && !v.IsMap()) fail(o, af, "expected exact, prefix or regex");
-        allow_only(v, o, af, {"exact", "prefix", "regex"});
-        int set = 0;
-        if (v && v["exact"]) m = {StringMatch::kExact, scalar(v["exact"], o, af + ".exact")}, ++set;
-        if (v && v["prefix"]) m = {StringMatch::kPrefix, scalar(v["prefix"], o, af + ".prefix")}, ++set;
-        if (v && v["regex"]) {
-          m = {StringMatch::kRegex, scalar(v["regex"], o, af + ".regex")};
-          ++set;
-          // Aeraki: an empty or "*" regex means "the attribute is present".
-          if (m.value.empty() || m.value == "*") m.kind = StringMatch::kPresent;
-        }
-        if (set > 1) fail(o, af, "only one of exact, prefix, regex");
-        mrt.match.emplace_back(key, m);
-      }
-    }
+    mrt.match = parse_match(r["match"], o, f + ".match");
     const YAML::Node dests = r["route"];
     if (!dests || !dests.IsSequence() || dests.size() == 0)
       fail(o, f + ".route", "at least one destination is required");
@@ -925,6 +974,31 @@ envoy::config::route::v3::HeaderMatcher header_matcher(const std::string& key, c
   return h;
 }
 
+envoy::type::v3::TokenBucket token_bucket(const Bucket& b) {
+  envoy::type::v3::TokenBucket tb;
+  tb.set_max_tokens(b.max_tokens);
+  tb.mutable_tokens_per_fill()->set_value(b.tokens_per_fill);
+  *tb.mutable_fill_interval() = pb_duration(b.fill_interval_ms);
+  return tb;
+}
+
+// Aeraki puts a MetaRouter's localRateLimit in the MetaProtocolProxy's
+// filter chain, before the router.
+void add_local_rate_limit(aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy& mpp,
+                          const RateLimitSpec& rl, const std::string& stat_prefix) {
+  aeraki::meta_protocol_proxy::filters::local_ratelimit::v1alpha::LocalRateLimit cfg;
+  cfg.set_stat_prefix(stat_prefix);
+  if (rl.bucket) *cfg.mutable_token_bucket() = token_bucket(*rl.bucket);
+  for (const auto& [match, bucket] : rl.conditions) {
+    auto* c = cfg.add_conditions();
+    for (const auto& [k, sm] : match) *c->mutable_match()->add_metadata() = header_matcher(k, sm);
+    *c->mutable_token_bucket() = token_bucket(bucket);
+  }
+  auto* f = mpp.add_meta_protocol_filters();
+  f->set_name("aeraki.meta_protocol.filters.local_ratelimit");
+  f->mutable_config()->PackFrom(cfg);
+}
+
 template <class T>
 std::map<std::string, const T*> one_per_host(const std::vector<T>& objs, const char* field,
                                              const char* kind) {
@@ -1038,6 +1112,7 @@ Result<Resources> generate(const Objects& objs) {
         mpp.mutable_codec()->set_name("aeraki.meta_protocol.codec." + svc.port->protocol);
         set_aeraki_rds(mpp.mutable_rds()->mutable_config_source());
         mpp.mutable_rds()->set_route_config_name(route_name);
+        if (mr && mr->local_rate_limit) add_local_rate_limit(mpp, *mr->local_rate_limit, route_name);
         mpp.add_meta_protocol_filters()->set_name("aeraki.meta_protocol.filters.router");
         pack_as_typed_struct(mpp, f->mutable_typed_config());
         out.listeners.push_back(std::move(l));

@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 
+#include "aeraki/meta_protocol_proxy/filters/local_ratelimit/v1alpha/local_ratelimit.pb.h"
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
 #include "udpa/type/v1/typed_struct.pb.h"
 #include "xds/type/v3/typed_struct.pb.h"
@@ -504,6 +505,74 @@ Result<std::optional<aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy>> m
   return std::optional(std::move(mpp));
 }
 
+constexpr char kRouterFilter[] = "aeraki.meta_protocol.filters.router";
+constexpr char kLocalRateLimitFilter[] = "aeraki.meta_protocol.filters.local_ratelimit";
+// Aeraki adds it for Istio telemetry: sidecars swap peer metadata in band.
+// A node proxy knows both peers without it (source from the connection,
+// destination from the endpoint), so there is nothing to execute.
+constexpr char kMetadataExchangeFilter[] = "aeraki.meta_protocol.filters.metadata_exchange";
+constexpr char kLocalRateLimitType[] =
+    "type.googleapis.com/aeraki.meta_protocol_proxy.filters.local_ratelimit.v1alpha.LocalRateLimit";
+
+Result<std::shared_ptr<TokenBucket>> compile_bucket(const envoy::type::v3::TokenBucket& tb,
+                                                    const std::string& key, const std::string& where) {
+  if (tb.max_tokens() == 0) return bad(where, "token_bucket max_tokens must be positive");
+  auto interval = std::chrono::nanoseconds(tb.fill_interval().seconds() * 1000000000ll +
+                                           tb.fill_interval().nanos());
+  if (interval.count() < 1000000) return bad(where, "token_bucket fill_interval below 1ms");
+  uint32_t per_fill = tb.has_tokens_per_fill() ? tb.tokens_per_fill().value() : 1;
+  if (per_fill == 0) return bad(where, "token_bucket tokens_per_fill must be positive");
+  return shared_token_bucket(key, tb.max_tokens(), per_fill, interval);
+}
+
+// The filters of a MetaProtocolProxy: the router (required, last) and the
+// local rate limit; any other filter is refused by name, since serving the
+// listener without it would drop what it was meant to do.
+Result<std::shared_ptr<const LocalRateLimit>> compile_filters(
+    const aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy& mpp, const std::string& listener,
+    const std::string& where) {
+  std::shared_ptr<LocalRateLimit> rl;
+  bool router = mpp.meta_protocol_filters_size() == 0;  // Aeraki's default chain is the router
+  for (const auto& f : mpp.meta_protocol_filters()) {
+    if (f.name() == kRouterFilter) {
+      router = true;
+      continue;
+    }
+    if (f.name() == kMetadataExchangeFilter) continue;
+    if (f.name() != kLocalRateLimitFilter)
+      return bad(where, "meta_protocol filter '" + f.name() + "' is not supported (" +
+                            kRouterFilter + ", " + kLocalRateLimitFilter + ", " +
+                            kMetadataExchangeFilter + ")");
+    aeraki::meta_protocol_proxy::filters::local_ratelimit::v1alpha::LocalRateLimit cfg;
+    if (f.config().type_url() != kLocalRateLimitType || !f.config().UnpackTo(&cfg))
+      return bad(where, "filter " + f.name() + " config is not a " + kLocalRateLimitType);
+    if (rl) return bad(where, "two local rate limit filters");
+    rl = std::make_shared<LocalRateLimit>();
+    if (cfg.has_token_bucket()) {
+      auto b = compile_bucket(cfg.token_bucket(), listener + "#all", where + " local_ratelimit");
+      if (!b) return b.error();
+      rl->bucket = *b;
+    }
+    for (int i = 0; i < cfg.conditions_size(); ++i) {
+      const auto& c = cfg.conditions(i);
+      std::string cw = where + " local_ratelimit condition[" + std::to_string(i) + "]";
+      LocalRateLimit::Condition out;
+      for (const auto& h : c.match().metadata()) {
+        auto m = compile_matcher(h, cw + " match");
+        if (!m) return m.error();
+        out.match.push_back(std::move(m.value()));
+      }
+      if (!c.has_token_bucket()) return bad(cw, "no token_bucket");
+      auto b = compile_bucket(c.token_bucket(), listener + "#" + std::to_string(i), cw);
+      if (!b) return b.error();
+      out.bucket = *b;
+      rl->conditions.push_back(std::move(out));
+    }
+  }
+  if (!router) return bad(where, std::string("no ") + kRouterFilter + " in meta_protocol_filters");
+  return std::shared_ptr<const LocalRateLimit>(std::move(rl));
+}
+
 // The RDS config source's gRPC cluster, or "" for ADS.
 Result<std::string> rds_cluster_of(const envoy::config::core::v3::ConfigSource& cs,
                                    const std::string& where) {
@@ -550,6 +619,11 @@ Result<std::optional<Listener>> compile_listener(const envoy::config::listener::
       auto src = rds_cluster_of(mpp.rds().config_source(), where);
       if (!src) return src.error();
       out.rds_cluster = *src;
+      if (mpp.has_idle_timeout())
+        return bad(where, "MetaProtocolProxy idle_timeout (client connections) is not supported yet");
+      auto rl = compile_filters(mpp, l.name(), where);
+      if (!rl) return rl.error();
+      out.local_rate_limit = *rl;
       std::string subset;
       uint32_t port;
       parse_cluster_name(out.stat_prefix, out.service_host, subset, port);

@@ -239,8 +239,11 @@ void DubboCodec::encode_status(uint64_t id, uint8_t serialization, uint8_t statu
 }
 
 void DubboCodec::encode_error(const Message& req, ErrorKind kind, std::string_view text, Bytes& out) {
+  // A rate limit answers like an overloaded provider: Dubbo consumers treat
+  // THREADPOOL_EXHAUSTED as "try later or elsewhere", not as a bug.
   uint8_t status = kind == ErrorKind::kRouteNotFound ? kServiceNotFound
                    : kind == ErrorKind::kNoUpstream  ? kServiceError
+                   : kind == ErrorKind::kOverLimit   ? kServerThreadpoolExhausted
                                                      : kServerError;
   uint8_t ser = wire_flags(req.wire) & kSerializationMask;
   encode_status(req.request_id, ser ? ser : kHessian2, status, text, out);

@@ -160,7 +160,8 @@ TEST(DubboCodec, ErrorRepliesUseDubboStatuses) {
   } cases[] = {{ErrorKind::kRouteNotFound, kServiceNotFound},
                {ErrorKind::kNoUpstream, kServiceError},
                {ErrorKind::kUpstreamFailure, kServerError},
-               {ErrorKind::kTimeout, kServerError}};
+               {ErrorKind::kTimeout, kServerError},
+               {ErrorKind::kOverLimit, kServerThreadpoolExhausted}};
   for (const auto& c : cases) {
     Bytes out;
     DubboCodec().encode_error(req, c.kind, "no route for sayHello", out);

@@ -423,5 +423,45 @@ TEST_F(DataPlane, TcpKeepaliveIsSetOnUpstreamSockets) {
   EXPECT_EQ(intvl, 7);
 }
 
+std::string limited_router(const std::string& rate_limit) {
+  return "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+         "metadata: {name: svc, namespace: ns}\n"
+         "spec:\n  hosts: [" + std::string(kHost) + "]\n  localRateLimit:\n" + rate_limit +
+         "  routes:\n  - name: all\n    route: [{destination: {host: " + kHost + "}}]\n";
+}
+
+TEST_F(DataPlane, LocalRateLimitAnswersOverLimitAndKeepsStateAcrossUpdates) {
+  FakeUpstream a("a");
+  std::string router = limited_router("    tokenBucket: {maxTokens: 3, tokensPerFill: 1, fillInterval: 1h}\n");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}}), router});
+  auto r = calls(5);
+  EXPECT_EQ(r["a"], 3);
+  EXPECT_EQ(r["exception"], 2);
+  EXPECT_EQ(a.requests(), 3);  // refused requests never reach the upstream
+  EXPECT_EQ(counter(Counter::rate_limited), 2u);
+  // A configuration change elsewhere must not refill the bucket.
+  FakeUpstream other("other");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}, {other.port(), "v2"}}), router});
+  EXPECT_EQ(calls(2)["exception"], 2);
+}
+
+TEST_F(DataPlane, LocalRateLimitConditionsLimitOnlyWhatTheyMatch) {
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}}),
+             limited_router("    conditions:\n    - match: {attributes: {method: {exact: put}}}\n"
+                            "      tokenBucket: {maxTokens: 1, fillInterval: 1h}\n")});
+  EXPECT_EQ(calls(3, "put")["a"], 1);
+  EXPECT_EQ(calls(5, "get")["a"], 5);  // no listener-wide bucket: unlimited
+}
+
+TEST_F(DataPlane, LocalRateLimitRefills) {
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}}),
+             limited_router("    tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 200ms}\n")});
+  EXPECT_EQ(calls(2)["a"], 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(calls(1)["a"], 1);
+}
+
 }  // namespace
 }  // namespace metanode::core

@@ -210,6 +210,29 @@ TEST(Compile, ListenerFromIstiodTypedStructEitherName) {
   }
 }
 
+// A filter we do not execute, or a setting we do not honour, rejects the
+// listener by name instead of serving it without them.
+TEST(Compile, UnexecutedFilterOrSettingRejectsTheListener) {
+  std::string global = kIstiodFilterJson;
+  global.replace(global.find("aeraki.meta_protocol.filters.metadata_exchange"),
+                 std::string("aeraki.meta_protocol.filters.metadata_exchange").size(),
+                 "aeraki.meta_protocol.filters.global_ratelimit");
+  std::string idle = kIstiodFilterJson;
+  idle.replace(idle.find("\"tracing\""), 0, "\"idleTimeout\": \"30s\", ");
+  for (const auto& [json, want] : {std::pair{global, std::string("global_ratelimit' is not supported")},
+                                   std::pair{idle, std::string("idle_timeout")}}) {
+    Resources r = tutorial();
+    r.listeners.clear();
+    r.listeners.push_back(listener_with("10.96.0.10_9090", "10.96.0.10",
+                                        "envoy.filters.network.meta_protocol_proxy", json, false));
+    auto c = compile_snapshot(std::move(r));
+    ASSERT_EQ(c.rejects.size(), 1u) << json;
+    EXPECT_EQ(c.rejects[0].name, "10.96.0.10_9090");
+    EXPECT_NE(c.rejects[0].reason.find(want), std::string::npos) << c.rejects[0].reason;
+    EXPECT_TRUE(c.snapshot->listeners.empty());
+  }
+}
+
 // istiod sends every listener of the mesh; those without our filter are
 // not ours and not an error.
 TEST(Compile, OtherListenersAreIgnoredNotRejected) {

@@ -240,6 +240,32 @@ spec:
   EXPECT_TRUE(route.hash_keys.empty());
 }
 
+TEST(K8sConfig, LocalRateLimitReachesTheListener) {
+  std::string router = replace(kRouter, "  routes:\n  - name: v1",
+                               "  localRateLimit:\n"
+                               "    tokenBucket: {maxTokens: 10, tokensPerFill: 5, fillInterval: 1s}\n"
+                               "    conditions:\n"
+                               "    - match: {attributes: {method: {exact: sayHello}}}\n"
+                               "      tokenBucket: {maxTokens: 2, fillInterval: 1m}\n"
+                               "  routes:\n  - name: v1");
+  // Through the generated xDS (a TypedStruct whose filter config is an Any)
+  // and back: what metanode-xds serves is what the daemon compiles.
+  auto s = compile({{"svc.yaml", kService}, {"route.yaml", router}});
+  ASSERT_TRUE(s) << s.error().message();
+  const auto& rl = (*s)->listeners[0].local_rate_limit;
+  ASSERT_NE(rl, nullptr);
+  ASSERT_NE(rl->bucket, nullptr);
+  EXPECT_EQ(rl->bucket->max_tokens(), 10u);
+  ASSERT_EQ(rl->conditions.size(), 1u);
+  EXPECT_EQ(rl->conditions[0].bucket->max_tokens(), 2u);
+  ASSERT_EQ(rl->conditions[0].match.size(), 1u);
+  EXPECT_EQ(rl->conditions[0].match[0].name, "method");
+  // Compiled again (a new snapshot): the same buckets, state and all.
+  auto again = compile({{"svc.yaml", kService}, {"route.yaml", router}});
+  ASSERT_TRUE(again);
+  EXPECT_EQ((*again)->listeners[0].local_rate_limit->bucket, rl->bucket);
+}
+
 TEST(K8sConfig, AnnotationsSetTimeoutAndRetries) {
   std::string router = replace(kRouter, "  namespace: meta-thrift\nspec:",
                                "  namespace: meta-thrift\n  annotations:\n"
@@ -325,11 +351,19 @@ INSTANTIATE_TEST_SUITE_P(
                         "  host: thrift-sample-server\n  trafficPolicy:\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}\n  subsets:"),
                 {"DestinationRule meta-thrift/thrift-sample-server",
                  "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy", "HTTP-only"}},
-        BadCase{"local_rate_limit_not_executed",
+        BadCase{"global_rate_limit_not_executed",
                 replace(kRouter, "  routes:\n  - name: v1",
-                        "  localRateLimit: {tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 1s}}\n"
+                        "  globalRateLimit: {domain: x}\n  routes:\n  - name: v1"),
+                {"MetaRouter meta-thrift/test-metaprotocol-thrift-route", "spec.globalRateLimit", "not executed"}},
+        BadCase{"rate_limit_without_interval",
+                replace(kRouter, "  routes:\n  - name: v1",
+                        "  localRateLimit: {tokenBucket: {maxTokens: 1}}\n  routes:\n  - name: v1"),
+                {"spec.localRateLimit.tokenBucket.fillInterval", "required"}},
+        BadCase{"rate_limit_condition_typo",
+                replace(kRouter, "  routes:\n  - name: v1",
+                        "  localRateLimit:\n    conditions:\n    - {matches: {}, tokenBucket: {maxTokens: 1, fillInterval: 1s}}\n"
                         "  routes:\n  - name: v1"),
-                {"MetaRouter meta-thrift/test-metaprotocol-thrift-route", "spec.localRateLimit", "not executed"}},
+                {"spec.localRateLimit.conditions[0].matches", "not supported"}},
         BadCase{"typo_in_route_field",
                 replace(kRouter, "  - name: traffic-split\n", "  - name: traffic-split\n    mirrorPercent: {value: 5}\n"),
                 {"spec.routes[1].mirrorPercent", "not supported", "mirrorPercentage"}},

@@ -76,6 +76,7 @@ enum class ErrorKind : uint8_t {
   kNoUpstream,       // Dubbo 70 / Thrift INTERNAL_ERROR
   kUpstreamFailure,  // Dubbo 80 / Thrift INTERNAL_ERROR
   kTimeout,          // Dubbo 31 (server timeout) / Thrift INTERNAL_ERROR
+  kOverLimit,        // Dubbo 100 (server threadpool exhausted) / Thrift INTERNAL_ERROR
 };
 
 struct Limits {

@@ -37,6 +37,7 @@ enum Status : uint8_t {
   kServiceError = 70,
   kServerError = 80,
   kClientError = 90,
+  kServerThreadpoolExhausted = 100,
 };
 
 // Message::wire for Dubbo: the flag byte in bits 0-7, the status in 8-15.

@@ -17,6 +17,7 @@
 #include "metanode/net.h"
 #include "metanode/result.h"
 #include "metanode/xds/resources.h"
+#include "metanode/xds/token_bucket.h"
 
 namespace re2 {
 class RE2;
@@ -142,6 +143,19 @@ struct RouteTable {
   std::vector<Route> routes;  // first match wins
 };
 
+// Aeraki's local rate limit filter on a listener: the first condition a
+// request matches takes a token from its bucket; a request matching none
+// takes one from the listener-wide bucket, if there is one. Buckets are
+// node-wide (see token_bucket.h).
+struct LocalRateLimit {
+  struct Condition {
+    std::vector<AttributeMatcher> match;  // AND
+    std::shared_ptr<TokenBucket> bucket;
+  };
+  std::vector<Condition> conditions;
+  std::shared_ptr<TokenBucket> bucket;  // may be null
+};
+
 struct Listener {
   std::string name;
   net::Endpoint address;
@@ -153,6 +167,7 @@ struct Listener {
   std::string stat_prefix;
   std::string service_host;  // from stat_prefix outbound|port||host, for metrics
   std::shared_ptr<const RouteTable> routes;  // null until RDS delivers it
+  std::shared_ptr<const LocalRateLimit> local_rate_limit;  // null: none
 };
 
 struct Snapshot {
