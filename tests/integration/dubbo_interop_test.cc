@@ -8,9 +8,12 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <fstream>
+#include <set>
 
 #include "local_daemon.h"
 
@@ -27,11 +30,11 @@ class DubboInterop : public ::testing::Test {
     for (int i = 0; i < 2; ++i) {
       ports_[i] = free_port();
       std::string v = "v" + std::to_string(i + 1);
-      ASSERT_TRUE(d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
-                                 std::to_string(ports_[i]), "--name", "dubbo-sample-server-" + v,
-                                 "--ip", "127.0.0.1"},
-                                "provider-" + v))
-          << slurp(d_.dir() + "/provider-" + v + ".log");
+      pids_[i] = d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
+                                std::to_string(ports_[i]), "--name", "dubbo-sample-server-" + v,
+                                "--ip", "127.0.0.1"},
+                               "provider-" + v);
+      ASSERT_GT(pids_[i], 0) << slurp(d_.dir() + "/provider-" + v + ".log");
     }
     vip_port_ = free_port();
     std::string h = kHost;
@@ -91,7 +94,30 @@ class DubboInterop : public ::testing::Test {
     return out;
   }
 
+  // Calls the provider logged ("call <method>" lines), as the provider saw them.
+  int provider_calls(int i, const std::string& method) {
+    std::string log = slurp(d_.dir() + "/provider-v" + std::to_string(i + 1) + ".log");
+    int n = 0;
+    for (size_t p = 0; (p = log.find("call " + method + "\n", p)) != std::string::npos; ++p) ++n;
+    return n;
+  }
+
+  void rule(const std::string& traffic_policy) {
+    std::string before = d_.admin("/config_dump");
+    std::string h = kHost;
+    d_.write_config("svc.yaml",
+                    slurp(d_.config_dir() + "/svc.yaml").substr(
+                        0, slurp(d_.config_dir() + "/svc.yaml").find("---\n")) +
+                        "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+                        "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                        "spec:\n  host: " + h + "\n  trafficPolicy:\n" + traffic_policy +
+                        "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n");
+    for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
   LocalDaemon d_;
+  pid_t pids_[2] = {0, 0};
   int ports_[2] = {0, 0};
   int vip_port_ = 0;
 };
@@ -232,6 +258,66 @@ TEST_F(DubboInterop, UpstreamFailureIsAnsweredWithTheClientsRequestId) {
   EXPECT_EQ(uint8_t(reply[3]), 80) << "SERVER_ERROR";
   EXPECT_EQ(uint8_t(reply[11]), 44) << "the client's id, not the upstream one";
   EXPECT_EQ(d_.metric("metanode_upstream_cx_connect_fail_total"), 1u) << d_.log();
+}
+
+TEST_F(DubboInterop, MirrorReachesTheOtherProviderWhileTheConsumerSeesOnlyTheRoute) {
+  std::string h = kHost;
+  route("  - name: all\n    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+        "    mirror: {host: " + h + ", subset: v2}\n");
+  auto r = consumer("sofa", 12, "sayHello");
+  ASSERT_EQ(r.ok, 12) << r.output << d_.log();
+  EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 12);
+  EXPECT_TRUE(eventually([&] { return provider_calls(1, "sayHello") == 12; }))
+      << provider_calls(1, "sayHello") << " mirrored calls reached v2";
+  EXPECT_EQ(provider_calls(0, "sayHello"), 12);
+  EXPECT_EQ(d_.metric("metanode_mirror_requests_total"), 12u);
+}
+
+TEST_F(DubboInterop, KilledProviderCostsTheConsumerNoFailedCall) {
+  auto warm = consumer("sofa", 4, "sayHello");
+  ASSERT_EQ(warm.ok, 4) << warm.output;
+  kill(pids_[1], SIGKILL);
+  waitpid(pids_[1], nullptr, 0);
+  for (const char* impl : {"sofa", "dubbojs"}) {
+    auto r = consumer(impl, 20, "sayHello");
+    EXPECT_EQ(r.ok, 20) << impl << ": " << r.first_error << d_.log();
+    EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 20) << impl;
+  }
+  EXPECT_GE(d_.metric("metanode_upstream_rq_retry_total"), 1u);
+  EXPECT_LT(d_.metric("metanode_upstream_cx_connect_fail_total"), 20u);
+}
+
+TEST_F(DubboInterop, LocalRateLimitIsAnOverloadReplyTheConsumersDecode) {
+  std::string h = kHost;
+  std::string before = d_.admin("/config_dump");
+  d_.write_config("metarouter.yaml",
+                  "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                  "spec:\n  hosts: [" + h + "]\n"
+                  "  localRateLimit: {tokenBucket: {maxTokens: 4, tokensPerFill: 1, fillInterval: 1h}}\n"
+                  "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
+  for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto r = consumer("sofa", 10, "sayHello");
+  EXPECT_EQ(r.ok, 4) << r.output;
+  EXPECT_EQ(r.errors, 6);
+  EXPECT_NE(r.first_error.find("rate limited"), std::string::npos) << r.first_error;
+  EXPECT_EQ(provider_calls(0, "sayHello") + provider_calls(1, "sayHello"), 4);
+  EXPECT_EQ(d_.metric("metanode_rate_limited_total"), 6u);
+}
+
+TEST_F(DubboInterop, ConsistentHashOnAnAttachmentSticksPerValue) {
+  rule("    loadBalancer: {consistentHash: {httpHeaderName: user}}\n");
+  std::set<std::string> servers;
+  for (int u = 0; u < 12; ++u) {
+    std::string user = "user" + std::to_string(u);
+    auto r = consumer("sofa", 4, "sayHello", {"--attach", "user=" + user});
+    ASSERT_EQ(r.ok, 4) << r.output;
+    EXPECT_EQ(r.by_server.size(), 1u) << user << " was spread over providers";
+    servers.insert(r.by_server.begin()->first);
+  }
+  // Twelve users on two providers: all on one has probability 2^-11.
+  EXPECT_EQ(servers.size(), 2u);
 }
 
 // A port named tcp-metaprotocol-auto-... is recognised per connection: the

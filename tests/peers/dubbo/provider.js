@@ -127,7 +127,10 @@ server.on('error', err => {
 
 const who = `${opts.name}/${opts.ip}`;
 
-function checkGroup(ctx) {
+// Every call is logged ("call <method>"), so tests can count what reached
+// this provider (mirrored copies, retries) without trusting the proxy.
+function checkGroup(ctx, method) {
+  console.log(`call ${method}`);
   const got = ctx && ctx.attachments && ctx.attachments.group ? String(ctx.attachments.group) : '';
   if (got !== opts.group) {
     const err = new Error(`not found service: ${opts.interface}:${opts.version} in group "${got}" ` +
@@ -139,15 +142,15 @@ function checkGroup(ctx) {
 
 server.addService({ interfaceName: opts.interface, version: opts.version, group: opts.group }, {
   async sayHello(name) {
-    checkGroup(this);
+    checkGroup(this, 'sayHello');
     return `Hello ${name}, response from ${who}`;
   },
   async sayGoodbye(name) {
-    checkGroup(this);
+    checkGroup(this, 'sayGoodbye');
     return `Goodbye ${name}, response from ${who}`;
   },
   async echoAttachment(key) {
-    checkGroup(this);
+    checkGroup(this, 'echoAttachment');
     const attachments = (this && this.attachments) || {};
     if (!Object.prototype.hasOwnProperty.call(attachments, key) || attachments[key] == null) {
       return '<absent>';
