@@ -11,22 +11,6 @@ namespace {
 
 uint64_t key_of(net::Endpoint e) { return uint64_t(e.addr) << 16 | e.port; }
 
-lb::Policy policy_of(xds::LbPolicy p) {
-  switch (p) {
-    case xds::LbPolicy::kLeastRequest:
-      return lb::Policy::kLeastRequest;
-    case xds::LbPolicy::kRandom:
-      return lb::Policy::kRandom;
-    case xds::LbPolicy::kRingHash:
-      return lb::Policy::kRingHash;
-    case xds::LbPolicy::kMaglev:
-      return lb::Policy::kMaglev;
-    case xds::LbPolicy::kRoundRobin:
-      break;
-  }
-  return lb::Policy::kRoundRobin;
-}
-
 // Connect backoff: 50 ms doubling to 2 s. Short enough that a restarted
 // upstream is used again within seconds, long enough that a dead one costs
 // one connect attempt per period instead of one per request.
@@ -92,7 +76,7 @@ void ClusterManager::apply(const xds::Snapshot& snap) {
       cs.hosts.push_back(h);
       lb_hosts.push_back({e.weight, lb::mix64(key_of(e.address))});
     }
-    cs.lb = lb::make_load_balancer(policy_of(c->lb), lb_hosts,
+    cs.lb = lb::make_load_balancer(c->lb, lb_hosts,
                                    {.ring_size = c->ring_size,
                                     .maglev_table_size = c->maglev_table_size});
     next.emplace(c.get(), std::move(cs));

@@ -115,7 +115,7 @@ std::string Server::clusters_text() const {
   std::ostringstream o;
   if (!snap) return "";
   for (const auto& [name, c] : snap->clusters) {
-    o << name << "::lb_policy::" << xds::lb_policy_name(c->lb) << "\n";
+    o << name << "::lb_policy::" << lb::policy_name(c->lb) << "\n";
     for (const auto& e : c->endpoints) {
       const Sum& x = sum[e.address];
       o << name << "::" << e.address.str() << "::rq_total::" << x.rq << "\n";

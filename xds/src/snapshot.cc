@@ -170,22 +170,6 @@ Result<std::vector<Endpoint>> endpoints_of(
 
 }  // namespace
 
-const char* lb_policy_name(LbPolicy p) {
-  switch (p) {
-    case LbPolicy::kRoundRobin:
-      return "ROUND_ROBIN";
-    case LbPolicy::kLeastRequest:
-      return "LEAST_REQUEST";
-    case LbPolicy::kRandom:
-      return "RANDOM";
-    case LbPolicy::kRingHash:
-      return "RING_HASH";
-    case LbPolicy::kMaglev:
-      return "MAGLEV";
-  }
-  return "?";
-}
-
 bool AttributeMatcher::matches(const std::string* v) const {
   bool r;
   if (kind == Kind::kPresent) {

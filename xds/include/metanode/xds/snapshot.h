@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "metanode/lb/load_balancer.h"
 #include "metanode/net.h"
 #include "metanode/result.h"
 #include "metanode/xds/resources.h"
@@ -25,8 +26,9 @@ class RE2;
 
 namespace metanode::xds {
 
-enum class LbPolicy : uint8_t { kRoundRobin, kLeastRequest, kRandom, kRingHash, kMaglev };
-const char* lb_policy_name(LbPolicy p);
+// The compiled policy is the balancer library's own enum: one list of
+// policies and names for the configuration and the data plane.
+using LbPolicy = lb::Policy;
 
 struct Endpoint {
   net::Endpoint address;
