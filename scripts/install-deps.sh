@@ -13,7 +13,7 @@ PKGS="
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-thrift thrift-compiler libthrift-dev
   iproute2 util-linux procps psmisc
-  haproxy
+  haproxy redis-server
 "
 missing=""
 for p in $PKGS; do
@@ -45,4 +45,5 @@ echo "install-deps: npm peers present"
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then PATH=$PATH:/usr/local/go/bin; fi
 if ! command -v go >/dev/null 2>&1; then echo "install-deps: go (>= 1.26, as tests/peers/xds/go.mod says) is required on PATH" >&2; exit 1; fi
 (cd "$(dirname "$0")/../tests/peers/xds" && GOFLAGS=-mod=readonly go mod download)
+(cd "$(dirname "$0")/../tests/peers/ratelimit" && GOFLAGS=-mod=readonly go mod download)
 echo "install-deps: Go modules present"

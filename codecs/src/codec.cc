@@ -84,6 +84,11 @@ class AutoCodec final : public Codec {
   bool mutate(Bytes& f, Message& m, const std::vector<KeyValue>& set) override {
     return inner_ && inner_->mutate(f, m, set);
   }
+  // Every call is forwarded: a malformed request after a good one gets the
+  // recognised protocol's own error reply, as on a port of that protocol.
+  bool encode_decode_error(std::span<const uint8_t> in, std::string_view why, Bytes& out) override {
+    return inner_ && inner_->encode_decode_error(in, why, out);
+  }
 
  private:
   Limits limits_;

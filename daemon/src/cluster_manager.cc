@@ -44,6 +44,12 @@ std::shared_ptr<HostShared> SharedLimits::host(net::Endpoint addr) {
   return p;
 }
 
+std::shared_ptr<HostShared> SharedLimits::find_host(net::Endpoint addr) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = hosts_.find(addr);
+  return it == hosts_.end() ? nullptr : it->second.lock();
+}
+
 std::shared_ptr<HostState> ClusterManager::host(net::Endpoint addr) {
   auto& h = hosts_[key_of(addr)];
   if (!h) {
@@ -84,8 +90,6 @@ void ClusterManager::apply(const xds::Snapshot& snap) {
   for (auto& [k, h] : hosts_) {
     if (keep.count(k)) continue;
     h->removed = true;
-    if (h->ejected && h->slot) h->slot->ejected.fetch_sub(1, std::memory_order_relaxed);
-    h->ejected = false;
     mark_backoff(*h, false);
     for (auto& p : h->pools)
       for (auto& c : p.conns) c->drain();
@@ -141,6 +145,7 @@ std::shared_ptr<HostState> ClusterManager::pick(ClusterState& cs, std::optional<
 std::shared_ptr<UpstreamConn> ClusterManager::connection(
     const std::shared_ptr<HostState>& h, std::string_view protocol, size_t max_conns,
     const std::function<std::shared_ptr<UpstreamConn>()>& make) {
+  if (shutting_down_) return nullptr;
   HostState::Pool* pool = nullptr;
   for (auto& p : h->pools)
     if (p.protocol == protocol) pool = &p;
@@ -186,50 +191,70 @@ void ClusterManager::connect_succeeded(HostState& h) {
 
 void ClusterManager::record(const xds::Cluster& c, HostState& h, AttemptResult r,
                             Clock::time_point now) {
+  HostShared* s = h.shared.get();
+  if (!s) return;
   if (r == AttemptResult::kOk) {
-    h.consecutive_gateway = h.consecutive_errors = 0;
+    s->consecutive_gateway.store(0, std::memory_order_relaxed);
+    s->consecutive_errors.store(0, std::memory_order_relaxed);
     return;
   }
-  ++h.consecutive_errors;
-  if (r == AttemptResult::kGatewayError) ++h.consecutive_gateway;
-  else h.consecutive_gateway = 0;
+  uint32_t errors = s->consecutive_errors.fetch_add(1, std::memory_order_relaxed) + 1;
+  uint32_t gateway = 0;
+  if (r == AttemptResult::kGatewayError)
+    gateway = s->consecutive_gateway.fetch_add(1, std::memory_order_relaxed) + 1;
+  else
+    s->consecutive_gateway.store(0, std::memory_order_relaxed);
   const auto& od = c.outlier;
-  if (!od.enabled() || h.ejected || h.removed) return;
-  bool trip = (od.consecutive_gateway_errors && h.consecutive_gateway >= od.consecutive_gateway_errors) ||
-              (od.consecutive_errors && h.consecutive_errors >= od.consecutive_errors);
+  if (!od.enabled() || h.removed || s->ejected(now)) return;
+  bool trip = (od.consecutive_gateway_errors && gateway >= od.consecutive_gateway_errors) ||
+              (od.consecutive_errors && errors >= od.consecutive_errors);
   if (!trip) return;
   // Envoy's cap: no ejection while the ejected share of this cluster is
   // already at max_ejection_percent.
   ClusterState* cs = find(&c);
   if (!cs) return;  // routed with a configuration that is gone: let the next one decide
   size_t ejected = size_t(std::count_if(cs->hosts.begin(), cs->hosts.end(),
-                                        [](const auto& x) { return x->ejected; }));
+                                        [&](const auto& x) { return x->ejected(now); }));
   if (double(ejected) * 100 >= double(od.max_ejection_percent) * double(cs->hosts.size())) {
     stats_.inc(Counter::outlier_ejection_overflow);
     return;
   }
-  ++h.ejections;
-  auto t = std::min(od.base_ejection_time * h.ejections,
-                    std::max(od.base_ejection_time, od.max_ejection_time));
-  h.ejected = true;
-  h.ejected_until = now + t;
-  if (h.slot) h.slot->ejected.fetch_add(1, std::memory_order_relaxed);
+  // Ejected for base × (times ejected), capped; the host returns at the
+  // first detector interval after that, as Envoy's sweep brings it back.
+  int64_t until = s->ejected_until_ns.load(std::memory_order_relaxed);
+  if (until != 0 && until > now.time_since_epoch().count()) return;
+  uint32_t n = s->ejections.load(std::memory_order_relaxed) + 1;
+  auto t = std::min(od.base_ejection_time * n, std::max(od.base_ejection_time, od.max_ejection_time));
+  auto iv = od.interval.count() > 0 ? od.interval : std::chrono::milliseconds(1);
+  t = ((t + iv - std::chrono::milliseconds(1)) / iv) * iv;
+  int64_t want = (now + t).time_since_epoch().count();
+  // One worker wins; the others see the host ejected.
+  if (!s->ejected_until_ns.compare_exchange_strong(until, want, std::memory_order_relaxed)) return;
+  s->ejections.fetch_add(1, std::memory_order_relaxed);
+  s->consecutive_gateway.store(0, std::memory_order_relaxed);
+  s->consecutive_errors.store(0, std::memory_order_relaxed);
   stats_.inc(Counter::outlier_ejections);
-  spdlog::warn("outlier detection: ejected {} from {} for {} ms ({} consecutive {})",
-               h.address.str(), c.name, t.count(),
-               r == AttemptResult::kGatewayError ? h.consecutive_gateway : h.consecutive_errors,
+  spdlog::warn("outlier detection: ejected {} from {} for {} ms ({} consecutive {})", h.address.str(),
+               c.name, t.count(), r == AttemptResult::kGatewayError ? gateway : errors,
                r == AttemptResult::kGatewayError ? "gateway errors" : "errors");
 }
 
 void ClusterManager::sweep(Clock::time_point now) {
   for (auto& [k, h] : hosts_) {
-    if (h->ejected && h->ejected_until <= now) {
-      h->ejected = false;
-      h->consecutive_gateway = h->consecutive_errors = 0;
-      if (h->slot) h->slot->ejected.fetch_sub(1, std::memory_order_relaxed);
-      spdlog::info("outlier detection: {} back in service", h->address.str());
+    if (HostShared* s = h->shared.get()) {
+      int64_t until = s->ejected_until_ns.load(std::memory_order_relaxed);
+      // The worker that clears the ejection says so, once for the node.
+      if (until != 0 && until <= now.time_since_epoch().count() &&
+          s->ejected_until_ns.compare_exchange_strong(until, 0, std::memory_order_relaxed))
+        spdlog::info("outlier detection: {} back in service", h->address.str());
     }
     if (!h->backing_off(now)) mark_backoff(*h, false);
+    // Closed connections leave the pool (each holds its host: no cycles
+    // kept alive by a host that is not asked for a while).
+    for (auto& p : h->pools)
+      p.conns.erase(std::remove_if(p.conns.begin(), p.conns.end(),
+                                   [](const auto& c) { return c->closed(); }),
+                    p.conns.end());
   }
   // Drained hosts go once their last connection has closed.
   draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
@@ -241,13 +266,22 @@ void ClusterManager::sweep(Clock::time_point now) {
                                               cs.end());
                                      if (!cs.empty()) return false;
                                    }
+                                   h->pools.clear();
                                    return true;
                                  }),
                   draining_.end());
 }
 
 void ClusterManager::clear() {
-  for_each_connection([](const std::shared_ptr<UpstreamConn>& c) { c->close("shutdown"); });
+  // No new connections from here on: a request failed by a closing
+  // connection may try another host, and must be answered instead.
+  shutting_down_ = true;
+  std::vector<std::shared_ptr<UpstreamConn>> conns;
+  for_each_connection([&](const std::shared_ptr<UpstreamConn>& c) { conns.push_back(c); });
+  for (auto& c : conns) c->close("shutdown");
+  // Hosts own their pools and connections own their host: break the cycle.
+  for (auto& [k, h] : hosts_) h->pools.clear();
+  for (auto& h : draining_) h->pools.clear();
   hosts_.clear();
   draining_.clear();
   clusters_.clear();

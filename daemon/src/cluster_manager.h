@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <type_traits>
 #include <functional>
 #include <map>
 #include <memory>
@@ -26,6 +27,7 @@ namespace metanode::core {
 
 class UpstreamConn;
 using Clock = std::chrono::steady_clock;
+static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>);
 
 // Outcome slots of istio_requests_total for one cluster.
 enum Outcome { kOk = 0, kException, kLocalError, kOutcomeCount };
@@ -36,8 +38,18 @@ struct ClusterShared {
   std::atomic<uint32_t> pending{0};  // of which waiting for a connection
   std::atomic<uint32_t> retries{0};  // of which retries
 };
+// Node-wide per host: connections for tcp.maxConnections, and outlier
+// detection, so a failing host is ejected for every worker at once.
 struct HostShared {
   std::atomic<uint32_t> connections{0};
+  std::atomic<uint32_t> consecutive_gateway{0};
+  std::atomic<uint32_t> consecutive_errors{0};
+  std::atomic<uint32_t> ejections{0};
+  std::atomic<int64_t> ejected_until_ns{0};  // 0: in service
+  bool ejected(Clock::time_point now) const {
+    int64_t u = ejected_until_ns.load(std::memory_order_relaxed);
+    return u != 0 && u > now.time_since_epoch().count();
+  }
 };
 
 // The registry of that state: entries live while a worker refers to them.
@@ -45,6 +57,8 @@ class SharedLimits {
  public:
   std::shared_ptr<ClusterShared> cluster(const std::string& name);
   std::shared_ptr<HostShared> host(net::Endpoint addr);
+  // For the admin thread; null if no worker knows the host.
+  std::shared_ptr<HostShared> find_host(net::Endpoint addr);
 
  private:
   std::mutex mu_;
@@ -62,7 +76,6 @@ struct ClusterStats {
 // Per endpoint address, shared with the admin thread (summed over workers).
 struct HostSlot {
   std::atomic<uint64_t> requests{0};
-  std::atomic<uint32_t> ejected{0};  // workers that have it ejected
   std::atomic<uint32_t> backoff{0};  // workers waiting to reconnect to it
 };
 
@@ -86,15 +99,9 @@ struct HostState {
   uint32_t connect_failures = 0;
   Clock::time_point connect_retry_at{};
   bool backoff_marked = false;  // counted in slot->backoff
-  // Outlier detection.
-  uint32_t consecutive_gateway = 0;
-  uint32_t consecutive_errors = 0;
-  uint32_t ejections = 0;
-  bool ejected = false;
-  Clock::time_point ejected_until{};
-
   bool backing_off(Clock::time_point now) const { return connect_retry_at > now; }
-  bool usable(Clock::time_point now) const { return !ejected && !backing_off(now); }
+  bool ejected(Clock::time_point now) const { return shared && shared->ejected(now); }
+  bool usable(Clock::time_point now) const { return !ejected(now) && !backing_off(now); }
 };
 
 struct ClusterState {
@@ -136,7 +143,7 @@ class ClusterManager {
   // request was routed with).
   void record(const xds::Cluster& c, HostState& h, AttemptResult r, Clock::time_point now);
 
-  // Returns ejected hosts whose time is up; closes drained idle connections.
+  // Returns ejected hosts whose time is up; forgets drained hosts.
   void sweep(Clock::time_point now);
   // Every pooled connection, for shutdown and timeout sweeps.
   template <class Fn>
@@ -159,6 +166,7 @@ class ClusterManager {
 
   StatsShard& stats_;
   SharedLimits& limits_;
+  bool shutting_down_ = false;
   std::unordered_map<const xds::Cluster*, ClusterState> clusters_;
   std::unordered_map<uint64_t, std::shared_ptr<HostState>> hosts_;  // by address key
   std::vector<std::shared_ptr<HostState>> draining_;

@@ -96,6 +96,73 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
       reply_error(msg, ErrorKind::kOverLimit, "metanode: rate limited (" + l->service_host + ")", nullptr);
     return;
   }
+  if (l && l->global_rate_limit && check_global_rate_limit(*snap, *l->global_rate_limit, msg, frame))
+    return;  // continued by the service's answer
+  route(msg, std::move(frame));
+}
+
+bool DownstreamConn::check_global_rate_limit(const xds::Snapshot& snap, const xds::GlobalRateLimit& rl,
+                                             Message& msg, Bytes& frame) {
+  StatsShard& st = w_.stats();
+  bool match = std::all_of(rl.match.begin(), rl.match.end(), [&](const xds::AttributeMatcher& m) {
+    return m.matches(msg.metadata.get(m.name));
+  });
+  if (!match) return false;
+  // Envoy sends a descriptor only when every entry has a value.
+  std::vector<std::pair<std::string, std::string>> entries;
+  for (const auto& [attr, key] : rl.descriptors) {
+    const std::string* v = msg.metadata.get(attr);
+    if (!v) return false;
+    entries.emplace_back(key, *v);
+  }
+  bool oneway = msg.kind == MessageKind::kOneway;
+  auto decide = [this, oneway, deny = rl.deny_on_fail](RateLimitClient::Decision d,
+                                                       Message& m, Bytes f) {
+    StatsShard& s = w_.stats();
+    if (d == RateLimitClient::Decision::kError) {
+      s.inc(Counter::global_rate_limit_error);
+      if (!deny) return route(m, std::move(f));
+    }
+    if (d == RateLimitClient::Decision::kOk) return route(m, std::move(f));
+    s.inc(Counter::rate_limited);
+    if (!oneway)
+      reply_error(m, ErrorKind::kOverLimit,
+                  d == RateLimitClient::Decision::kOverLimit
+                      ? "metanode: rate limited (rate limit service)"
+                      : "metanode: rate limit service unavailable",
+                  nullptr);
+  };
+  const xds::Cluster* svc = snap.find_cluster(rl.service_cluster);
+  if (!svc || svc->endpoints.empty()) {
+    decide(RateLimitClient::Decision::kError, msg, std::move(frame));
+    return true;
+  }
+  net::Endpoint ep = svc->endpoints[w_.rng().below(svc->endpoints.size())].address;
+  st.inc(Counter::global_rate_limit_calls);
+  // The request waits in the callback; the answer comes back on a gRPC
+  // thread and is posted to this connection's loop.
+  struct Held {
+    Message msg;
+    Bytes frame;
+  };
+  auto held = std::make_shared<Held>(Held{std::move(msg), std::move(frame)});
+  auto self = shared_from_this();
+  w_.rate_limit_service().check(
+      ep, rl.domain, entries, rl.timeout,
+      [self, held, decide](RateLimitClient::Decision d) {
+        asio::post(self->w_.io(), [self, held, decide, d]() mutable {
+          if (self->closed_) return;
+          decide(d, held->msg, std::move(held->frame));
+        });
+      });
+  return true;
+}
+
+void DownstreamConn::route(Message& msg, Bytes frame) {
+  StatsShard& st = w_.stats();
+  bool oneway = msg.kind == MessageKind::kOneway;
+  const xds::Snapshot* snap = w_.snapshot();
+  const xds::Listener* l = snap ? snap->find_listener(orig_) : nullptr;
   const xds::Route* route = l && l->routes ? match_route(*l->routes, msg.metadata) : nullptr;
   if (!route) {
     st.inc(Counter::no_route);

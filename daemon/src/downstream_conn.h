@@ -31,6 +31,11 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
   void do_read();
   void on_read(size_t n);
   void handle(codecs::Message& msg, codecs::Bytes frame);
+  // Past the rate limits: route, cluster, ActiveRequest.
+  void route(codecs::Message& msg, codecs::Bytes frame);
+  // Asks the rate limit service; false when the request is not subject to it.
+  bool check_global_rate_limit(const xds::Snapshot& snap, const xds::GlobalRateLimit& rl,
+                               codecs::Message& msg, codecs::Bytes& frame);
   void queue(codecs::Bytes b);
   void do_write();
   void close(const char* why);

@@ -102,14 +102,13 @@ std::string Server::clusters_text() const {
   auto snap = snapshot();
   struct Sum {
     uint64_t rq = 0;
-    uint32_t ejected = 0, backoff = 0;
+    uint32_t backoff = 0;
   };
   std::map<net::Endpoint, Sum> sum;
   for (const auto& w : impl_->workers)
     for (const auto& [ep, s] : w->clusters().slots()) {
       auto& x = sum[ep];
       x.rq += s->requests.load(std::memory_order_relaxed);
-      x.ejected += s->ejected.load(std::memory_order_relaxed);
       x.backoff += s->backoff.load(std::memory_order_relaxed);
     }
   std::ostringstream o;
@@ -118,13 +117,14 @@ std::string Server::clusters_text() const {
     o << name << "::lb_policy::" << lb::policy_name(c->lb) << "\n";
     for (const auto& e : c->endpoints) {
       const Sum& x = sum[e.address];
+      auto shared = impl_->limits.find_host(e.address);
+      bool ejected = shared && shared->ejected(Clock::now());
       o << name << "::" << e.address.str() << "::rq_total::" << x.rq << "\n";
-      // Envoy's health_flags words; per worker, so "on N workers" follows.
-      std::string flags = "healthy";
-      if (x.ejected) flags = "/failed_outlier_check(" + std::to_string(x.ejected) + " workers)";
-      if (x.backoff)
-        flags = (x.ejected ? flags : std::string()) + "/reconnect_backoff(" +
-                std::to_string(x.backoff) + " workers)";
+      // Envoy's health_flags words; reconnect backoff is per worker, so
+      // the number of workers waiting follows.
+      std::string flags = ejected ? "/failed_outlier_check" : "";
+      if (x.backoff) flags += "/reconnect_backoff(" + std::to_string(x.backoff) + " workers)";
+      if (flags.empty()) flags = "healthy";
       o << name << "::" << e.address.str() << "::health_flags::" << flags << "\n";
       for (const auto& [k, v] : e.labels)
         o << name << "::" << e.address.str() << "::label::" << k << "=" << v << "\n";

@@ -25,8 +25,8 @@ UpstreamConn::UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::stri
       sock_(w.io()),
       connect_timer_(w.io()),
       codec_(codecs::make_codec(protocol, w.opts().limits)),
-      stream_(w.opts().limits.max_message_bytes),
-      pool_(pool) {
+      pool_(pool),
+      stream_(w.opts().limits.max_message_bytes) {
   // Counted from creation: the limit is on connections opened or opening.
   if (host_->shared) host_->shared->connections.fetch_add(1, std::memory_order_relaxed);
 }

@@ -33,6 +33,7 @@ Worker::Worker(Server::Impl& srv, size_t index)
 Worker::~Worker() = default;
 
 const ServerOptions& Worker::opts() const { return srv_.opts; }
+RateLimitClient& Worker::rate_limit_service() { return srv_.rate_limits; }
 bpf::Maps* Worker::maps() const { return srv_.maps; }
 
 const xds::Snapshot* Worker::snapshot() {

@@ -14,6 +14,7 @@
 
 #include "cluster_manager.h"
 #include "metanode/core/server.h"
+#include "rate_limit_client.h"
 
 namespace metanode::core {
 
@@ -35,6 +36,7 @@ class Worker {
   const xds::Snapshot* snapshot();
   const std::shared_ptr<const xds::Snapshot>& snapshot_ref() { return snap_; }
   ClusterManager& clusters() { return cm_; }
+  RateLimitClient& rate_limit_service();
   lb::Rng& rng() { return rng_; }
 
   // Binds what the configuration wants and closes what it no longer does;
@@ -68,6 +70,9 @@ struct Server::Impl {
   std::atomic<uint64_t> gen{0};
   SharedLimits limits;  // before the workers, which refer to it
   std::vector<std::unique_ptr<Worker>> workers;
+  // After the workers: destroyed first, waiting for calls in flight, whose
+  // answers are posted to the workers' loops.
+  RateLimitClient rate_limits;
   std::vector<std::thread> threads;
   StatsShard control;
   std::atomic<bool> started{false};

@@ -287,6 +287,80 @@ TEST_F(DubboInterop, KilledProviderCostsTheConsumerNoFailedCall) {
   EXPECT_LT(d_.metric("metanode_upstream_cx_connect_fail_total"), 20u);
 }
 
+// A provider that answers every call with an exception (hessian.js's own:
+// it serves another group) is ejected after the configured run of errors;
+// the consumer's calls then all go to the healthy one.
+TEST_F(DubboInterop, OutlierDetectionEjectsAProviderThatAnswersErrors) {
+  int bad_port = free_port();
+  ASSERT_GT(d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
+                           std::to_string(bad_port), "--name", "dubbo-sample-server-bad", "--ip",
+                           "127.0.0.1", "--group", "elsewhere"},
+                          "provider-bad"),
+            0);
+  std::string h = kHost;
+  std::string before = d_.admin("/config_dump");
+  d_.write_config("svc.yaml",
+                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                  "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
+                  "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-dubbo-demo}]\n"
+                  "  endpoints:\n"
+                  "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " + std::to_string(ports_[0]) + "}}\n"
+                  "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " + std::to_string(bad_port) + "}}\n"
+                  "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                  "spec:\n  host: " + h + "\n  trafficPolicy:\n"
+                  "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1m, "
+                  "maxEjectionPercent: 50}\n");
+  for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto r = consumer("sofa", 40, "sayHello");
+  EXPECT_EQ(r.errors, 2) << r.output;  // the run that tripped the detector
+  EXPECT_EQ(r.ok + r.errors, 40);
+  EXPECT_GE(d_.metric("metanode_outlier_ejections_total"), 1u);
+  // Ejection is node-wide: a new connection, whichever worker takes it,
+  // sees none of the bad provider.
+  for (int i = 0; i < 4; ++i) {
+    auto after = consumer("sofa", 5, "sayHello");
+    EXPECT_EQ(after.ok, 5) << after.output;
+  }
+  EXPECT_NE(d_.admin("/clusters").find("failed_outlier_check"), std::string::npos) << d_.admin("/clusters");
+}
+
+// metanode.io/timeout: a provider slower than the route's timeout gets the
+// consumer a SERVER_TIMEOUT-class error from the daemon, well before the
+// consumer's own 3 s timeout.
+TEST_F(DubboInterop, RouteTimeoutAnswersBeforeTheConsumerGivesUp) {
+  int slow_port = free_port();
+  ASSERT_GT(d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
+                           std::to_string(slow_port), "--name", "dubbo-sample-server-slow", "--ip",
+                           "127.0.0.1", "--delay-ms", "1500"},
+                          "provider-slow"),
+            0);
+  std::string h = kHost;
+  std::string before = d_.admin("/config_dump");
+  d_.write_config("svc.yaml",
+                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                  "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
+                  "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-dubbo-demo}]\n"
+                  "  endpoints:\n"
+                  "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " + std::to_string(slow_port) + "}}\n");
+  d_.write_config("metarouter.yaml",
+                  "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+                  "metadata:\n  name: dubbo-demo\n  namespace: meta-dubbo\n"
+                  "  annotations: {metanode.io/timeout: 300ms}\n"
+                  "spec:\n  hosts: [" + h + "]\n"
+                  "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
+  for (int i = 0; i < 100 && d_.admin("/config_dump").find("0.300s") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto r = consumer("sofa", 2, "sayHello");
+  EXPECT_EQ(r.ok, 0) << r.output;
+  EXPECT_EQ(r.errors, 2);
+  EXPECT_NE(r.first_error.find("timed out"), std::string::npos) << r.first_error;
+  EXPECT_EQ(d_.metric("metanode_upstream_rq_timeout_total"), 2u);
+}
+
 TEST_F(DubboInterop, LocalRateLimitIsAnOverloadReplyTheConsumersDecode) {
   std::string h = kHost;
   std::string before = d_.admin("/config_dump");

@@ -169,6 +169,7 @@ void FakeUpstream::serve(int fd) {
     std::string out = a.act == Act::kException
                           ? thrift_message(3, req->method, req->seqid, name_ + " failed")
                           : thrift_message(2, req->method, req->seqid, name_);
+    if (a.act == Act::kReplyTwice) out += out;  // the second one matches nothing
     if (!write_all(fd, out)) break;
   }
   --open_;

@@ -31,7 +31,7 @@ std::optional<ThriftReply> parse_thrift(const std::string& frame);
 
 class FakeUpstream {
  public:
-  enum class Act { kReply, kException, kSilent, kClose };
+  enum class Act { kReply, kException, kSilent, kClose, kReplyTwice };
   struct Action {
     Act act = Act::kReply;
     std::chrono::milliseconds delay{0};

@@ -22,6 +22,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "aeraki/meta_protocol_proxy/filters/global_ratelimit/v1alpha/global_ratelimit.pb.h"
 #include "aeraki/meta_protocol_proxy/filters/local_ratelimit/v1alpha/local_ratelimit.pb.h"
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
 #include "udpa/type/v1/typed_struct.pb.h"
@@ -309,12 +310,22 @@ struct RateLimitSpec {
   std::vector<std::pair<std::vector<std::pair<std::string, StringMatch>>, Bucket>> conditions;
 };
 
+struct GlobalRateLimitSpec {
+  std::vector<std::pair<std::string, StringMatch>> match;
+  std::string domain;
+  uint32_t timeout_ms = 0;
+  bool deny_on_fail = false;
+  std::string service;  // outbound|port||host
+  std::vector<std::pair<std::string, std::string>> descriptors;
+};
+
 struct MetaRouter {
   Origin origin;
   std::string host;
   std::vector<MetaRoute> routes;
   RouteResilience resilience;
   std::optional<RateLimitSpec> local_rate_limit;
+  std::optional<GlobalRateLimitSpec> global_rate_limit;
 };
 
 struct Objects {
@@ -636,6 +647,33 @@ RateLimitSpec parse_local_rate_limit(const YAML::Node& n, const Origin& o, const
   return rl;
 }
 
+GlobalRateLimitSpec parse_global_rate_limit(const YAML::Node& n, const Origin& o, const std::string& f) {
+  GlobalRateLimitSpec g;
+  expect_map(n, o, f);
+  allow_only(n, o, f, {"match", "domain", "requestTimeout", "denyOnFail", "rateLimitService", "descriptors"});
+  g.match = parse_match(n["match"], o, f + ".match");
+  g.domain = scalar(n["domain"], o, f + ".domain");
+  if (g.domain.empty()) fail(o, f + ".domain", "required");
+  g.timeout_ms = duration_ms(n["requestTimeout"], o, f + ".requestTimeout");
+  g.deny_on_fail = boolean(n["denyOnFail"], o, f + ".denyOnFail");
+  g.service = scalar(n["rateLimitService"], o, f + ".rateLimitService");
+  if (g.service.empty())
+    fail(o, f + ".rateLimitService", "required: the service's cluster, outbound|<port>||<host>");
+  const YAML::Node ds = n["descriptors"];
+  if (!ds || !ds.IsSequence() || ds.size() == 0)
+    fail(o, f + ".descriptors", "at least one {property, descriptorKey} is required");
+  for (size_t i = 0; i < ds.size(); ++i) {
+    std::string df = f + ".descriptors[" + std::to_string(i) + "]";
+    allow_only(ds[i], o, df, {"property", "descriptorKey"});
+    std::string prop = scalar(ds[i]["property"], o, df + ".property");
+    std::string key = scalar(ds[i]["descriptorKey"], o, df + ".descriptorKey");
+    if (prop.empty()) fail(o, df + ".property", "required");
+    if (key.empty()) fail(o, df + ".descriptorKey", "required");
+    g.descriptors.emplace_back(prop, key);
+  }
+  return g;
+}
+
 constexpr const char* kTimeoutAnnotation = "metanode.io/timeout";
 constexpr const char* kRetriesAnnotation = "metanode.io/retries";
 
@@ -694,10 +732,14 @@ MetaRouter parse_meta_router(const YAML::Node& spec, const Origin& o,
                              const std::map<std::string, std::string>& annotations) {
   MetaRouter mr;
   mr.origin = o;
-  if (spec["globalRateLimit"]) fail(o, "spec.globalRateLimit", "not executed by metanode yet; remove it");
-  allow_only(spec, o, "spec", {"hosts", "routes", "localRateLimit"});
+  if (spec["gateways"])
+    fail(o, "spec.gateways", "gateways are not served by metanode (it proxies pods' own calls)");
+  allow_only(spec, o, "spec", {"hosts", "routes", "localRateLimit", "globalRateLimit", "exportTo"});
+  check_export_to(spec, o);
   if (spec["localRateLimit"])
     mr.local_rate_limit = parse_local_rate_limit(spec["localRateLimit"], o, "spec.localRateLimit");
+  if (spec["globalRateLimit"])
+    mr.global_rate_limit = parse_global_rate_limit(spec["globalRateLimit"], o, "spec.globalRateLimit");
   mr.resilience = parse_resilience(annotations, o);
   auto hosts = strings(spec["hosts"], o, "spec.hosts");
   if (hosts.empty()) fail(o, "spec.hosts", "one host is required");
@@ -999,6 +1041,28 @@ void add_local_rate_limit(aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProx
   f->mutable_config()->PackFrom(cfg);
 }
 
+// Aeraki's globalRateLimit: a aeraki.meta_protocol.filters.ratelimit filter
+// calling the rate limit service's cluster over gRPC.
+void add_global_rate_limit(aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy& mpp,
+                           const GlobalRateLimitSpec& g) {
+  aeraki::meta_protocol_proxy::filters::ratelimit::v1alpha::RateLimit cfg;
+  for (const auto& [k, sm] : g.match) *cfg.mutable_match()->add_metadata() = header_matcher(k, sm);
+  cfg.set_domain(g.domain);
+  if (g.timeout_ms) *cfg.mutable_timeout() = pb_duration(g.timeout_ms);
+  cfg.set_failure_mode_deny(g.deny_on_fail);
+  auto* rls = cfg.mutable_rate_limit_service();
+  rls->mutable_grpc_service()->mutable_envoy_grpc()->set_cluster_name(g.service);
+  rls->set_transport_api_version(envoy::config::core::v3::V3);
+  for (const auto& [prop, key] : g.descriptors) {
+    auto* d = cfg.add_descriptors();
+    d->set_property(prop);
+    d->set_descriptor_key(key);
+  }
+  auto* f = mpp.add_meta_protocol_filters();
+  f->set_name("aeraki.meta_protocol.filters.ratelimit");
+  f->mutable_config()->PackFrom(cfg);
+}
+
 template <class T>
 std::map<std::string, const T*> one_per_host(const std::vector<T>& objs, const char* field,
                                              const char* kind) {
@@ -1022,6 +1086,9 @@ Result<Resources> generate(const Objects& objs) {
 
   // Every MetaProtocol service port, by host.
   std::map<std::string, std::vector<Service>> by_host;
+  // Other ports (a rate limit service's gRPC port): clusters only, as
+  // istiod sends them, for filters that call out.
+  std::vector<Service> plain;
   std::map<std::string, const ServiceEntry*> host_owner;
   for (const auto& se : objs.service_entries) {
     for (const auto& host : se.hosts) {
@@ -1033,6 +1100,7 @@ Result<Resources> generate(const Objects& objs) {
     }
     for (const auto& p : se.ports)
       if (!p.protocol.empty()) by_host[se.hosts[0]].push_back({&se, &p, se.hosts[0]});
+      else plain.push_back({&se, &p, se.hosts[0]});
   }
 
   for (const auto& dr : objs.destination_rules) {
@@ -1076,6 +1144,17 @@ Result<Resources> generate(const Objects& objs) {
         check_dest(mr, mr.routes[i].route[j], f + ".route[" + std::to_string(j) + "].destination");
       if (mr.routes[i].has_mirror) check_dest(mr, mr.routes[i].mirror, f + ".mirror");
     }
+    if (mr.global_rate_limit) {
+      // The rate limit service must be a cluster this configuration has.
+      const std::string& svc = mr.global_rate_limit->service;
+      bool found = false;
+      for (const auto& p : plain) found = found || cluster_name(p.port->number, "", p.host) == svc;
+      for (const auto& [h, services] : by_host)
+        for (const auto& p : services) found = found || cluster_name(p.port->number, "", p.host) == svc;
+      if (!found)
+        fail(mr.origin, "spec.globalRateLimit.rateLimitService",
+             "'" + svc + "' is no service port's cluster (outbound|<port>||<host> of a ServiceEntry)");
+    }
   }
   for (const auto& [host, dr] : drs) {
     for (size_t i = 0; i < dr->subsets.size(); ++i)
@@ -1084,6 +1163,10 @@ Result<Resources> generate(const Objects& objs) {
              "a subset needs labels to select endpoints");
   }
 
+  for (const auto& svc : plain) {
+    const DestinationRule* dr = drs.count(svc.host) ? drs[svc.host] : nullptr;
+    add_cluster(out, svc, "", {}, effective_policy(dr, "", svc.port->number));
+  }
   for (const auto& [host, services] : by_host) {
     const DestinationRule* dr = drs.count(host) ? drs[host] : nullptr;
     const MetaRouter* mr = mrs.count(host) ? mrs[host] : nullptr;
@@ -1113,6 +1196,7 @@ Result<Resources> generate(const Objects& objs) {
         set_aeraki_rds(mpp.mutable_rds()->mutable_config_source());
         mpp.mutable_rds()->set_route_config_name(route_name);
         if (mr && mr->local_rate_limit) add_local_rate_limit(mpp, *mr->local_rate_limit, route_name);
+        if (mr && mr->global_rate_limit) add_global_rate_limit(mpp, *mr->global_rate_limit);
         mpp.add_meta_protocol_filters()->set_name("aeraki.meta_protocol.filters.router");
         pack_as_typed_struct(mpp, f->mutable_typed_config());
         out.listeners.push_back(std::move(l));

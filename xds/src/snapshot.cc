@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 
+#include "aeraki/meta_protocol_proxy/filters/global_ratelimit/v1alpha/global_ratelimit.pb.h"
 #include "aeraki/meta_protocol_proxy/filters/local_ratelimit/v1alpha/local_ratelimit.pb.h"
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
 #include "udpa/type/v1/typed_struct.pb.h"
@@ -495,6 +496,9 @@ constexpr char kLocalRateLimitFilter[] = "aeraki.meta_protocol.filters.local_rat
 // A node proxy knows both peers without it (source from the connection,
 // destination from the endpoint), so there is nothing to execute.
 constexpr char kMetadataExchangeFilter[] = "aeraki.meta_protocol.filters.metadata_exchange";
+constexpr char kGlobalRateLimitFilter[] = "aeraki.meta_protocol.filters.ratelimit";
+constexpr char kGlobalRateLimitType[] =
+    "type.googleapis.com/aeraki.meta_protocol_proxy.filters.ratelimit.v1alpha.RateLimit";
 constexpr char kLocalRateLimitType[] =
     "type.googleapis.com/aeraki.meta_protocol_proxy.filters.local_ratelimit.v1alpha.LocalRateLimit";
 
@@ -512,9 +516,43 @@ Result<std::shared_ptr<TokenBucket>> compile_bucket(const envoy::type::v3::Token
 // The filters of a MetaProtocolProxy: the router (required, last) and the
 // local rate limit; any other filter is refused by name, since serving the
 // listener without it would drop what it was meant to do.
-Result<std::shared_ptr<const LocalRateLimit>> compile_filters(
-    const aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy& mpp, const std::string& listener,
-    const std::string& where) {
+Result<std::shared_ptr<const GlobalRateLimit>> compile_global_rate_limit(
+    const google::protobuf::Any& config, const std::string& where) {
+  aeraki::meta_protocol_proxy::filters::ratelimit::v1alpha::RateLimit cfg;
+  if (config.type_url() != kGlobalRateLimitType || !config.UnpackTo(&cfg))
+    return bad(where, std::string("filter ") + kGlobalRateLimitFilter + " config is not a " +
+                          kGlobalRateLimitType);
+  auto g = std::make_shared<GlobalRateLimit>();
+  for (const auto& h : cfg.match().metadata()) {
+    auto m = compile_matcher(h, where + " ratelimit match");
+    if (!m) return m.error();
+    g->match.push_back(std::move(m.value()));
+  }
+  g->domain = cfg.domain();
+  if (g->domain.empty()) return bad(where, "ratelimit without a domain");
+  if (cfg.has_timeout()) g->timeout = ms(cfg.timeout());
+  if (g->timeout.count() <= 0) return bad(where, "ratelimit timeout must be positive");
+  g->deny_on_fail = cfg.failure_mode_deny();
+  const auto& gs = cfg.rate_limit_service().grpc_service();
+  g->service_cluster = gs.envoy_grpc().cluster_name();
+  if (g->service_cluster.empty()) return bad(where, "ratelimit names no rate_limit_service cluster");
+  for (const auto& d : cfg.descriptors()) {
+    if (d.property().empty() || d.descriptor_key().empty())
+      return bad(where, "ratelimit descriptor needs a property and a descriptor_key");
+    g->descriptors.emplace_back(d.property(), d.descriptor_key());
+  }
+  if (g->descriptors.empty()) return bad(where, "ratelimit without descriptors");
+  return std::shared_ptr<const GlobalRateLimit>(std::move(g));
+}
+
+struct Filters {
+  std::shared_ptr<const LocalRateLimit> local;
+  std::shared_ptr<const GlobalRateLimit> global;
+};
+
+Result<Filters> compile_filters(const aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy& mpp,
+                                const std::string& listener, const std::string& where) {
+  Filters out;
   std::shared_ptr<LocalRateLimit> rl;
   bool router = mpp.meta_protocol_filters_size() == 0;  // Aeraki's default chain is the router
   for (const auto& f : mpp.meta_protocol_filters()) {
@@ -523,10 +561,17 @@ Result<std::shared_ptr<const LocalRateLimit>> compile_filters(
       continue;
     }
     if (f.name() == kMetadataExchangeFilter) continue;
+    if (f.name() == kGlobalRateLimitFilter) {
+      if (out.global) return bad(where, "two global rate limit filters");
+      auto g = compile_global_rate_limit(f.config(), where);
+      if (!g) return g.error();
+      out.global = *g;
+      continue;
+    }
     if (f.name() != kLocalRateLimitFilter)
       return bad(where, "meta_protocol filter '" + f.name() + "' is not supported (" +
                             kRouterFilter + ", " + kLocalRateLimitFilter + ", " +
-                            kMetadataExchangeFilter + ")");
+                            kGlobalRateLimitFilter + ", " + kMetadataExchangeFilter + ")");
     aeraki::meta_protocol_proxy::filters::local_ratelimit::v1alpha::LocalRateLimit cfg;
     if (f.config().type_url() != kLocalRateLimitType || !f.config().UnpackTo(&cfg))
       return bad(where, "filter " + f.name() + " config is not a " + kLocalRateLimitType);
@@ -554,7 +599,8 @@ Result<std::shared_ptr<const LocalRateLimit>> compile_filters(
     }
   }
   if (!router) return bad(where, std::string("no ") + kRouterFilter + " in meta_protocol_filters");
-  return std::shared_ptr<const LocalRateLimit>(std::move(rl));
+  out.local = std::move(rl);
+  return out;
 }
 
 // The RDS config source's gRPC cluster, or "" for ADS.
@@ -605,9 +651,10 @@ Result<std::optional<Listener>> compile_listener(const envoy::config::listener::
       out.rds_cluster = *src;
       if (mpp.has_idle_timeout())
         return bad(where, "MetaProtocolProxy idle_timeout (client connections) is not supported yet");
-      auto rl = compile_filters(mpp, l.name(), where);
-      if (!rl) return rl.error();
-      out.local_rate_limit = *rl;
+      auto filters = compile_filters(mpp, l.name(), where);
+      if (!filters) return filters.error();
+      out.local_rate_limit = filters->local;
+      out.global_rate_limit = filters->global;
       std::string subset;
       uint32_t port;
       parse_cluster_name(out.stat_prefix, out.service_host, subset, port);

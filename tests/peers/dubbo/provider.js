@@ -40,6 +40,7 @@ function parseArgs(argv) {
     interface: 'com.example.DemoService',
     version: '1.0.0',
     group: '',
+    delayMs: 0,
     verbose: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -56,6 +57,7 @@ function parseArgs(argv) {
       case '--interface': opts.interface = value(); break;
       case '--version': opts.version = value(); break;
       case '--group': opts.group = value(); break;
+      case '--delay-ms': opts.delayMs = Number(value()); break;
       case '--verbose': opts.verbose = true; break;
       case '-h': case '--help': usage(); break;
       default: usage(`unknown argument ${flag}`);
@@ -70,7 +72,7 @@ function parseArgs(argv) {
 function usage(msg) {
   if (msg) process.stderr.write(`provider.js: ${msg}\n`);
   process.stderr.write('usage: provider.js --port P --name NAME [--ip IP] [--host H] ' +
-    '[--interface I] [--version V] [--group G] [--verbose]\n');
+    '[--interface I] [--version V] [--group G] [--delay-ms N] [--verbose]\n');
   process.exit(msg ? 2 : 0);
 }
 
@@ -143,6 +145,7 @@ function checkGroup(ctx, method) {
 server.addService({ interfaceName: opts.interface, version: opts.version, group: opts.group }, {
   async sayHello(name) {
     checkGroup(this, 'sayHello');
+    if (opts.delayMs > 0) await new Promise(resolve => setTimeout(resolve, opts.delayMs));
     return `Hello ${name}, response from ${who}`;
   },
   async sayGoodbye(name) {

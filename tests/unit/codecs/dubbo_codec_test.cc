@@ -339,5 +339,19 @@ TEST(DubboCodec, MalformedTwoWayRequestGetsBadRequestReply) {
   EXPECT_FALSE(c.encode_decode_error(junk, "x", out)) << "no request id to answer";
 }
 
+// On an "auto" port the recognised codec answers the malformed request too.
+TEST(DubboCodec, AutoCodecForwardsTheMalformedRequestReply) {
+  Bytes f = request_with_args({0x40}, "Ljava/lang/Object;");
+  auto c = make_codec("auto");
+  Message m;
+  auto r = c->decode(f, m);
+  ASSERT_EQ(r.status, DecodeStatus::kError);
+  Bytes out;
+  ASSERT_TRUE(c->encode_decode_error(f, r.error, out));
+  Message reply;
+  ASSERT_EQ(DubboCodec().decode(out, reply).status, DecodeStatus::kDone);
+  EXPECT_EQ(wire_status(reply.wire), kBadRequest);
+}
+
 }  // namespace
 }  // namespace metanode::codecs::dubbo

@@ -463,5 +463,28 @@ TEST_F(DataPlane, LocalRateLimitRefills) {
   EXPECT_EQ(calls(1)["a"], 1);
 }
 
+TEST_F(DataPlane, DuplicateReplyIsCountedAsOrphanedAndDropped) {
+  FakeUpstream twice("twice", [](const std::string&) { return FakeUpstream::Action{Act::kReplyTwice}; });
+  configure({service_yaml(vip_port_, {{twice.port(), "v1"}})});
+  ThriftClient c(vip_port_);
+  auto r = c.call("get");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->text, "twice");
+  EXPECT_TRUE(testbed::eventually([&] { return counter(Counter::responses_orphaned) == 1; }));
+  EXPECT_FALSE(c.read_reply(std::chrono::milliseconds(300)).has_value()) << "the duplicate reached the client";
+}
+
+TEST_F(DataPlane, PoolOpensASecondConnectionOnlyWhenTheFirstIsBusy) {
+  FakeUpstream slow("slow", [](const std::string&) {
+    return FakeUpstream::Action{Act::kReply, std::chrono::milliseconds(200)};
+  });
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}})});
+  EXPECT_EQ(calls(5)["slow"], 5);  // one at a time: one connection is enough
+  EXPECT_EQ(slow.connections(), 1);
+  auto r = concurrent_calls(vip_port_, 4);
+  EXPECT_EQ(r["slow"], 4);
+  EXPECT_EQ(slow.connections(), 2);  // the cap per host and worker
+}
+
 }  // namespace
 }  // namespace metanode::core

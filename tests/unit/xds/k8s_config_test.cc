@@ -266,6 +266,40 @@ TEST(K8sConfig, LocalRateLimitReachesTheListener) {
   EXPECT_EQ((*again)->listeners[0].local_rate_limit->bucket, rl->bucket);
 }
 
+TEST(K8sConfig, GlobalRateLimitReachesTheListenerAndItsServiceACluster) {
+  std::string rls =
+      "---\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+      "metadata: {name: rls, namespace: meta-thrift}\n"
+      "spec:\n  hosts: [rls.meta-thrift.svc.cluster.local]\n  ports: [{number: 8081, name: grpc}]\n"
+      "  endpoints: [{address: 10.1.0.50}]\n";
+  std::string router = replace(kRouter, "  routes:\n  - name: v1",
+                               "  globalRateLimit:\n"
+                               "    domain: prod\n"
+                               "    match: {attributes: {method: {exact: sayHello}}}\n"
+                               "    rateLimitService: outbound|8081||rls.meta-thrift.svc.cluster.local\n"
+                               "    requestTimeout: 50ms\n"
+                               "    denyOnFail: true\n"
+                               "    descriptors: [{property: method, descriptorKey: m}]\n"
+                               "  routes:\n  - name: v1");
+  auto s = compile({{"svc.yaml", std::string(kService) + rls}, {"route.yaml", router}});
+  ASSERT_TRUE(s) << s.error().message();
+  const auto& g = (*s)->listeners[0].global_rate_limit;
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(g->domain, "prod");
+  EXPECT_EQ(g->timeout.count(), 50);
+  EXPECT_TRUE(g->deny_on_fail);
+  EXPECT_EQ(g->service_cluster, "outbound|8081||rls.meta-thrift.svc.cluster.local");
+  ASSERT_EQ(g->descriptors.size(), 1u);
+  EXPECT_EQ(g->descriptors[0], (std::pair<std::string, std::string>{"method", "m"}));
+  ASSERT_EQ(g->match.size(), 1u);
+  // The service's plain gRPC port became a cluster (no listener).
+  const Cluster* c = (*s)->find_cluster("outbound|8081||rls.meta-thrift.svc.cluster.local");
+  ASSERT_NE(c, nullptr);
+  ASSERT_EQ(c->endpoints.size(), 1u);
+  EXPECT_EQ(c->endpoints[0].address.str(), "10.1.0.50:8081");
+  EXPECT_EQ((*s)->listeners.size(), 1u);
+}
+
 TEST(K8sConfig, AnnotationsSetTimeoutAndRetries) {
   std::string router = replace(kRouter, "  namespace: meta-thrift\nspec:",
                                "  namespace: meta-thrift\n  annotations:\n"
@@ -351,10 +385,19 @@ INSTANTIATE_TEST_SUITE_P(
                         "  host: thrift-sample-server\n  trafficPolicy:\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}\n  subsets:"),
                 {"DestinationRule meta-thrift/thrift-sample-server",
                  "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy", "HTTP-only"}},
-        BadCase{"global_rate_limit_not_executed",
+        BadCase{"global_rate_limit_unknown_service",
                 replace(kRouter, "  routes:\n  - name: v1",
-                        "  globalRateLimit: {domain: x}\n  routes:\n  - name: v1"),
-                {"MetaRouter meta-thrift/test-metaprotocol-thrift-route", "spec.globalRateLimit", "not executed"}},
+                        "  globalRateLimit: {domain: x, rateLimitService: \"outbound|8081||nope.ns.svc.cluster.local\", "
+                        "descriptors: [{property: method, descriptorKey: method}]}\n  routes:\n  - name: v1"),
+                {"MetaRouter meta-thrift/test-metaprotocol-thrift-route", "spec.globalRateLimit.rateLimitService",
+                 "no service port's cluster"}},
+        BadCase{"global_rate_limit_without_descriptors",
+                replace(kRouter, "  routes:\n  - name: v1",
+                        "  globalRateLimit: {domain: x, rateLimitService: y}\n  routes:\n  - name: v1"),
+                {"spec.globalRateLimit.descriptors", "at least one"}},
+        BadCase{"gateways",
+                replace(kRouter, "  routes:\n  - name: v1", "  gateways: [istio-system/gw]\n  routes:\n  - name: v1"),
+                {"spec.gateways", "not served"}},
         BadCase{"rate_limit_without_interval",
                 replace(kRouter, "  routes:\n  - name: v1",
                         "  localRateLimit: {tokenBucket: {maxTokens: 1}}\n  routes:\n  - name: v1"),

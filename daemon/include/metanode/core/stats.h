@@ -25,7 +25,9 @@ namespace metanode::core {
   X(requests_oneway, "One-way requests forwarded")                                         \
   X(heartbeats_answered, "Heartbeats answered locally")                                    \
   X(no_route, "Requests that matched no route")                                            \
-  X(rate_limited, "Requests answered over-limit by a MetaRouter localRateLimit")           \
+  X(rate_limited, "Requests answered over-limit by a MetaRouter local or global rate limit") \
+  X(global_rate_limit_calls, "Calls to the rate limit service (globalRateLimit)")          \
+  X(global_rate_limit_error, "Rate limit service calls that failed or timed out")          \
   X(no_healthy_upstream, "Requests whose cluster had no endpoint")                         \
   X(upstream_cx, "Upstream connections opened")                                            \
   X(upstream_cx_connect_fail, "Upstream connection attempts that failed")                  \

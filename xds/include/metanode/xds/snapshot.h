@@ -158,6 +158,19 @@ struct LocalRateLimit {
   std::shared_ptr<TokenBucket> bucket;  // may be null
 };
 
+// Aeraki's global rate limit filter: requests that match ask Envoy's rate
+// limit service (ShouldRateLimit) with one descriptor built from their
+// attributes; over limit is answered like a local limit. When the service
+// cannot answer in time, deny_on_fail decides.
+struct GlobalRateLimit {
+  std::vector<AttributeMatcher> match;  // AND; empty matches everything
+  std::string domain;
+  std::chrono::milliseconds timeout{20};  // Aeraki's default
+  bool deny_on_fail = false;
+  std::string service_cluster;  // the rate limit service's cluster, resolved per request
+  std::vector<std::pair<std::string, std::string>> descriptors;  // attribute -> descriptor key
+};
+
 struct Listener {
   std::string name;
   net::Endpoint address;
@@ -169,7 +182,8 @@ struct Listener {
   std::string stat_prefix;
   std::string service_host;  // from stat_prefix outbound|port||host, for metrics
   std::shared_ptr<const RouteTable> routes;  // null until RDS delivers it
-  std::shared_ptr<const LocalRateLimit> local_rate_limit;  // null: none
+  std::shared_ptr<const LocalRateLimit> local_rate_limit;    // null: none
+  std::shared_ptr<const GlobalRateLimit> global_rate_limit;  // null: none
 };
 
 struct Snapshot {
