@@ -55,14 +55,42 @@ class DubboInterop : public ::testing::Test {
     ASSERT_TRUE(d_.start()) << d_.log();
   }
 
-  void route(const std::string& routes) {
+  // Writes a manifest and waits until the daemon has applied a change.
+  void apply(const std::string& file, const std::string& yaml) {
     std::string before = d_.admin("/config_dump");
-    d_.write_config("metarouter.yaml",
-                    "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
-                    "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-                    "spec:\n  hosts: [" + std::string(kHost) + "]\n  routes:\n" + routes);
+    d_.write_config(file, yaml);
     for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  void route(const std::string& routes) {
+    apply("metarouter.yaml", "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+                             "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                             "spec:\n  hosts: [" + std::string(kHost) + "]\n  routes:\n" + routes);
+  }
+
+  // One more provider (sofa-rpc-node), e.g. with --group or --delay-ms.
+  int extra_provider(const std::string& name, std::vector<std::string> flags) {
+    int port = free_port();
+    std::vector<std::string> argv = {"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
+                                     std::to_string(port), "--name", "dubbo-sample-server-" + name,
+                                     "--ip", "127.0.0.1"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    EXPECT_GT(d_.start_peer(argv, "provider-" + name), 0);
+    return port;
+  }
+
+  // The ServiceEntry with exactly these provider ports (no labels), and
+  // `more` documents after it.
+  void service_with(const std::vector<int>& ports, const std::string& more = "") {
+    std::string y = "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                    "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                    "spec:\n  hosts: [" + std::string(kHost) + "]\n  addresses: [127.0.0.1]\n"
+                    "  ports: [{number: " + std::to_string(vip_port_) +
+                    ", name: tcp-metaprotocol-dubbo-demo}]\n  endpoints:\n";
+    for (int p : ports)
+      y += "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " + std::to_string(p) + "}}\n";
+    apply("svc.yaml", y + more);
   }
 
   ClientSummary consumer(const std::string& impl, int calls, const std::string& method,
@@ -103,17 +131,12 @@ class DubboInterop : public ::testing::Test {
   }
 
   void rule(const std::string& traffic_policy) {
-    std::string before = d_.admin("/config_dump");
-    std::string h = kHost;
-    d_.write_config("svc.yaml",
-                    slurp(d_.config_dir() + "/svc.yaml").substr(
-                        0, slurp(d_.config_dir() + "/svc.yaml").find("---\n")) +
-                        "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
-                        "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-                        "spec:\n  host: " + h + "\n  trafficPolicy:\n" + traffic_policy +
-                        "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n");
-    for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::string svc = slurp(d_.config_dir() + "/svc.yaml");
+    apply("svc.yaml", svc.substr(0, svc.find("---\n")) +
+                          "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+                          "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                          "spec:\n  host: " + std::string(kHost) + "\n  trafficPolicy:\n" + traffic_policy +
+                          "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n");
   }
 
   LocalDaemon d_;
@@ -240,17 +263,8 @@ TEST_F(DubboInterop, MalformedRequestGetsBadRequestThenClose) {
 // pool is answered with SERVER_ERROR (80) under the client's own request id,
 // not the id the daemon used upstream.
 TEST_F(DubboInterop, UpstreamFailureIsAnsweredWithTheClientsRequestId) {
-  std::string h = kHost;
   int dead = free_port();  // nothing listens here
-  d_.write_config("svc.yaml",
-                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
-                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-                  "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
-                  "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-dubbo-demo}]\n"
-                  "  endpoints:\n  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " +
-                  std::to_string(dead) + "}}\n");
-  for (int i = 0; i < 100 && d_.admin("/clusters").find(":" + std::to_string(dead)) == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  service_with({dead});
   std::string f = corpus("java_req_oneway.bin");
   f[2] = char(0xc2);  // two-way, request id 44
   std::string reply = raw_exchange(f, 1000);
@@ -291,29 +305,13 @@ TEST_F(DubboInterop, KilledProviderCostsTheConsumerNoFailedCall) {
 // it serves another group) is ejected after the configured run of errors;
 // the consumer's calls then all go to the healthy one.
 TEST_F(DubboInterop, OutlierDetectionEjectsAProviderThatAnswersErrors) {
-  int bad_port = free_port();
-  ASSERT_GT(d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
-                           std::to_string(bad_port), "--name", "dubbo-sample-server-bad", "--ip",
-                           "127.0.0.1", "--group", "elsewhere"},
-                          "provider-bad"),
-            0);
-  std::string h = kHost;
-  std::string before = d_.admin("/config_dump");
-  d_.write_config("svc.yaml",
-                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
-                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-                  "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
-                  "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-dubbo-demo}]\n"
-                  "  endpoints:\n"
-                  "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " + std::to_string(ports_[0]) + "}}\n"
-                  "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " + std::to_string(bad_port) + "}}\n"
-                  "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
-                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-                  "spec:\n  host: " + h + "\n  trafficPolicy:\n"
-                  "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1m, "
-                  "maxEjectionPercent: 50}\n");
-  for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  int bad_port = extra_provider("bad", {"--group", "elsewhere"});
+  service_with({ports_[0], bad_port},
+               "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+               "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+               "spec:\n  host: " + std::string(kHost) + "\n  trafficPolicy:\n"
+               "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1m, "
+               "maxEjectionPercent: 50}\n");
   auto r = consumer("sofa", 40, "sayHello");
   EXPECT_EQ(r.errors, 2) << r.output;  // the run that tripped the detector
   EXPECT_EQ(r.ok + r.errors, 40);
@@ -331,21 +329,8 @@ TEST_F(DubboInterop, OutlierDetectionEjectsAProviderThatAnswersErrors) {
 // consumer a SERVER_TIMEOUT-class error from the daemon, well before the
 // consumer's own 3 s timeout.
 TEST_F(DubboInterop, RouteTimeoutAnswersBeforeTheConsumerGivesUp) {
-  int slow_port = free_port();
-  ASSERT_GT(d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
-                           std::to_string(slow_port), "--name", "dubbo-sample-server-slow", "--ip",
-                           "127.0.0.1", "--delay-ms", "1500"},
-                          "provider-slow"),
-            0);
+  service_with({extra_provider("slow", {"--delay-ms", "1500"})});
   std::string h = kHost;
-  std::string before = d_.admin("/config_dump");
-  d_.write_config("svc.yaml",
-                  "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
-                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-                  "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
-                  "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-dubbo-demo}]\n"
-                  "  endpoints:\n"
-                  "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-dubbo-demo: " + std::to_string(slow_port) + "}}\n");
   d_.write_config("metarouter.yaml",
                   "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
                   "metadata:\n  name: dubbo-demo\n  namespace: meta-dubbo\n"
@@ -363,15 +348,12 @@ TEST_F(DubboInterop, RouteTimeoutAnswersBeforeTheConsumerGivesUp) {
 
 TEST_F(DubboInterop, LocalRateLimitIsAnOverloadReplyTheConsumersDecode) {
   std::string h = kHost;
-  std::string before = d_.admin("/config_dump");
-  d_.write_config("metarouter.yaml",
-                  "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
-                  "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-                  "spec:\n  hosts: [" + h + "]\n"
-                  "  localRateLimit: {tokenBucket: {maxTokens: 4, tokensPerFill: 1, fillInterval: 1h}}\n"
-                  "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
-  for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  apply("metarouter.yaml",
+        "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+        "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+        "spec:\n  hosts: [" + h + "]\n"
+        "  localRateLimit: {tokenBucket: {maxTokens: 4, tokensPerFill: 1, fillInterval: 1h}}\n"
+        "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
   auto r = consumer("sofa", 10, "sayHello");
   EXPECT_EQ(r.ok, 4) << r.output;
   EXPECT_EQ(r.errors, 6);
