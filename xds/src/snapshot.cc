@@ -585,17 +585,17 @@ Result<Filters> compile_filters(const aeraki::meta_protocol_proxy::v1alpha::Meta
     for (int i = 0; i < cfg.conditions_size(); ++i) {
       const auto& c = cfg.conditions(i);
       std::string cw = where + " local_ratelimit condition[" + std::to_string(i) + "]";
-      LocalRateLimit::Condition out;
+      LocalRateLimit::Condition cond;
       for (const auto& h : c.match().metadata()) {
         auto m = compile_matcher(h, cw + " match");
         if (!m) return m.error();
-        out.match.push_back(std::move(m.value()));
+        cond.match.push_back(std::move(m.value()));
       }
       if (!c.has_token_bucket()) return bad(cw, "no token_bucket");
       auto b = compile_bucket(c.token_bucket(), listener + "#" + std::to_string(i), cw);
       if (!b) return b.error();
-      out.bucket = *b;
-      rl->conditions.push_back(std::move(out));
+      cond.bucket = *b;
+      rl->conditions.push_back(std::move(cond));
     }
   }
   if (!router) return bad(where, std::string("no ") + kRouterFilter + " in meta_protocol_filters");
