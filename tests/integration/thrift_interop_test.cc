@@ -8,6 +8,9 @@
 // for THeader a header added by the route read back by the server.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <tuple>
 
 #include "local_daemon.h"
@@ -114,6 +117,55 @@ INSTANTIATE_TEST_SUITE_P(
              (std::get<2>(info.param) ? "_multiplexed" : "") +
              (std::get<3>(info.param) ? "_pyclient_cppserver" : "_cppclient_pyserver");
     });
+
+// Resilience with the real peers: a C++ (libthrift) client keeps one
+// connection to two python3-thrift servers; one is killed with SIGKILL and
+// the client sees no failed call (the retry of unwritten requests and the
+// reconnect backoff); with outlier detection on gateway errors the dead one
+// is ejected.
+TEST(ThriftResilience, KilledServerCostsTheClientNoFailedCall) {
+  auto opts = sample_options_from_build();
+  LocalDaemon d;
+  int ports[2] = {free_port(), free_port()};
+  pid_t pids[2];
+  for (int i = 0; i < 2; ++i) {
+    pids[i] = d.start_peer({"/usr/bin/python3", opts.peers_dir + "/server.py", "--host", "127.0.0.1",
+                            "--port", std::to_string(ports[i]), "--name", "server-" + std::to_string(i)},
+                           "server" + std::to_string(i));
+    ASSERT_GT(pids[i], 0) << slurp(d.dir() + "/server" + std::to_string(i) + ".log");
+  }
+  int vip_port = free_port();
+  std::string h = kHost;
+  d.write_config("svc.yaml",
+                 "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                 "metadata: {name: hello, namespace: interop}\n"
+                 "spec:\n  hosts: [" + h + "]\n  addresses: [127.0.0.1]\n"
+                 "  ports: [{number: " + std::to_string(vip_port) + ", name: tcp-metaprotocol-thrift-x}]\n"
+                 "  endpoints:\n"
+                 "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-x: " + std::to_string(ports[0]) + "}}\n"
+                 "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-x: " + std::to_string(ports[1]) + "}}\n"
+                 "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+                 "metadata: {name: hello, namespace: interop}\n"
+                 "spec:\n  host: " + h + "\n  trafficPolicy:\n"
+                 "    outlierDetection: {consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 1m, "
+                 "maxEjectionPercent: 50}\n");
+  ASSERT_TRUE(d.start()) << d.log();
+  auto client = [&](int calls) {
+    return d.run_client({METANODE_CPP_PEER, "client", "--host", "127.0.0.1", "--port", std::to_string(vip_port),
+                         "--calls", std::to_string(calls), "--method", "sayHello", "--quiet",
+                         "--transport", "framed", "--protocol", "binary"});
+  };
+  auto warm = client(10);
+  ASSERT_EQ(warm.ok, 10) << warm.output << d.log();
+  EXPECT_EQ(warm.by_server.size(), 2u);  // both servers took calls
+  kill(pids[1], SIGKILL);
+  waitpid(pids[1], nullptr, 0);
+  auto r = client(30);
+  EXPECT_EQ(r.ok, 30) << r.first_error << d.log();
+  EXPECT_EQ(r.by_server.size(), 1u);
+  EXPECT_EQ(d.metric("metanode_outlier_ejections_total"), 1u);
+  EXPECT_NE(d.admin("/clusters").find("failed_outlier_check"), std::string::npos);
+}
 
 }  // namespace
 }  // namespace metanode::testbed
