@@ -13,9 +13,9 @@ using codecs::ErrorKind;
 
 namespace {
 
-// Mirror copies wait at most this many per host and worker: a slow mirror
-// target sheds copies instead of growing queues (it never slows the real
-// call, which has its own connections).
+// A mirror copy is dropped when its host already has this many requests
+// in flight from this worker: a slow mirror target sheds copies instead of
+// growing queues (and never slows the real call).
 constexpr uint32_t kMaxMirrorActivePerHost = 1024;
 
 }  // namespace
@@ -63,20 +63,21 @@ void ActiveRequest::attempt() {
     finish();
     return;
   }
-  bool backing_off = h->backing_off(now);
   const auto& pool = cluster->pool;
+  auto [conn, open_new] = cm.pooled(*h, protocol, w.opts().max_upstream_conns);
   bool at_max_connections = false;
-  auto conn = cm.connection(h, protocol, w.opts().max_upstream_conns, [&]() -> std::shared_ptr<UpstreamConn> {
-    if (backing_off) return nullptr;  // no new connect until the backoff is over
+  // A new connection unless the host is backing off (no connect until the
+  // backoff is over) or tcp.maxConnections is reached node-wide.
+  if (open_new && !h->backing_off(now)) {
     if (pool.max_connections && h->shared &&
         h->shared->connections.load(std::memory_order_relaxed) >= pool.max_connections) {
-      at_max_connections = true;
-      return nullptr;
+      at_max_connections = !conn;
+    } else {
+      conn = std::make_shared<UpstreamConn>(w, h, protocol, pool);
+      cm.add_connection(*h, protocol, conn);
+      conn->connect(cluster->connect_timeout);
     }
-    auto c = std::make_shared<UpstreamConn>(w, h, protocol, pool);
-    c->connect(cluster->connect_timeout);
-    return c;
-  });
+  }
   if (!conn) {
     host = h;
     if (at_max_connections) {
@@ -149,7 +150,7 @@ bool ActiveRequest::may_retry(ErrorKind kind, Clock::time_point now) const {
   if (written) {
     bool named = (kind == ErrorKind::kUpstreamFailure && rp.on_reset) ||
                  (kind == ErrorKind::kTimeout && rp.on_timeout);
-    if (!named || frame.empty()) return false;
+    if (!named) return false;
     if (!rp.retriable.empty() &&
         std::none_of(rp.retriable.begin(), rp.retriable.end(), [&](const xds::AttributeMatcher& m) {
           return m.matches(msg.metadata.get(m.name));

@@ -21,35 +21,6 @@ std::chrono::milliseconds backoff_for(uint32_t failures) {
 
 }  // namespace
 
-std::shared_ptr<ClusterShared> SharedLimits::cluster(const std::string& name) {
-  std::lock_guard<std::mutex> l(mu_);
-  auto& w = clusters_[name];
-  auto p = w.lock();
-  if (!p) w = p = std::make_shared<ClusterShared>();
-  return p;
-}
-
-std::shared_ptr<HostShared> SharedLimits::host(net::Endpoint addr) {
-  std::lock_guard<std::mutex> l(mu_);
-  // Hosts come and go with pods: forget the ones nobody holds any more
-  // whenever the map has doubled since the last sweep.
-  if (hosts_.size() >= sweep_at_) {
-    for (auto it = hosts_.begin(); it != hosts_.end();)
-      it = it->second.expired() ? hosts_.erase(it) : std::next(it);
-    sweep_at_ = std::max<size_t>(1024, hosts_.size() * 2);
-  }
-  auto& w = hosts_[addr];
-  auto p = w.lock();
-  if (!p) w = p = std::make_shared<HostShared>();
-  return p;
-}
-
-std::shared_ptr<HostShared> SharedLimits::find_host(net::Endpoint addr) {
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = hosts_.find(addr);
-  return it == hosts_.end() ? nullptr : it->second.lock();
-}
-
 std::shared_ptr<HostState> ClusterManager::host(net::Endpoint addr) {
   auto& h = hosts_[key_of(addr)];
   if (!h) {
@@ -122,16 +93,24 @@ std::shared_ptr<HostState> ClusterManager::pick(ClusterState& cs, std::optional<
                                                 const HostState* avoid, lb::Rng& rng,
                                                 Clock::time_point now) {
   if (cs.hosts.empty()) return nullptr;
+  // The callbacks capture one pointer each, so std::function keeps them
+  // inline: no allocation per pick.
+  struct View {
+    const ClusterState* cs;
+    Clock::time_point now;
+    const HostState* avoid;
+  } view{&cs, now, avoid};
+  const View* v = &view;
   lb::PickContext ctx(&rng);
   ctx.hash = hash;
-  ctx.active = [&](size_t i) { return cs.hosts[i]->active; };
-  ctx.usable = [&](size_t i) {
-    const auto& h = *cs.hosts[i];
-    return h.usable(now) && &h != avoid;
+  ctx.active = [v](size_t i) { return v->cs->hosts[i]->active; };
+  ctx.usable = [v](size_t i) {
+    const auto& h = *v->cs->hosts[i];
+    return h.usable(v->now) && &h != v->avoid;
   };
   auto i = cs.lb->pick(ctx);
   if (!i && avoid) {
-    ctx.usable = [&](size_t k) { return cs.hosts[k]->usable(now); };
+    view.avoid = nullptr;  // only the previous attempt's host is usable: take it
     i = cs.lb->pick(ctx);
   }
   if (!i) {
@@ -142,31 +121,33 @@ std::shared_ptr<HostState> ClusterManager::pick(ClusterState& cs, std::optional<
   return i ? cs.hosts[*i] : nullptr;
 }
 
-std::shared_ptr<UpstreamConn> ClusterManager::connection(
-    const std::shared_ptr<HostState>& h, std::string_view protocol, size_t max_conns,
-    const std::function<std::shared_ptr<UpstreamConn>()>& make) {
-  if (shutting_down_) return nullptr;
+ClusterManager::PoolPick ClusterManager::pooled(HostState& h, std::string_view protocol,
+                                                size_t max_conns) {
+  if (shutting_down_) return {};
   HostState::Pool* pool = nullptr;
-  for (auto& p : h->pools)
+  for (auto& p : h.pools)
     if (p.protocol == protocol) pool = &p;
-  if (!pool) pool = &h->pools.emplace_back(HostState::Pool{std::string(protocol), {}});
+  if (!pool) pool = &h.pools.emplace_back(HostState::Pool{std::string(protocol), {}});
   auto& conns = pool->conns;
   conns.erase(std::remove_if(conns.begin(), conns.end(), [](const auto& c) { return c->closed(); }),
               conns.end());
-  std::shared_ptr<UpstreamConn> best;
+  PoolPick pick;
   size_t usable = 0;
   for (const auto& c : conns) {
     if (c->draining()) continue;
     ++usable;
-    if (!best || c->pending() < best->pending()) best = c;
+    if (!pick.conn || c->pending() < pick.conn->pending()) pick.conn = c;
   }
   // Reuse an idle connection; open another (up to the cap) when all are
   // busy, so one slow request does not queue everything behind it.
-  if (best && (best->pending() == 0 || usable >= max_conns)) return best;
-  auto c = make();
-  if (!c) return best;  // no new connection allowed now: share a busy one, if any
-  conns.push_back(c);
-  return c;
+  pick.open_new = !(pick.conn && (pick.conn->pending() == 0 || usable >= max_conns));
+  return pick;
+}
+
+void ClusterManager::add_connection(HostState& h, std::string_view protocol,
+                                    std::shared_ptr<UpstreamConn> c) {
+  for (auto& p : h.pools)
+    if (p.protocol == protocol) p.conns.push_back(std::move(c));
 }
 
 void ClusterManager::mark_backoff(HostState& h, bool on) {

@@ -9,7 +9,6 @@
 #include <atomic>
 #include <chrono>
 #include <type_traits>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -21,6 +20,7 @@
 #include "metanode/core/stats.h"
 #include "metanode/lb/load_balancer.h"
 #include "metanode/net.h"
+#include "metanode/weak_registry.h"
 #include "metanode/xds/snapshot.h"
 
 namespace metanode::core {
@@ -55,16 +55,14 @@ struct HostShared {
 // The registry of that state: entries live while a worker refers to them.
 class SharedLimits {
  public:
-  std::shared_ptr<ClusterShared> cluster(const std::string& name);
-  std::shared_ptr<HostShared> host(net::Endpoint addr);
+  std::shared_ptr<ClusterShared> cluster(const std::string& name) { return clusters_.get_or_make(name); }
+  std::shared_ptr<HostShared> host(net::Endpoint addr) { return hosts_.get_or_make(addr); }
   // For the admin thread; null if no worker knows the host.
-  std::shared_ptr<HostShared> find_host(net::Endpoint addr);
+  std::shared_ptr<HostShared> find_host(net::Endpoint addr) { return hosts_.find(addr); }
 
  private:
-  std::mutex mu_;
-  size_t sweep_at_ = 1024;
-  std::map<std::string, std::weak_ptr<ClusterShared>, std::less<>> clusters_;
-  std::map<net::Endpoint, std::weak_ptr<HostShared>> hosts_;
+  WeakRegistry<std::string, ClusterShared> clusters_;
+  WeakRegistry<net::Endpoint, HostShared> hosts_;  // hosts come and go with pods
 };
 
 // Per cluster name, stable across snapshots (requests keep a pointer).
@@ -129,13 +127,17 @@ class ClusterManager {
   std::shared_ptr<HostState> pick(ClusterState& cs, std::optional<uint64_t> hash,
                                   const HostState* avoid, lb::Rng& rng, Clock::time_point now);
 
-  // A pooled connection to `h` for `protocol`: an idle one, else a new one
-  // from `make` up to `max_conns`, else the least loaded. `make` may refuse
-  // (nullptr): then a busy connection, or nullptr when there is none.
-  // Connections that are draining take no new requests.
-  std::shared_ptr<UpstreamConn> connection(const std::shared_ptr<HostState>& h,
-                                           std::string_view protocol, size_t max_conns,
-                                           const std::function<std::shared_ptr<UpstreamConn>()>& make);
+  // The pooled connection to `h` for `protocol`: an idle one; when all
+  // are busy and fewer than `max_conns` exist, `open_new` says to open
+  // another (then `conn`, the least loaded busy one or null, is the
+  // fallback if opening is not allowed). Draining connections take no new
+  // requests; nothing is offered once shutting down.
+  struct PoolPick {
+    std::shared_ptr<UpstreamConn> conn;
+    bool open_new = false;
+  };
+  PoolPick pooled(HostState& h, std::string_view protocol, size_t max_conns);
+  void add_connection(HostState& h, std::string_view protocol, std::shared_ptr<UpstreamConn> c);
 
   void connect_failed(HostState& h, Clock::time_point now);
   void connect_succeeded(HostState& h);

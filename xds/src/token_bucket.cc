@@ -1,8 +1,8 @@
 #include "metanode/xds/token_bucket.h"
 
 #include <algorithm>
-#include <map>
-#include <mutex>
+
+#include "metanode/weak_registry.h"
 
 namespace metanode::xds {
 
@@ -43,22 +43,12 @@ bool TokenBucket::take(std::chrono::steady_clock::time_point now) {
 std::shared_ptr<TokenBucket> shared_token_bucket(const std::string& key, uint32_t max_tokens,
                                                  uint32_t tokens_per_fill,
                                                  std::chrono::nanoseconds interval) {
-  static std::mutex mu;
-  static std::map<std::string, std::weak_ptr<TokenBucket>>* buckets =
-      new std::map<std::string, std::weak_ptr<TokenBucket>>();  // never destroyed: used at exit
+  // Never destroyed: snapshots released at exit still refer to it.
+  static auto* buckets = new WeakRegistry<std::string, TokenBucket>();
   std::string k = key + "/" + std::to_string(max_tokens) + "/" + std::to_string(tokens_per_fill) +
                   "/" + std::to_string(interval.count());
-  static size_t prune_at = 256;
-  std::lock_guard<std::mutex> l(mu);
-  if (buckets->size() >= prune_at) {  // forget buckets no snapshot holds, now and then
-    for (auto it = buckets->begin(); it != buckets->end();)
-      it = it->second.expired() ? buckets->erase(it) : std::next(it);
-    prune_at = std::max<size_t>(256, buckets->size() * 2);
-  }
-  auto& w = (*buckets)[k];
-  auto b = w.lock();
-  if (!b) w = b = std::make_shared<TokenBucket>(max_tokens, tokens_per_fill, interval);
-  return b;
+  return buckets->get_or_make(
+      k, [&] { return std::make_shared<TokenBucket>(max_tokens, tokens_per_fill, interval); });
 }
 
 }  // namespace metanode::xds
