@@ -98,16 +98,13 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
   }
   if (l && l->global_rate_limit && check_global_rate_limit(*snap, *l->global_rate_limit, msg, frame))
     return;  // continued by the service's answer
-  route(msg, std::move(frame));
+  forward(msg, std::move(frame), l);
 }
 
 bool DownstreamConn::check_global_rate_limit(const xds::Snapshot& snap, const xds::GlobalRateLimit& rl,
                                              Message& msg, Bytes& frame) {
   StatsShard& st = w_.stats();
-  bool match = std::all_of(rl.match.begin(), rl.match.end(), [&](const xds::AttributeMatcher& m) {
-    return m.matches(msg.metadata.get(m.name));
-  });
-  if (!match) return false;
+  if (!matches_all(rl.match, msg.metadata)) return false;
   // Envoy sends a descriptor only when every entry has a value.
   std::vector<std::pair<std::string, std::string>> entries;
   for (const auto& [attr, key] : rl.descriptors) {
@@ -121,9 +118,9 @@ bool DownstreamConn::check_global_rate_limit(const xds::Snapshot& snap, const xd
     StatsShard& s = w_.stats();
     if (d == RateLimitClient::Decision::kError) {
       s.inc(Counter::global_rate_limit_error);
-      if (!deny) return route(m, std::move(f));
+      if (!deny) return forward(m, std::move(f), current_listener());
     }
-    if (d == RateLimitClient::Decision::kOk) return route(m, std::move(f));
+    if (d == RateLimitClient::Decision::kOk) return forward(m, std::move(f), current_listener());
     s.inc(Counter::rate_limited);
     if (!oneway)
       reply_error(m, ErrorKind::kOverLimit,
@@ -158,11 +155,14 @@ bool DownstreamConn::check_global_rate_limit(const xds::Snapshot& snap, const xd
   return true;
 }
 
-void DownstreamConn::route(Message& msg, Bytes frame) {
+const xds::Listener* DownstreamConn::current_listener() {
+  const xds::Snapshot* snap = w_.snapshot();
+  return snap ? snap->find_listener(orig_) : nullptr;
+}
+
+void DownstreamConn::forward(Message& msg, Bytes frame, const xds::Listener* l) {
   StatsShard& st = w_.stats();
   bool oneway = msg.kind == MessageKind::kOneway;
-  const xds::Snapshot* snap = w_.snapshot();
-  const xds::Listener* l = snap ? snap->find_listener(orig_) : nullptr;
   const xds::Route* route = l && l->routes ? match_route(*l->routes, msg.metadata) : nullptr;
   if (!route) {
     st.inc(Counter::no_route);
@@ -210,11 +210,8 @@ void DownstreamConn::route(Message& msg, Bytes frame) {
 // matches none draws from the listener-wide bucket, if any.
 bool DownstreamConn::admit(const xds::LocalRateLimit& rl, const codecs::Metadata& md) {
   auto now = Clock::now();
-  for (const auto& c : rl.conditions) {
-    bool match = std::all_of(c.match.begin(), c.match.end(),
-                             [&](const xds::AttributeMatcher& m) { return m.matches(md.get(m.name)); });
-    if (match) return c.bucket->take(now);
-  }
+  for (const auto& c : rl.conditions)
+    if (matches_all(c.match, md)) return c.bucket->take(now);
   return !rl.bucket || rl.bucket->take(now);
 }
 

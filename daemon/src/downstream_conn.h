@@ -31,8 +31,10 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
   void do_read();
   void on_read(size_t n);
   void handle(codecs::Message& msg, codecs::Bytes frame);
-  // Past the rate limits: route, cluster, ActiveRequest.
-  void route(codecs::Message& msg, codecs::Bytes frame);
+  // Past the rate limits: route, cluster, ActiveRequest. `l`: the
+  // listener of the connection's address in the current snapshot.
+  void forward(codecs::Message& msg, codecs::Bytes frame, const xds::Listener* l);
+  const xds::Listener* current_listener();
   // Asks the rate limit service; false when the request is not subject to it.
   bool check_global_rate_limit(const xds::Snapshot& snap, const xds::GlobalRateLimit& rl,
                                codecs::Message& msg, codecs::Bytes& frame);

@@ -54,22 +54,23 @@ void RateLimitClient::check(net::Endpoint service, const std::string& domain,
   call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   call->req.set_domain(domain);
   call->req.set_hits_addend(1);
-  auto* d = call->req.add_descriptors();
+  auto* descriptor = call->req.add_descriptors();
   for (const auto& [k, v] : entries) {
-    auto* e = d->add_entries();
+    auto* e = descriptor->add_entries();
     e->set_key(k);
     e->set_value(v);
   }
   Impl* impl = impl_.get();
   impl->stub(service)->async()->ShouldRateLimit(
       &call->ctx, &call->req, &call->resp, [call, impl](grpc::Status st) {
-        impl->in_flight.fetch_sub(1, std::memory_order_relaxed);
         Decision d = !st.ok() ? Decision::kError
                      : call->resp.overall_code() == rls::RateLimitResponse::OVER_LIMIT
                          ? Decision::kOverLimit
                      : call->resp.overall_code() == rls::RateLimitResponse::OK ? Decision::kOk
                                                                                : Decision::kError;
         call->done(d);
+        // Last: the destructor waits for this, and `done` must have run.
+        impl->in_flight.fetch_sub(1, std::memory_order_relaxed);
       });
 }
 

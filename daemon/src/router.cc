@@ -6,12 +6,14 @@
 
 namespace metanode::core {
 
+bool matches_all(const std::vector<xds::AttributeMatcher>& match, const codecs::Metadata& md) {
+  return std::all_of(match.begin(), match.end(),
+                     [&](const xds::AttributeMatcher& m) { return m.matches(md.get(m.name)); });
+}
+
 const xds::Route* match_route(const xds::RouteTable& table, const codecs::Metadata& md) {
-  for (const auto& r : table.routes) {
-    bool ok = std::all_of(r.match.begin(), r.match.end(),
-                          [&](const xds::AttributeMatcher& m) { return m.matches(md.get(m.name)); });
-    if (ok) return &r;
-  }
+  for (const auto& r : table.routes)
+    if (matches_all(r.match, md)) return &r;
   return nullptr;
 }
 

@@ -7,12 +7,17 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "metanode/codecs/codec.h"
 #include "metanode/net.h"
 #include "metanode/xds/snapshot.h"
 
 namespace metanode::core {
+
+// Whether every matcher holds for `md` (true for none): the AND of a route
+// match, a rate limit condition or a global rate limit's match.
+bool matches_all(const std::vector<xds::AttributeMatcher>& match, const codecs::Metadata& md);
 
 // First route whose matchers all hold; nullptr if none.
 const xds::Route* match_route(const xds::RouteTable& table, const codecs::Metadata& md);
