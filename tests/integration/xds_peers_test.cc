@@ -42,14 +42,7 @@ uint64_t labelled(const std::string& text, const std::string& series) {
 class RawServer {
  public:
   explicit RawServer(std::function<bool(int)> on_accept) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
-    socklen_t len = sizeof(sa);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
-    port_ = ntohs(sa.sin_port);
+    fd_ = bind_loopback(port_);
     listen(fd_, 16);
     timeval tv{0, 100000};  // accept() wakes to see done_
     setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));

@@ -9,6 +9,8 @@
 
 #include <cstring>
 
+#include "local_daemon.h"
+
 namespace metanode::testbed {
 namespace {
 
@@ -106,16 +108,7 @@ std::optional<ThriftReply> parse_thrift(const std::string& f) {
 
 FakeUpstream::FakeUpstream(std::string name, Script script)
     : name_(std::move(name)), script_(std::move(script)) {
-  listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  socklen_t len = sizeof sa;
-  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len);
-  port_ = ntohs(sa.sin_port);
+  listen_fd_ = bind_loopback(port_);
   listen(listen_fd_, 128);
   acceptor_ = std::thread([this] { accept_loop(); });
 }

@@ -13,6 +13,9 @@
 
 namespace metanode::testbed {
 
+// A TCP socket bound to 127.0.0.1 on an ephemeral port (in `port`), not
+// yet listening; -1 on failure.
+int bind_loopback(int& port);
 int free_port();
 std::string slurp(const std::string& path);
 // The value of an unlabelled Prometheus sample, or ~0 when absent.
