@@ -2,6 +2,7 @@
 #include <getopt.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -53,6 +54,16 @@ void usage(FILE* f) {
                "  --manage-host-netns       also intercept processes in the host netns\n"
                "  --workers N               event loops (default: one per core)\n"
                "  --request-timeout-ms N    default per-request timeout (30000)\n"
+               "  --drain-timeout-ms N      on SIGTERM, calls in flight may finish this long (5000)\n"
+               "Per client connection (one daemon serves every pod; see docs/SECURITY.md):\n"
+               "  --client-max-inflight N   requests awaiting replies before reads pause (1024)\n"
+               "  --client-max-queued-bytes N\n"
+               "                            reply bytes not yet taken by the client: reads pause at\n"
+               "                            1/8 of it, replies beyond it become errors (33554432)\n"
+               "  --client-read-timeout-ms N a message begun must be complete within N ms (15000)\n"
+               "  --client-idle-timeout-ms N close after N ms with nothing in flight (3600000)\n"
+               "  --client-write-timeout-ms N\n"
+               "                            close when queued replies are not taken in N ms (30000)\n"
                "  --log-level LEVEL         trace|debug|info|warn|error (info)\n"
                "  --uninstall               remove pinned programs and maps, then exit\n");
 }
@@ -74,7 +85,8 @@ int main(int argc, char** argv) {
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
          kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
-         kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse };
+         kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
+         kDrainTimeout, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -105,6 +117,12 @@ int main(int argc, char** argv) {
       {"xds-delta", no_argument, nullptr, kXdsDelta},
       {"cert-ttl", required_argument, nullptr, kCertTtl},
       {"xds-first-response-timeout-ms", required_argument, nullptr, kFirstResponse},
+      {"drain-timeout-ms", required_argument, nullptr, kDrainTimeout},
+      {"client-max-inflight", required_argument, nullptr, kClientInflight},
+      {"client-max-queued-bytes", required_argument, nullptr, kClientQueued},
+      {"client-read-timeout-ms", required_argument, nullptr, kClientRead},
+      {"client-idle-timeout-ms", required_argument, nullptr, kClientIdle},
+      {"client-write-timeout-ms", required_argument, nullptr, kClientWrite},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -125,6 +143,18 @@ int main(int argc, char** argv) {
   node.istio_version = env("ISTIO_VERSION");
   int c;
   metanode::net::Endpoint ep;
+  // A positive whole number, or a message naming the flag.
+  auto number = [](const char* flag, const char* v, unsigned long long& out) {
+    char* end = nullptr;
+    out = std::strtoull(v, &end, 10);
+    if (!*v || *end || out == 0) {
+      std::fprintf(stderr, "--%s: '%s' is not a positive number\n", flag, v);
+      return false;
+    }
+    return true;
+  };
+  unsigned long long n = 0;
+  auto& dl = o.downstream;
   while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
     switch (c) {
       case kConfigDir: o.config_dir = optarg; break;
@@ -208,6 +238,31 @@ int main(int argc, char** argv) {
         o.cert_ttl = std::chrono::seconds(v);
         break;
       }
+      case kDrainTimeout:
+        if (!number("drain-timeout-ms", optarg, n)) return 2;
+        o.drain_timeout = std::chrono::milliseconds(n);
+        break;
+      case kClientInflight:
+        if (!number("client-max-inflight", optarg, n)) return 2;
+        dl.max_inflight = n;
+        break;
+      case kClientQueued:
+        if (!number("client-max-queued-bytes", optarg, n)) return 2;
+        dl.max_queued_bytes = n;
+        dl.pause_queued_bytes = std::max<size_t>(1, n / 8);
+        break;
+      case kClientRead:
+        if (!number("client-read-timeout-ms", optarg, n)) return 2;
+        dl.read_timeout = std::chrono::milliseconds(n);
+        break;
+      case kClientIdle:
+        if (!number("client-idle-timeout-ms", optarg, n)) return 2;
+        dl.idle_timeout = std::chrono::milliseconds(n);
+        break;
+      case kClientWrite:
+        if (!number("client-write-timeout-ms", optarg, n)) return 2;
+        dl.write_timeout = std::chrono::milliseconds(n);
+        break;
       case kXdsCluster:
       case kNodeLabel:
       case kNodeMeta: {

@@ -197,12 +197,11 @@ void ActiveRequest::on_reply(codecs::Message& reply, codecs::Bytes bytes, codecs
     if (route && !route->response_mutation.empty() &&
         !codec.mutate(bytes, reply, route->response_mutation))
       w.stats().inc(Counter::mutation_unsupported);
-    if (!codec.set_request_id(bytes, reply, orig_id)) {
-      msg.request_id = orig_id;
+    msg.request_id = orig_id;  // what an error in its place would answer
+    if (!codec.set_request_id(bytes, reply, orig_id))
       d->reply_error(msg, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite reply id", stats);
-    } else {
-      d->deliver(std::move(bytes), error_reply ? kException : kOk, stats);
-    }
+    else
+      d->deliver(msg, std::move(bytes), error_reply ? kException : kOk, stats);
   }
   finish();
 }

@@ -26,8 +26,6 @@
 namespace metanode::core {
 
 class UpstreamConn;
-using Clock = std::chrono::steady_clock;
-static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>);
 
 // Outcome slots of istio_requests_total for one cluster.
 enum Outcome { kOk = 0, kException, kLocalError, kOutcomeCount };

@@ -1,6 +1,8 @@
 #include "metanode/core/daemon.h"
 
 #include <ifaddrs.h>
+#include <malloc.h>
+#include <sys/resource.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
 
@@ -77,13 +79,30 @@ std::string config_dump(const Server& server, const xds::ConfigSource& source) {
   return body + ",\"source\":" + source.status_json() + "}\n";
 }
 
+// One daemon holds a connection per pod connection and per upstream: the
+// 1024 soft limit a shell hands down would cap the node at a few hundred.
+void raise_fd_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+    spdlog::info("fd limit raised from {} to {}", was, rl.rlim_cur);
+}
+
 }  // namespace
 
 int run_daemon(const DaemonOptions& opts) {
+  raise_fd_limit();
+  // Message buffers above 128 KiB come from mmap and go back to the system
+  // when freed; glibc's adaptive threshold would otherwise grow to 32 MiB
+  // after the first large reply and keep that memory after clients leave.
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   ServerOptions so;
   so.workers = opts.workers;
   so.intercept = opts.intercept;
   so.request_timeout = opts.request_timeout;
+  so.downstream = opts.downstream;
 
   std::unique_ptr<bpf::Maps> maps;
   bpf::RuntimeConfig rc;
@@ -183,7 +202,7 @@ int run_daemon(const DaemonOptions& opts) {
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
     if (method != "GET") return AdminResponse{405, "text/plain", "GET only\n"};
     if (path == "/ready") {
-      if (!server.ready()) return AdminResponse{503, "text/plain", "not ready: data plane stopped\n"};
+      if (!server.ready()) return AdminResponse{503, "text/plain", "not ready: data plane stopped or draining\n"};
       if (!source->synced())
         return AdminResponse{503, "text/plain", "not ready: waiting for " + source->waiting_for() + "\n"};
       return AdminResponse{200, "text/plain", "ready\n"};
@@ -249,8 +268,14 @@ int run_daemon(const DaemonOptions& opts) {
 
   io.run();
 
-  // Fail open at once: new pod connects go direct while we drain.
+  // Fail open at once: new pod connects go direct while we drain. /ready
+  // answers 503 from here on; calls in flight finish up to the deadline.
   if (maps) (void)maps->disable();
+  auto t0 = Clock::now();
+  bool clean = server.drain(t0 + opts.drain_timeout);
+  spdlog::info("drained in {} ms{}",
+               std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count(),
+               clean ? "" : " (deadline reached; the rest are cut)");
   admin.stop();
   source->stop();
   if (ca) ca->stop();

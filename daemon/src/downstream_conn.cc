@@ -16,6 +16,11 @@ using codecs::ErrorKind;
 using codecs::Message;
 using codecs::MessageKind;
 
+namespace {
+// An idle reader gives its buffer back after this long without a byte.
+constexpr auto kParkAfter = std::chrono::seconds(1);
+}  // namespace
+
 DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net::Endpoint source,
                                const std::string& protocol)
     : w_(w),
@@ -23,52 +28,111 @@ DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net
       orig_(orig),
       source_(source),
       codec_(codecs::make_codec(protocol, w.opts().limits)),
-      stream_(w.opts().limits.max_message_bytes) {
+      stream_(w.opts().limits.max_message_bytes, &w.buffers()),
+      last_activity_(Clock::now()) {
   w_.stats().gauge_add(Gauge::downstream_cx_active, 1);
+  w_.add_downstream(*this);
+}
+
+DownstreamConn::~DownstreamConn() {
+  if (!closed_) {
+    w_.stats().gauge_add(Gauge::downstream_cx_active, -1);
+    w_.stats().gauge_add(Gauge::downstream_queued_bytes, -int64_t(stream_.queued_bytes()));
+  }
+}
+
+bool DownstreamConn::over_limits() const {
+  const auto& l = w_.opts().downstream;
+  return inflight_ >= l.max_inflight || stream_.queued_bytes() >= l.pause_queued_bytes;
 }
 
 void DownstreamConn::do_read() {
   if (closed_ || closing_ || reading_) return;
-  if (inflight_ >= w_.opts().max_inflight_per_conn) return;  // resumed by request_done()
+  if (over_limits()) {
+    // Resumed by request_done() or a finished write.
+    if (!paused_) w_.stats().inc(Counter::downstream_rd_paused);
+    paused_ = true;
+    hold_ = shared_from_this();
+    return;
+  }
+  paused_ = false;
+  auto keep = std::move(hold_);
+  reading_ = true;
+  if (parked_) {
+    // Idle: wait for readiness without holding a buffer.
+    sock_.async_wait(tcp::socket::wait_read,
+                     [self = shared_from_this()](const boost::system::error_code& ec) {
+                       self->reading_ = false;
+                       if (self->closed_) return;
+                       if (ec) return self->close(nullptr);
+                       self->parked_ = false;
+                       self->do_read();
+                     });
+    return;
+  }
   auto space = stream_.read_space();
   if (space.size() == 0) {
+    reading_ = false;
     w_.stats().inc(Counter::downstream_decode_error);
     close("message larger than the limit");
     return;
   }
-  reading_ = true;
   sock_.async_read_some(space,
                         [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
                           self->reading_ = false;
-                          if (ec) {
-                            self->close(nullptr);
+                          if (self->closed_) return;
+                          if (ec == asio::error::operation_aborted && self->parking_) {
+                            self->parking_ = false;
+                            self->parked_ = true;
+                            self->stream_.release_buffer();
+                            self->do_read();
                             return;
                           }
+                          self->parking_ = false;
+                          if (ec) return self->close(nullptr);
                           self->on_read(n);
                         });
 }
 
+void DownstreamConn::park() {
+  parking_ = true;
+  boost::system::error_code ec;
+  sock_.cancel(ec);  // idle: no write is pending, only the read
+}
+
 void DownstreamConn::on_read(size_t n) {
+  auto now = Clock::now();
+  last_activity_ = now;
+  size_t decoded = 0;
   auto err = stream_.decode(
-      n, *codec_, [this](Message& msg, Bytes frame) { handle(msg, std::move(frame)); },
+      n, *codec_,
+      [this, &decoded](Message& msg, Bytes frame) {
+        ++decoded;
+        handle(msg, std::move(frame));
+      },
       [this] { return !closed_; });
+  if (closed_) return;
+  // The read timeout runs from the first byte of a message still incomplete.
+  if (stream_.buffered() == 0) partial_since_ = {};
+  else if (decoded > 0 || partial_since_ == Clock::time_point{}) partial_since_ = now;
   if (err) {
     w_.stats().inc(Counter::downstream_decode_error);
     spdlog::warn("closing downstream {} -> {}: malformed {} {}", source_.str(), orig_.str(),
                  codec_->protocol(), *err);
     // Say why in the protocol's own terms when the request id is readable,
-    // then close: after garbage the stream cannot be trusted to resync.
+    // then close once the calls before the garbage are answered: after
+    // garbage the stream cannot be trusted to resync.
     Bytes reply;
     if (codec_->encode_decode_error(stream_.pending_bytes(), *err, reply)) {
       w_.stats().inc(Counter::downstream_error_reply);
-      closing_ = true;
       queue(std::move(reply));
-      return;
     }
-    close(nullptr);
+    partial_since_ = {};
+    closing_ = true;
+    close_when_done();
     return;
   }
-  if (!closed_) do_read();
+  do_read();
 }
 
 void DownstreamConn::handle(Message& msg, Bytes frame) {
@@ -217,10 +281,25 @@ bool DownstreamConn::admit(const xds::LocalRateLimit& rl, const codecs::Metadata
 
 void DownstreamConn::request_done() {
   if (inflight_ > 0) --inflight_;
-  if (!reading_ && inflight_ + 1 == w_.opts().max_inflight_per_conn) do_read();
+  if (closing_) close_when_done();
+  else if (paused_) do_read();
 }
 
-void DownstreamConn::deliver(Bytes frame, Outcome outcome, ClusterStats* stats) {
+void DownstreamConn::deliver(const Message& req, Bytes frame, Outcome outcome, ClusterStats* stats) {
+  if (closed_) return;
+  const auto& l = w_.opts().downstream;
+  size_t queued = stream_.queued_bytes();
+  // A client that does not take its replies: the reply becomes a short
+  // error rather than growing the daemon (one reply always fits).
+  if (queued > 0 &&
+      (queued + frame.size() > l.max_queued_bytes ||
+       size_t(w_.stats().get(Gauge::downstream_queued_bytes)) + frame.size() > l.max_queued_bytes_per_worker)) {
+    w_.stats().inc(Counter::downstream_rq_reply_overflow);
+    spdlog::debug("reply to {} -> {} dropped: {} bytes queued", source_.str(), orig_.str(), queued);
+    reply_error(req, ErrorKind::kOverLimit,
+                "metanode: reply dropped: the client is not reading its replies", stats);
+    return;
+  }
   if (stats) stats->by_outcome[outcome]->fetch_add(1, std::memory_order_relaxed);
   w_.stats().inc(Counter::responses);
   queue(std::move(frame));
@@ -240,26 +319,77 @@ void DownstreamConn::reply_error(const Message& req, ErrorKind kind, const std::
 
 void DownstreamConn::queue(Bytes b) {
   if (closed_) return;
+  w_.stats().gauge_add(Gauge::downstream_queued_bytes, int64_t(b.size()));
   stream_.push(std::move(b));
   do_write();
 }
 
 void DownstreamConn::do_write() {
-  if (closed_) return;
+  if (closed_ || writing_) return;
   auto bufs = stream_.take();
   if (bufs.empty()) {
-    if (closing_ && !stream_.in_flight()) close(nullptr);
+    if (closing_) close_when_done();
     return;
   }
+  writing_ = true;
+  write_stalled_since_ = Clock::now();
   asio::async_write(sock_, bufs,
                     [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
+                      self->writing_ = false;
+                      if (self->closed_) return;
+                      size_t before = self->stream_.queued_bytes();
                       self->stream_.written();
-                      if (ec) {
-                        self->close(nullptr);
-                        return;
-                      }
+                      self->w_.stats().gauge_add(Gauge::downstream_queued_bytes,
+                                                 -int64_t(before - self->stream_.queued_bytes()));
+                      self->last_activity_ = Clock::now();
+                      self->write_stalled_since_ = {};
+                      if (ec) return self->close(nullptr);
                       self->do_write();
+                      if (self->paused_) self->do_read();
                     });
+}
+
+void DownstreamConn::close_when_done() {
+  if (closed_) return;
+  if (inflight_ == 0 && stream_.empty()) return close(nullptr);
+  // Nothing else may keep the connection alive until then.
+  hold_ = shared_from_this();
+}
+
+void DownstreamConn::drain() {
+  if (closed_ || closing_) return;
+  w_.stats().inc(Counter::downstream_cx_drained);
+  closing_ = true;
+  // A read in flight still delivers what the client sent before it saw
+  // the close; nothing more is read after it.
+  close_when_done();
+}
+
+void DownstreamConn::sweep(Clock::time_point now) {
+  if (closed_) return;
+  const auto& l = w_.opts().downstream;
+  if (partial_since_ != Clock::time_point{} && now - partial_since_ > l.read_timeout) {
+    w_.stats().inc(Counter::downstream_cx_read_timeout);
+    spdlog::warn("closing downstream {} -> {}: a message not complete within {} ms", source_.str(),
+                 orig_.str(), l.read_timeout.count());
+    return close(nullptr);
+  }
+  if (writing_ && now - write_stalled_since_ > l.write_timeout) {
+    w_.stats().inc(Counter::downstream_cx_write_timeout);
+    spdlog::warn("closing downstream {} -> {}: {} reply bytes not taken within {} ms", source_.str(),
+                 orig_.str(), stream_.queued_bytes(), l.write_timeout.count());
+    // Reset, not FIN: what the kernel holds for the client goes too.
+    boost::system::error_code ec;
+    sock_.set_option(asio::socket_base::linger(true, 0), ec);
+    return close(nullptr);
+  }
+  bool idle = inflight_ == 0 && stream_.empty() && stream_.buffered() == 0;
+  if (!idle) return;
+  if (now - last_activity_ > l.idle_timeout) {
+    w_.stats().inc(Counter::downstream_cx_idle_timeout);
+    return close("idle timeout");
+  }
+  if (reading_ && !parked_ && !parking_ && now - last_activity_ > kParkAfter) park();
 }
 
 void DownstreamConn::close(const char* why) {
@@ -270,6 +400,9 @@ void DownstreamConn::close(const char* why) {
   sock_.shutdown(tcp::socket::shutdown_both, ec);
   sock_.close(ec);
   w_.stats().gauge_add(Gauge::downstream_cx_active, -1);
+  w_.stats().gauge_add(Gauge::downstream_queued_bytes, -int64_t(stream_.queued_bytes()));
+  // Released from the loop, not here: the caller may still be inside us.
+  if (hold_) asio::post(w_.io(), [keep = std::move(hold_)] {});
 }
 
 }  // namespace metanode::core

@@ -1,9 +1,14 @@
 // One client connection (a pod's, redirected, or any client's in --no-bpf
 // mode): decodes requests, routes each into an ActiveRequest, and writes
-// replies back in the order they complete.
+// replies back in the order they complete. It enforces the client's share
+// of the daemon (ServerOptions::downstream): requests in flight and queued
+// reply bytes pause its reads, a reply beyond the queue limit becomes an
+// error, and the worker's sweep closes it when a message stalls, its
+// replies are not taken, or it sits idle.
 #pragma once
 
 #include <boost/asio.hpp>
+#include <boost/intrusive/list.hpp>
 #include <memory>
 #include <string>
 
@@ -17,19 +22,35 @@ namespace metanode::core {
 
 class Worker;
 
-class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
+// The worker's list of its client connections (for the sweep and drains);
+// a connection leaves it when destroyed.
+using DownstreamHook =
+    boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>>;
+
+class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, public DownstreamHook {
  public:
   DownstreamConn(Worker& w, boost::asio::ip::tcp::socket s, net::Endpoint orig,
                  net::Endpoint source, const std::string& protocol);
+  ~DownstreamConn();
   void start() { do_read(); }
-  void deliver(codecs::Bytes frame, Outcome outcome, ClusterStats* stats);
+  // A reply for `req` (its id the client's): queued, or replaced by an
+  // error when the client's queued replies are over the limit.
+  void deliver(const codecs::Message& req, codecs::Bytes frame, Outcome outcome, ClusterStats* stats);
   void reply_error(const codecs::Message& req, codecs::ErrorKind kind, const std::string& text,
                    ClusterStats* stats);
   bool open() const { return !closed_; }
 
+  // From the worker's sweep: closes the connection when one of its
+  // timeouts has passed, parks an idle reader without a buffer.
+  void sweep(Clock::time_point now);
+  // Stop reading; close once the calls in flight are answered (now, when idle).
+  void drain();
+
  private:
   void do_read();
   void on_read(size_t n);
+  void park();
+  bool over_limits() const;
   void handle(codecs::Message& msg, codecs::Bytes frame);
   // Past the rate limits: route, cluster, ActiveRequest. `l`: the
   // listener of the connection's address in the current snapshot.
@@ -42,6 +63,8 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
   void do_write();
   void close(const char* why);
   void request_done();
+  // Closes once nothing is in flight and every queued byte is written.
+  void close_when_done();
   bool admit(const xds::LocalRateLimit& rl, const codecs::Metadata& md);
 
   Worker& w_;
@@ -50,10 +73,20 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn> {
   net::Endpoint source_;
   std::unique_ptr<codecs::Codec> codec_;
   MessageStream stream_;
+  // While reads are paused nothing else may own the connection (no read
+  // or write pending, requests hold it weakly): it holds itself.
+  std::shared_ptr<DownstreamConn> hold_;
+  Clock::time_point last_activity_;  // a byte read or written
+  Clock::time_point partial_since_{};  // the first byte of an incomplete message
+  Clock::time_point write_stalled_since_{};  // replies queued and no progress
   size_t inflight_ = 0;
-  bool reading_ = false;
+  bool reading_ = false;  // a read or a readiness wait is pending
+  bool parked_ = false;   // waiting for readiness without a buffer
+  bool parking_ = false;  // the pending read is being cancelled to park
+  bool paused_ = false;
+  bool writing_ = false;
   bool closed_ = false;
-  bool closing_ = false;  // close once the queued writes are out
+  bool closing_ = false;  // no more reads; close when done
 };
 
 }  // namespace metanode::core

@@ -17,22 +17,54 @@ namespace metanode::core {
 
 struct ActiveRequest;
 
+// Read buffers of the standard size, recycled within one worker: a
+// connection holds one only while it has bytes to read or decode, so an
+// idle connection costs no buffer and a busy one no allocation per read.
+class BufferPool {
+ public:
+  static constexpr size_t kSize = 16384;
+  std::vector<uint8_t> get() {
+    if (free_.empty()) return std::vector<uint8_t>(kSize);
+    auto b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  void put(std::vector<uint8_t> b) {
+    // Grown ones (a large message) go back to the allocator.
+    if (b.size() == kSize && free_.size() < kMaxFree) free_.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr size_t kMaxFree = 16;  // 256 KiB per worker at most
+  std::vector<std::vector<uint8_t>> free_;
+};
+
 class MessageStream {
  public:
-  explicit MessageStream(uint32_t max_message) : cap_(size_t(max_message) + 64), rbuf_(16384) {}
+  MessageStream(uint32_t max_message, BufferPool* pool = nullptr)
+      : cap_(size_t(max_message) + 64), pool_(pool) {}
+  ~MessageStream() { release_buffer(); }
 
   // Where the next read goes; an empty buffer means a single message
   // outgrew the limit (the caller closes the connection).
   boost::asio::mutable_buffer read_space() {
+    if (rbuf_.empty()) rbuf_ = pool_ ? pool_->get() : std::vector<uint8_t>(BufferPool::kSize);
     if (rlen_ == rbuf_.size()) {
       if (rbuf_.size() >= cap_) return {};
       rbuf_.resize(std::min(cap_, rbuf_.size() * 2));
     }
     return boost::asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_);
   }
+  // Gives the read buffer back when it holds nothing (an idle connection).
+  void release_buffer() {
+    if (rlen_ != 0 || rbuf_.empty()) return;
+    if (pool_) pool_->put(std::move(rbuf_));
+    rbuf_ = {};
+  }
 
   // What is buffered but not yet decoded (for error replies).
   std::span<const uint8_t> pending_bytes() const { return {rbuf_.data(), rlen_}; }
+  size_t buffered() const { return rlen_; }
 
   // Accounts `n` new bytes, then hands every complete message to
   // on_msg(Message&, Bytes frame) while keep_going() holds. Returns the
@@ -69,7 +101,12 @@ class MessageStream {
     codecs::Bytes bytes;
     std::shared_ptr<ActiveRequest> req;
   };
-  void push(codecs::Bytes b) { wq_.push_back({std::move(b), nullptr}); }
+  void push(codecs::Bytes b) {
+    queued_bytes_ += b.size();
+    wq_.push_back({std::move(b), nullptr});
+  }
+  // Bytes of their own queued or in flight (frames of requests not counted).
+  size_t queued_bytes() const { return queued_bytes_; }
   void push(std::shared_ptr<ActiveRequest> r) { wq_.push_back({{}, std::move(r)}); }
   bool in_flight() const { return !writing_.empty(); }
   bool empty() const { return wq_.empty() && writing_.empty(); }
@@ -92,12 +129,15 @@ class MessageStream {
   std::vector<Out> written() {
     std::vector<Out> done;
     done.swap(writing_);
+    for (const auto& o : done) queued_bytes_ -= o.bytes.size();
     return done;
   }
 
  private:
   size_t cap_;
+  BufferPool* pool_;
   std::vector<uint8_t> rbuf_;
+  size_t queued_bytes_ = 0;
   size_t rlen_ = 0;
   uint64_t consumed_ = 0;
   std::vector<Out> wq_, writing_;

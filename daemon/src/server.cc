@@ -10,6 +10,7 @@
 #include <future>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "worker.h"
 
@@ -75,7 +76,26 @@ Result<void> Server::start() {
   return Ok();
 }
 
-bool Server::ready() const { return impl_->started.load(); }
+bool Server::ready() const { return impl_->started.load() && !impl_->draining.load(); }
+
+bool Server::drain(Clock::time_point deadline) {
+  if (!impl_->started.load()) return true;
+  impl_->draining = true;
+  for (auto& w : impl_->workers) asio::post(w->io(), [wp = w.get()] { wp->drain(); });
+  auto open = [&] {
+    int64_t n = 0;
+    for (const auto& w : impl_->workers) n += w->stats().get(Gauge::downstream_cx_active);
+    return n;
+  };
+  while (open() > 0) {
+    if (Clock::now() >= deadline) {
+      spdlog::warn("drain: {} client connections still open at the deadline", open());
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
 
 void Server::stop() {
   if (!impl_ || !impl_->started.exchange(false)) return;

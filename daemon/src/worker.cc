@@ -1,5 +1,6 @@
 #include "worker.h"
 
+#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -28,9 +29,12 @@ Worker::Worker(Server::Impl& srv, size_t index)
       index_(index),
       cm_(stats_, srv.limits),
       rng_(uint64_t(Clock::now().time_since_epoch().count()) ^ (index * 0x9e37)),
-      sweep_timer_(io_) {}
+      sweep_timer_(io_),
+      reserve_fd_(::open("/dev/null", O_RDONLY | O_CLOEXEC)) {}
 
-Worker::~Worker() = default;
+Worker::~Worker() {
+  if (reserve_fd_ >= 0) ::close(reserve_fd_);
+}
 
 const ServerOptions& Worker::opts() const { return srv_.opts; }
 RateLimitClient& Worker::rate_limit_service() { return srv_.rate_limits; }
@@ -63,6 +67,14 @@ void Worker::sweep() {
     cm_.for_each_connection([&](const std::shared_ptr<UpstreamConn>& c) { conns.push_back(c); });
     for (auto& c : conns) c->sweep(now);
     cm_.sweep(now);
+    // Client connections every 500 ms: their timeouts are seconds long.
+    if (++sweeps_ % 5 == 0) {
+      std::vector<std::shared_ptr<DownstreamConn>> downs;
+      downs.reserve(64);
+      for (auto& d : downstreams_)
+        if (auto sp = d.weak_from_this().lock()) downs.push_back(std::move(sp));
+      for (auto& d : downs) d->sweep(now);
+    }
     sweep();
   });
 }
@@ -78,15 +90,17 @@ Result<void> Worker::reconcile_listeners() {
   for (auto it = acceptors_.begin(); it != acceptors_.end();) {
     if (std::find(want.begin(), want.end(), it->first) == want.end()) {
       boost::system::error_code ec;
-      it->second->close(ec);
+      it->second->sock.close(ec);
+      it->second->retry.cancel();
       it = acceptors_.erase(it);
     } else {
       ++it;
     }
   }
   for (const auto& ep : want) {
-    if (acceptors_.count(ep)) continue;
-    auto a = std::make_unique<tcp::acceptor>(io_);
+    if (acceptors_.count(ep) || draining_) continue;
+    auto acc = std::make_unique<Acceptor>(io_);
+    tcp::acceptor* a = &acc->sock;
     boost::system::error_code ec;
     a->open(tcp::v4(), ec);
     if (!ec) a->set_option(asio::socket_base::reuse_address(true), ec);
@@ -104,17 +118,48 @@ Result<void> Worker::reconcile_listeners() {
         result = Error{std::error_code(ec.value(), std::system_category()), "listen on " + ep.str()};
       continue;
     }
-    accept_on(*a);
-    acceptors_.emplace(ep, std::move(a));
+    accept_on(*acc);
+    acceptors_.emplace(ep, std::move(acc));
   }
   return result;
 }
 
-void Worker::accept_on(tcp::acceptor& a) {
-  a.async_accept([this, &a](const boost::system::error_code& ec, tcp::socket s) {
-    if (ec == asio::error::operation_aborted) return;
-    if (!ec) on_accept(std::move(s));
-    if (a.is_open()) accept_on(a);
+void Worker::accept_on(Acceptor& a) {
+  a.sock.async_accept([this, &a](const boost::system::error_code& ec, tcp::socket s) {
+    if (ec == asio::error::operation_aborted) return;  // closed: `a` may be gone
+    if (ec) return on_accept_error(a, ec);
+    a.backoff = std::chrono::milliseconds(0);
+    on_accept(std::move(s));
+    if (a.sock.is_open()) accept_on(a);
+  });
+}
+
+// At the fd limit accept fails at once with the connection still queued:
+// re-arming would spin. Shed the oldest queued connection with the reserve
+// fd (its client sees a close, not a timeout), then pause accepting,
+// 10 ms doubling to 1 s, while connections close and free fds.
+void Worker::on_accept_error(Acceptor& a, const boost::system::error_code& ec) {
+  int e = ec.value();
+  bool resources = e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+  if (!resources) {
+    if (a.sock.is_open()) accept_on(a);  // the peer's trouble (ECONNABORTED, ...)
+    return;
+  }
+  stats_.inc(Counter::downstream_cx_accept_fd_limit);
+  if (reserve_fd_ >= 0) {
+    ::close(reserve_fd_);
+    int fd = ::accept4(a.sock.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) ::close(fd);
+    reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  a.backoff = std::min(std::chrono::milliseconds(1000),
+                       std::max(std::chrono::milliseconds(10), a.backoff * 2));
+  spdlog::warn("worker {}: accept: {}; pausing accepts for {} ms", index_, ec.message(),
+               a.backoff.count());
+  a.retry.expires_after(a.backoff);
+  a.retry.async_wait([this, &a](const boost::system::error_code& tec) {
+    if (tec) return;  // cancelled with its acceptor
+    if (a.sock.is_open()) accept_on(a);
   });
 }
 
@@ -147,10 +192,27 @@ void Worker::on_accept(tcp::socket s) {
   conn->start();
 }
 
+void Worker::drain() {
+  draining_ = true;
+  boost::system::error_code ec;
+  for (auto& [ep, a] : acceptors_) {
+    a->sock.close(ec);
+    a->retry.cancel();
+  }
+  acceptors_.clear();
+  std::vector<std::shared_ptr<DownstreamConn>> downs;
+  for (auto& d : downstreams_)
+    if (auto sp = d.weak_from_this().lock()) downs.push_back(std::move(sp));
+  for (auto& d : downs) d->drain();
+}
+
 void Worker::shutdown() {
   boost::system::error_code ec;
   sweep_timer_.cancel();
-  for (auto& [ep, a] : acceptors_) a->close(ec);
+  for (auto& [ep, a] : acceptors_) {
+    a->sock.close(ec);
+    a->retry.cancel();
+  }
   acceptors_.clear();
   cm_.clear();
 }

@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "cluster_manager.h"
+#include "downstream_conn.h"
+#include "message_stream.h"
 #include "metanode/core/server.h"
 #include "rate_limit_client.h"
 
@@ -38,15 +40,27 @@ class Worker {
   ClusterManager& clusters() { return cm_; }
   RateLimitClient& rate_limit_service();
   lb::Rng& rng() { return rng_; }
+  BufferPool& buffers() { return buffers_; }
+  void add_downstream(DownstreamConn& c) { downstreams_.push_back(c); }
 
   // Binds what the configuration wants and closes what it no longer does;
   // returns the first bind failure (the others are still attempted).
   Result<void> reconcile_listeners();
   void start_timers();
+  // Drain: no more accepts; every client connection closes once its calls
+  // in flight are answered.
+  void drain();
   void shutdown();
 
  private:
-  void accept_on(boost::asio::ip::tcp::acceptor& a);
+  struct Acceptor {
+    explicit Acceptor(boost::asio::io_context& io) : sock(io), retry(io) {}
+    boost::asio::ip::tcp::acceptor sock;
+    boost::asio::steady_timer retry;  // accepting paused at the fd limit
+    std::chrono::milliseconds backoff{0};
+  };
+  void accept_on(Acceptor& a);
+  void on_accept_error(Acceptor& a, const boost::system::error_code& ec);
   void on_accept(boost::asio::ip::tcp::socket s);
   void sweep();
 
@@ -58,8 +72,15 @@ class Worker {
   uint64_t snap_gen_ = 0;
   ClusterManager cm_;
   lb::Rng rng_;
-  std::map<net::Endpoint, std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+  std::map<net::Endpoint, std::unique_ptr<Acceptor>> acceptors_;
   boost::asio::steady_timer sweep_timer_;
+  uint32_t sweeps_ = 0;
+  BufferPool buffers_;
+  boost::intrusive::list<DownstreamConn, boost::intrusive::constant_time_size<false>> downstreams_;
+  // Closed to accept (and shed) one connection at the fd limit, so a
+  // client there learns at once instead of waiting in the backlog.
+  int reserve_fd_ = -1;
+  bool draining_ = false;
 };
 
 struct Server::Impl {
@@ -76,6 +97,7 @@ struct Server::Impl {
   std::vector<std::thread> threads;
   StatsShard control;
   std::atomic<bool> started{false};
+  std::atomic<bool> draining{false};
 };
 
 // Conversions between asio and our endpoint type (IPv4).

@@ -159,9 +159,12 @@ void FakeUpstream::serve(int fd) {
     if (a.delay.count() > 0) std::this_thread::sleep_for(a.delay);
     if (a.act == Act::kClose) break;
     if (a.act == Act::kSilent || req->type == 4) continue;
+    std::string text = name_;
+    if (text.size() < a.reply_bytes) text.resize(a.reply_bytes, '.');
     std::string out = a.act == Act::kException
                           ? thrift_message(3, req->method, req->seqid, name_ + " failed")
-                          : thrift_message(2, req->method, req->seqid, name_);
+                          : thrift_message(2, req->method, req->seqid, text);
+    if (a.act == Act::kGarbage) out = std::string("\0\0\0\x0cnot thrift!!", 16);
     if (a.act == Act::kReplyTwice) out += out;  // the second one matches nothing
     if (!write_all(fd, out)) break;
   }
@@ -207,6 +210,20 @@ std::optional<ThriftReply> ThriftClient::read_reply(std::chrono::milliseconds wa
   auto f = read_frame(fd_, int(wait.count()));
   if (!f) return std::nullopt;
   return parse_thrift(*f);
+}
+
+bool ThriftClient::wait_closed(std::chrono::milliseconds wait) {
+  if (fd_ < 0) return true;
+  auto until = std::chrono::steady_clock::now() + wait;
+  char buf[4096];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd pfd{fd_, POLLIN, 0};
+    if (poll(&pfd, 1, int(left.count())) <= 0) return false;
+    ssize_t r = ::read(fd_, buf, sizeof buf);
+    if (r <= 0) return true;
+  }
 }
 
 std::optional<ThriftReply> ThriftClient::call(const std::string& method,

@@ -31,10 +31,13 @@ std::optional<ThriftReply> parse_thrift(const std::string& frame);
 
 class FakeUpstream {
  public:
-  enum class Act { kReply, kException, kSilent, kClose, kReplyTwice };
+  // kGarbage answers bytes no Thrift peer would send (a frame whose
+  // message header is nonsense).
+  enum class Act { kReply, kException, kSilent, kClose, kReplyTwice, kGarbage };
   struct Action {
     Act act = Act::kReply;
     std::chrono::milliseconds delay{0};
+    size_t reply_bytes = 0;  // pads the reply's string to this many bytes
   };
   using Script = std::function<Action(const std::string& method)>;
 
@@ -76,6 +79,9 @@ class ThriftClient {
                                   std::chrono::milliseconds wait = std::chrono::milliseconds(5000));
   bool send_raw(const std::string& bytes);
   std::optional<ThriftReply> read_reply(std::chrono::milliseconds wait);
+  // Discards what arrives until the peer closes (true) or `wait` passes.
+  bool wait_closed(std::chrono::milliseconds wait);
+  int fd() const { return fd_; }
 
  private:
   int fd_ = -1;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "metanode/core/server.h"
 #include "metanode/net.h"
 #include "metanode/xds/xds_client.h"
 
@@ -38,6 +39,8 @@ struct DaemonOptions {
   bool manage_host_netns = false;
   std::vector<uint16_t> exclude_ports;  // never intercepted, for every pod
   std::chrono::milliseconds request_timeout{30000};
+  DownstreamLimits downstream;  // per client connection
+  std::chrono::milliseconds drain_timeout{5000};  // SIGTERM: calls in flight may finish this long
   std::chrono::milliseconds watch_interval{1000};
 };
 

@@ -19,6 +19,27 @@
 
 namespace metanode::core {
 
+// What one client connection may hold and how long it may take. One daemon
+// serves every pod on the node: each bound keeps one client from growing the
+// daemon or pinning its resources at the others' expense.
+struct DownstreamLimits {
+  size_t max_inflight = 1024;  // requests awaiting a reply; reads pause beyond
+  // Reply bytes queued and not yet taken by the client: reads pause beyond
+  // `pause_queued_bytes`; a reply that would take the connection beyond
+  // `max_queued_bytes` (or the worker beyond `max_queued_bytes_per_worker`)
+  // is answered with an error instead, so a client that does not read can
+  // never grow the daemon.
+  size_t pause_queued_bytes = size_t(4) << 20;  // 1/8 of max_queued_bytes
+  size_t max_queued_bytes = size_t(32) << 20;
+  size_t max_queued_bytes_per_worker = size_t(256) << 20;
+  // A message started must be complete within this (slowloris).
+  std::chrono::milliseconds read_timeout{15000};
+  // Nothing in flight, nothing read or written for this long: closed.
+  std::chrono::milliseconds idle_timeout{3600000};
+  // Replies queued and not a byte taken by the client for this long: closed.
+  std::chrono::milliseconds write_timeout{30000};
+};
+
 struct ServerOptions {
   size_t workers = 0;  // 0: one per core
   // Interception mode: accept on `redirect` and learn each connection's
@@ -28,7 +49,7 @@ struct ServerOptions {
   net::Endpoint redirect;
   std::chrono::milliseconds request_timeout{30000};
   size_t max_upstream_conns = 2;      // per endpoint per worker
-  size_t max_inflight_per_conn = 1024;  // downstream reads pause beyond this
+  DownstreamLimits downstream;
   codecs::Limits limits;
 };
 
@@ -47,8 +68,13 @@ class Server {
   std::shared_ptr<const xds::Snapshot> snapshot() const;
 
   Result<void> start();
+  // Graceful stop, first half: accept no more connections, close idle
+  // client connections, let the others finish the calls they have in
+  // flight (no new request is read) and close. Returns true once no client
+  // connection is left, false at `deadline` with some still open.
+  bool drain(Clock::time_point deadline);
   void stop();
-  bool ready() const;  // started (configuration readiness is the source's)
+  bool ready() const;  // started and not draining (configuration readiness is the source's)
 
   std::vector<const StatsShard*> shards() const;
   StatsShard& control_stats();

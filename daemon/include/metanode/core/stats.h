@@ -4,6 +4,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <type_traits>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -13,6 +15,9 @@
 
 namespace metanode::core {
 
+using Clock = std::chrono::steady_clock;
+static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>);
+
 // X(name, help). Exposed as metanode_<name>_total.
 #define METANODE_COUNTERS(X)                                                               \
   X(downstream_cx, "Downstream connections accepted")                                      \
@@ -20,6 +25,13 @@ namespace metanode::core {
   X(downstream_cx_no_listener, "Connections to an address no listener serves")            \
   X(downstream_decode_error, "Downstream connections closed for malformed input")          \
   X(downstream_error_reply, "Malformed requests answered with a protocol error before closing") \
+  X(downstream_cx_read_timeout, "Downstream connections closed: a message not complete within the read timeout") \
+  X(downstream_cx_idle_timeout, "Downstream connections closed after the idle timeout")     \
+  X(downstream_cx_write_timeout, "Downstream connections closed: replies not taken within the write timeout") \
+  X(downstream_cx_drained, "Downstream connections closed by a drain")                     \
+  X(downstream_cx_accept_fd_limit, "Accepts that hit the fd limit (accepting paused, one connection shed)") \
+  X(downstream_rq_reply_overflow, "Replies replaced by an error: the client's queued replies were over the limit") \
+  X(downstream_rd_paused, "Times a client's reads were paused (requests in flight or queued replies at the limit)") \
   X(downstream_unexpected_message, "Downstream messages that are not requests")            \
   X(requests, "Requests decoded from downstream")                                          \
   X(requests_oneway, "One-way requests forwarded")                                         \
@@ -59,6 +71,7 @@ namespace metanode::core {
 // X(name, help). Exposed as metanode_<name>.
 #define METANODE_GAUGES(X)                                    \
   X(downstream_cx_active, "Open downstream connections")      \
+  X(downstream_queued_bytes, "Reply bytes queued for clients, not yet written") \
   X(upstream_cx_active, "Open upstream connections")          \
   X(upstream_rq_active, "Requests waiting for an upstream reply")
 

@@ -1,0 +1,202 @@
+// What one client connection may take from the shared daemon, in process:
+// pipelining beyond the in-flight limit, replies a client does not read,
+// messages that never complete, idle connections, the memory an idle
+// connection costs, and a drain. Each test names the break that turns it red.
+#include <malloc.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#include <set>
+#include <thread>
+
+#include "data_plane_fixture.h"
+
+namespace metanode::core {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Without the connection holding itself while its reads are paused, it is
+// destroyed at the in-flight limit and closes with no reply at all.
+TEST_F(DataPlane, PipelinedRequestsBeyondTheInflightLimitAreAllAnswered) {
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  ThriftClient c(vip_port_);
+  constexpr int kCalls = 5000;
+  std::string batch;
+  for (int i = 1; i <= kCalls; ++i) batch += testbed::thrift_message(1, "get", i);
+  // Written from a thread: the daemon stops reading at its limit, so a
+  // blocking write of all of it would stall until replies are read.
+  std::thread writer([&] { EXPECT_TRUE(c.send_raw(batch)); });
+  std::set<int32_t> seen;
+  for (int i = 0; i < kCalls; ++i) {
+    auto r = c.read_reply(5000ms);
+    if (!r) break;
+    EXPECT_EQ(r->text, "a");
+    seen.insert(r->seqid);
+  }
+  writer.join();
+  EXPECT_EQ(seen.size(), size_t(kCalls));
+  EXPECT_GE(counter(Counter::downstream_rd_paused), 1u) << "reads never paused at the limit";
+}
+
+// Without waiting for the calls in flight, the connection closes as soon
+// as the decode error is out and the valid call's reply is lost.
+TEST_F(DataPlane, ValidCallBeforeGarbageStillGetsItsReply) {
+  FakeUpstream slow("slow", [](const std::string&) { return FakeUpstream::Action{Act::kReply, 300ms}; });
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}})});
+  ThriftClient c(vip_port_);
+  ASSERT_TRUE(c.send_raw(testbed::thrift_message(1, "get", 41) + std::string("\0\0\0\x08garbage!", 12)));
+  bool got = false;
+  for (int i = 0; i < 3 && !got; ++i) {
+    auto r = c.read_reply(3000ms);
+    if (!r) break;
+    got = r->seqid == 41 && r->type == 2 && r->text == "slow";
+  }
+  EXPECT_TRUE(got) << "the valid call's reply was lost";
+  EXPECT_TRUE(c.wait_closed(3000ms)) << "the connection stayed open after garbage";
+  EXPECT_EQ(counter(Counter::downstream_decode_error), 1u);
+}
+
+// A client that never reads while its calls return 256 KiB replies: without
+// the queue limit the daemon holds every reply (here 48 MiB); with it the
+// queue stays under the limit, the excess becomes error replies, another
+// client is served meanwhile, and every call is still answered.
+TEST_F(DataPlane, ClientThatDoesNotReadCannotGrowTheDaemon) {
+  opts_.downstream.max_queued_bytes = 2u << 20;
+  opts_.downstream.pause_queued_bytes = 256u << 10;
+  FakeUpstream big("big", [](const std::string& m) {
+    FakeUpstream::Action a;
+    if (m == "big") a.reply_bytes = 256u << 10;
+    return a;
+  });
+  configure({service_yaml(vip_port_, {{big.port(), "v1"}})});
+  ThriftClient hog(vip_port_);
+  constexpr int kCalls = 192;
+  std::string batch;
+  for (int i = 1; i <= kCalls; ++i) batch += testbed::thrift_message(1, "big", i);
+  ASSERT_TRUE(hog.send_raw(batch));
+  ASSERT_TRUE(testbed::eventually([&] { return big.requests() == kCalls; }));
+  ASSERT_TRUE(testbed::eventually([&] { return counter(Counter::downstream_rq_reply_overflow) > 0; }));
+  EXPECT_LE(gauge(Gauge::downstream_queued_bytes), int64_t(2u << 20) + int64_t(300u << 10));
+  EXPECT_EQ(calls(5)["big"], 5) << "another client suffered";
+  int ok = 0, dropped = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    auto r = hog.read_reply(5000ms);
+    if (!r) break;
+    if (r->type == 2) ++ok;
+    else if (r->text.find("not reading") != std::string::npos) ++dropped;
+  }
+  EXPECT_EQ(ok + dropped, kCalls) << "a call went unanswered";
+  EXPECT_GT(ok, 0);
+  EXPECT_GT(dropped, 0);
+}
+
+TEST_F(DataPlane, RepliesNotTakenCloseTheConnectionAfterTheWriteTimeout) {
+  opts_.downstream.write_timeout = 600ms;
+  FakeUpstream big("big", [](const std::string&) {
+    FakeUpstream::Action a;
+    a.reply_bytes = 1u << 20;
+    return a;
+  });
+  configure({service_yaml(vip_port_, {{big.port(), "v1"}})});
+  ThriftClient hog(vip_port_);
+  std::string batch;
+  for (int i = 1; i <= 16; ++i) batch += testbed::thrift_message(1, "get", i);
+  ASSERT_TRUE(hog.send_raw(batch));
+  EXPECT_TRUE(testbed::eventually([&] { return counter(Counter::downstream_cx_write_timeout) == 1; }, 5s));
+  EXPECT_TRUE(hog.wait_closed(2s)) << "not reset: the queued replies still had to be read";
+  EXPECT_EQ(gauge(Gauge::downstream_cx_active), 0);
+  EXPECT_EQ(gauge(Gauge::downstream_queued_bytes), 0) << "a closed connection's queue stayed counted";
+}
+
+// Slowloris: a message begun and never finished. Without the read timeout
+// the connection is held forever.
+TEST_F(DataPlane, IncompleteMessageIsClosedAfterTheReadTimeout) {
+  opts_.downstream.read_timeout = 500ms;
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  ThriftClient slow(vip_port_);
+  std::string msg = testbed::thrift_message(1, "get", 1);
+  ASSERT_TRUE(slow.send_raw(msg.substr(0, 3)));
+  auto t0 = std::chrono::steady_clock::now();
+  // A healthy client keeps working meanwhile.
+  EXPECT_EQ(calls(3)["a"], 3);
+  ASSERT_TRUE(slow.send_raw(msg.substr(3, 2)));  // trickling does not reset it
+  EXPECT_TRUE(slow.wait_closed(5s));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 400ms);
+  EXPECT_EQ(counter(Counter::downstream_cx_read_timeout), 1u);
+  EXPECT_EQ(calls(2)["a"], 2);
+}
+
+TEST_F(DataPlane, IdleClientIsClosedAfterTheIdleTimeout) {
+  opts_.downstream.idle_timeout = 700ms;
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  ThriftClient c(vip_port_);
+  ASSERT_TRUE(c.call("get").has_value());
+  EXPECT_TRUE(c.wait_closed(5s));
+  EXPECT_EQ(counter(Counter::downstream_cx_idle_timeout), 1u);
+}
+
+// An idle client connection gives its read buffer back: without that each
+// costs at least the 16 KiB buffer. Heap in use (glibc, every arena) before
+// and after 1000 connections that each made a call and went idle.
+TEST_F(DataPlane, IdleConnectionCostsUnderTwoKilobytes) {
+  rlimit rl{};
+  getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = std::max<rlim_t>(rl.rlim_cur, std::min<rlim_t>(rl.rlim_max, 8192));
+  setrlimit(RLIMIT_NOFILE, &rl);
+  ASSERT_GE(rl.rlim_cur, rlim_t(2200)) << "the test needs 2 fds per connection";
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  EXPECT_EQ(calls(2)["a"], 2);  // pools, buffers and the worker's caches warm
+  constexpr int kConns = 1000;
+  std::vector<std::unique_ptr<ThriftClient>> idle;
+  idle.reserve(kConns);
+  malloc_trim(0);
+  size_t before = mallinfo2().uordblks;
+  for (int i = 0; i < kConns; ++i) {
+    idle.push_back(std::make_unique<ThriftClient>(vip_port_));
+    ASSERT_TRUE(idle.back()->call("get").has_value());
+  }
+  std::this_thread::sleep_for(2000ms);  // parked after one second idle
+  size_t after = mallinfo2().uordblks;
+  double per_conn = (double(after) - double(before)) / kConns;
+  RecordProperty("heap_bytes_per_idle_connection", std::to_string(per_conn));
+  std::printf("heap per idle client connection: %.0f bytes\n", per_conn);
+  EXPECT_LE(per_conn, 2048.0);
+  // And they still work after parking.
+  for (int i = 0; i < kConns; i += 50) EXPECT_TRUE(idle[size_t(i)]->call("get").has_value());
+}
+
+// A drain answers the calls in flight, then closes; without it stop() cuts them.
+TEST_F(DataPlane, DrainAnswersCallsInFlightThenCloses) {
+  FakeUpstream slow("slow", [](const std::string&) { return FakeUpstream::Action{Act::kReply, 100ms}; });
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}})});
+  constexpr int kConns = 20;  // 1 s of work on the worker's two upstream connections
+  std::vector<std::unique_ptr<ThriftClient>> clients;
+  for (int i = 0; i < kConns; ++i) {
+    clients.push_back(std::make_unique<ThriftClient>(vip_port_));
+    ASSERT_TRUE(clients.back()->send_raw(testbed::thrift_message(1, "get", i + 1)));
+  }
+  ThriftClient idle(vip_port_);
+  ASSERT_TRUE(testbed::eventually([&] { return slow.requests() == kConns; }));
+  bool drained = false;
+  std::thread t([&] { drained = server_->drain(Clock::now() + 5s); });
+  EXPECT_TRUE(idle.wait_closed(2s)) << "an idle client was not closed at once";
+  int answered = 0;
+  for (auto& c : clients) {
+    auto r = c->read_reply(3000ms);
+    if (r && r->type == 2) ++answered;
+    EXPECT_TRUE(c->wait_closed(2s));
+  }
+  t.join();
+  EXPECT_EQ(answered, kConns);
+  EXPECT_TRUE(drained);
+  EXPECT_FALSE(server_->ready());
+  EXPECT_FALSE(ThriftClient(vip_port_).call("get", 500ms).has_value()) << "accepted during a drain";
+}
+
+}  // namespace
+}  // namespace metanode::core
