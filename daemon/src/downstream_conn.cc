@@ -132,6 +132,11 @@ void DownstreamConn::on_read(size_t n) {
     close_when_done();
     return;
   }
+  if (drain_after_read_) {
+    closing_ = true;
+    close_when_done();
+    return;
+  }
   do_read();
 }
 
@@ -359,9 +364,15 @@ void DownstreamConn::close_when_done() {
 void DownstreamConn::drain() {
   if (closed_ || closing_) return;
   w_.stats().inc(Counter::downstream_cx_drained);
+  // Requests the client sent before the drain are read and answered:
+  // one more read when bytes are waiting, then no more.
+  boost::system::error_code ec;
+  if (!paused_ && sock_.available(ec) > 0 && !ec) {
+    drain_after_read_ = true;
+    do_read();
+    return;
+  }
   closing_ = true;
-  // A read in flight still delivers what the client sent before it saw
-  // the close; nothing more is read after it.
   close_when_done();
 }
 

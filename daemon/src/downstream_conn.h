@@ -87,6 +87,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool writing_ = false;
   bool closed_ = false;
   bool closing_ = false;  // no more reads; close when done
+  bool drain_after_read_ = false;  // draining: one last read, then closing
 };
 
 }  // namespace metanode::core

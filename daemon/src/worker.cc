@@ -196,6 +196,14 @@ void Worker::drain() {
   draining_ = true;
   boost::system::error_code ec;
   for (auto& [ep, a] : acceptors_) {
+    // Connections the kernel completed are clients like any other: closing
+    // the listener would reset them with their requests unread.
+    a->sock.non_blocking(true, ec);
+    for (int i = 0; i < 4096 && !ec; ++i) {
+      tcp::socket s(io_);
+      a->sock.accept(s, ec);
+      if (!ec) on_accept(std::move(s));
+    }
     a->sock.close(ec);
     a->retry.cancel();
   }

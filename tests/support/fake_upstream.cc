@@ -164,7 +164,9 @@ void FakeUpstream::serve(int fd) {
     std::string out = a.act == Act::kException
                           ? thrift_message(3, req->method, req->seqid, name_ + " failed")
                           : thrift_message(2, req->method, req->seqid, text);
-    if (a.act == Act::kGarbage) out = std::string("\0\0\0\x0cnot thrift!!", 16);
+    // No Thrift form starts so: not a frame length, a protocol version
+    // or a plausible name length.
+    if (a.act == Act::kGarbage) out = "HTTP/1.1 200 OK\r\n\r\n";
     if (a.act == Act::kReplyTwice) out += out;  // the second one matches nothing
     if (!write_all(fd, out)) break;
   }

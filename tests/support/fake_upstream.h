@@ -31,8 +31,7 @@ std::optional<ThriftReply> parse_thrift(const std::string& frame);
 
 class FakeUpstream {
  public:
-  // kGarbage answers bytes no Thrift peer would send (a frame whose
-  // message header is nonsense).
+  // kGarbage answers bytes no Thrift peer would send (an HTTP response).
   enum class Act { kReply, kException, kSilent, kClose, kReplyTwice, kGarbage };
   struct Action {
     Act act = Act::kReply;
