@@ -54,6 +54,7 @@ void usage(FILE* f) {
                "  --manage-host-netns       also intercept processes in the host netns\n"
                "  --workers N               event loops (default: one per core)\n"
                "  --request-timeout-ms N    default per-request timeout (30000)\n"
+               "  --no-seccomp              no system call allow-list (capabilities are still dropped)\n"
                "  --drain-timeout-ms N      on SIGTERM, calls in flight may finish this long (5000)\n"
                "Per client connection (one daemon serves every pod; see docs/SECURITY.md):\n"
                "  --client-max-inflight N   requests awaiting replies before reads pause (1024)\n"
@@ -86,7 +87,7 @@ int main(int argc, char** argv) {
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
          kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
          kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
-         kDrainTimeout, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite };
+         kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -118,6 +119,7 @@ int main(int argc, char** argv) {
       {"cert-ttl", required_argument, nullptr, kCertTtl},
       {"xds-first-response-timeout-ms", required_argument, nullptr, kFirstResponse},
       {"drain-timeout-ms", required_argument, nullptr, kDrainTimeout},
+      {"no-seccomp", no_argument, nullptr, kNoSeccomp},
       {"client-max-inflight", required_argument, nullptr, kClientInflight},
       {"client-max-queued-bytes", required_argument, nullptr, kClientQueued},
       {"client-read-timeout-ms", required_argument, nullptr, kClientRead},
@@ -238,6 +240,7 @@ int main(int argc, char** argv) {
         o.cert_ttl = std::chrono::seconds(v);
         break;
       }
+      case kNoSeccomp: o.seccomp = false; break;
       case kDrainTimeout:
         if (!number("drain-timeout-ms", optarg, n)) return 2;
         o.drain_timeout = std::chrono::milliseconds(n);

@@ -2,7 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <boost/asio.hpp>
+#include <functional>
 #include <thread>
 
 namespace metanode::core {
@@ -27,7 +31,13 @@ const char* reason(int status) {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket s, const AdminServer::Handler& h) : sock_(std::move(s)), handler_(h) {}
+  Session(tcp::socket s, const AdminServer::Handler& h, std::function<void()> on_end = nullptr)
+      : sock_(std::move(s)), handler_(h), on_end_(std::move(on_end)) {}
+  ~Session() {
+    boost::system::error_code ec;
+    sock_.close(ec);  // before on_end_ takes the fd number back
+    if (on_end_) on_end_();
+  }
   void start() { read(); }
 
  private:
@@ -66,6 +76,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   tcp::socket sock_;
   const AdminServer::Handler& handler_;
+  std::function<void()> on_end_;
   std::array<char, 4096> buf_{};
   std::string req_, out_;
 };
@@ -78,11 +89,43 @@ struct AdminServer::Impl {
   tcp::acceptor acceptor{io};
   std::thread thread;
 
+  asio::steady_timer retry{io};
+  // Spent to answer one request at the fd limit (readiness and metrics
+  // matter most then), taken back when that session ends.
+  int reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ~Impl() {
+    if (reserve_fd >= 0) ::close(reserve_fd);
+  }
+
   void accept() {
     acceptor.async_accept([this](const boost::system::error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;
-      if (!ec) std::make_shared<Session>(std::move(s), handler)->start();
-      accept();
+      if (!ec) {
+        std::make_shared<Session>(std::move(s), handler)->start();
+        return accept();
+      }
+      if (ec.value() == EMFILE || ec.value() == ENFILE) {
+        if (reserve_fd >= 0) {
+          ::close(reserve_fd);
+          reserve_fd = -1;
+          boost::system::error_code aec;
+          tcp::socket one(io);
+          acceptor.non_blocking(true, aec);  // never wait here if the peer gave up
+          acceptor.accept(one, aec);
+          if (!aec) {
+            std::make_shared<Session>(std::move(one), handler, [this] {
+              reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+            })->start();
+          } else {
+            reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+          }
+        }
+      }
+      // Never re-arm at once on an error: at the fd limit that spins.
+      retry.expires_after(std::chrono::milliseconds(50));
+      retry.async_wait([this](const boost::system::error_code& tec) {
+        if (!tec) accept();
+      });
     });
   }
 };
@@ -120,6 +163,7 @@ void AdminServer::stop() {
   asio::post(impl_->io, [this] {
     boost::system::error_code ec;
     impl_->acceptor.close(ec);
+    impl_->retry.cancel();
     impl_->io.stop();
   });
   impl_->thread.join();

@@ -20,6 +20,7 @@
 #include "metanode/xds/manifest_source.h"
 #include "metanode/xds/xds_client.h"
 #include "metanode/xds/snapshot.h"
+#include "sandbox.h"
 
 namespace metanode::core {
 namespace asio = boost::asio;
@@ -144,6 +145,21 @@ int run_daemon(const DaemonOptions& opts) {
     if (maps) (void)maps->disable();
     return code;
   };
+
+  // From here on the daemon needs few privileges: drop the rest while this
+  // is the only thread, so every thread started later inherits the sandbox.
+  SandboxOptions sb;
+  sb.intercept = opts.intercept;
+  sb.enter_netns = opts.intercept && !opts.pods_netns_dir.empty();
+  sb.seccomp = opts.seccomp;
+  if (maps) sb.bpf_works_without_cap = [&] { return bool(maps->counters()); };
+  auto sandbox = enter_sandbox(sb);
+  if (!sandbox) {
+    spdlog::critical("cannot drop privileges: {} (--no-seccomp runs without the system call filter)",
+                     sandbox.error().message());
+    return fail(1);
+  }
+  spdlog::info("{}", *sandbox);
 
   // Listen first (with interception: on the redirect address, so no pod is
   // ever redirected to nothing), then let configuration in.

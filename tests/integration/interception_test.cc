@@ -239,6 +239,34 @@ TEST_F(Interception, StopFailsOpenRestartResumesWithThePinnedMaps) {
   EXPECT_GE(counters()["skip_daemon_down"], 1u);
 }
 
+// No open proxy: a pod that dials the daemon's own address (not a
+// redirected connect) names no service, so it is closed and nothing is
+// dialled on its behalf.
+TEST_F(Interception, DirectConnectToTheDaemonIsClosedNotProxied) {
+  std::string out = probe(client_ns_, tb_->node_ip() + ":15001");
+  EXPECT_TRUE(intercepted(out)) << out;
+  auto m = http_get(tb_->node_ns(), "127.0.0.1:15000", "/stats/prometheus");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(metric(*m, "metanode_downstream_cx_no_orig_dst_total"), 1u);
+  EXPECT_EQ(metric(*m, "metanode_upstream_cx_total"), 0u);
+}
+
+// With interception the daemon keeps SO_MARK's capability (and CAP_BPF
+// only on kernels that check it for map writes), nothing else, and
+// interception keeps working under the sandbox.
+TEST_F(Interception, DaemonKeepsOnlyTheCapabilitiesInterceptionNeeds) {
+  constexpr uint64_t kBind = uint64_t(1) << 10, kNetAdmin = uint64_t(1) << 12, kBpf = uint64_t(1) << 39;
+  uint64_t eff = proc_caps(daemon_, "CapEff");
+  EXPECT_NE(eff & kNetAdmin, 0u) << proc_status(daemon_, "CapEff");
+  EXPECT_EQ(eff & ~(kBind | kNetAdmin | kBpf), 0u) << proc_status(daemon_, "CapEff");
+  EXPECT_EQ(proc_caps(daemon_, "CapBnd") & ~(kBind | kNetAdmin | kBpf), 0u) << proc_status(daemon_, "CapBnd");
+  EXPECT_EQ(proc_status(daemon_, "NoNewPrivs"), "1");
+#ifndef METANODE_SANITIZED  // no filter there: LeakSanitizer needs ptrace
+  EXPECT_EQ(proc_status(daemon_, "Seccomp"), "2");
+#endif
+  EXPECT_TRUE(intercepted(probe(client_ns_, vip(9090))));
+}
+
 TEST_F(Interception, UninstallLeavesNoPinLinkOrAttachment) {
   auto progs = run({"bpftool", "cgroup", "show", tb_->cgroup()});
   ASSERT_NE(progs.out.find("mn_connect4"), std::string::npos) << progs.out;

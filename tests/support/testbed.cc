@@ -82,6 +82,22 @@ void remove_pins(const std::string& dir) {
 
 bool is_root() { return geteuid() == 0; }
 
+std::string proc_status(pid_t pid, const std::string& key) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key + ":", 0) == 0) {
+      auto v = line.substr(key.size() + 1);
+      v.erase(0, v.find_first_not_of(" \t"));
+      return v;
+    }
+  return "";
+}
+
+uint64_t proc_caps(pid_t pid, const std::string& key) {
+  return std::strtoull(proc_status(pid, key).c_str(), nullptr, 16);
+}
+
 RunResult run(const std::vector<std::string>& argv, const std::string& netns) {
   RunResult r;
   int pipefd[2];

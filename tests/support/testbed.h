@@ -20,6 +20,11 @@ namespace metanode::testbed {
 
 bool is_root();
 
+// A field of /proc/PID/status ("CapEff", "NoNewPrivs", "Seccomp"), or "".
+std::string proc_status(pid_t pid, const std::string& key);
+// A capability set field of it (CapEff, CapPrm, CapBnd) as a bit mask.
+uint64_t proc_caps(pid_t pid, const std::string& key);
+
 // Runs argv to completion; returns exit status and captured stdout.
 struct RunResult {
   int status = -1;

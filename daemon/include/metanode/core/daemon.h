@@ -40,7 +40,8 @@ struct DaemonOptions {
   std::vector<uint16_t> exclude_ports;  // never intercepted, for every pod
   std::chrono::milliseconds request_timeout{30000};
   DownstreamLimits downstream;  // per client connection
-  std::chrono::milliseconds drain_timeout{5000};  // SIGTERM: calls in flight may finish this long
+  std::chrono::milliseconds drain_timeout{5000};
+  bool seccomp = true;  // the system call allow-list after start (docs/SECURITY.md)  // SIGTERM: calls in flight may finish this long
   std::chrono::milliseconds watch_interval{1000};
 };
 
