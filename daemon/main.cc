@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -65,6 +66,10 @@ void usage(FILE* f) {
                "  --client-idle-timeout-ms N close after N ms with nothing in flight (3600000)\n"
                "  --client-write-timeout-ms N\n"
                "                            close when queued replies are not taken in N ms (30000)\n"
+               "Per client source (a pod: its address), across the node:\n"
+               "  --source-max-connections N connections beyond N are closed at accept (4096)\n"
+               "  --source-max-pending N     requests awaiting replies; its reads pause beyond (8192)\n"
+               "  --source-max-rps N         requests per second; beyond, an over-limit reply (off)\n"
                "  --log-level LEVEL         trace|debug|info|warn|error (info)\n"
                "  --uninstall               remove pinned programs and maps, then exit\n");
 }
@@ -87,7 +92,8 @@ int main(int argc, char** argv) {
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
          kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
          kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
-         kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite };
+         kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
+         kSourceConns, kSourcePending, kSourceRps };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -125,6 +131,9 @@ int main(int argc, char** argv) {
       {"client-read-timeout-ms", required_argument, nullptr, kClientRead},
       {"client-idle-timeout-ms", required_argument, nullptr, kClientIdle},
       {"client-write-timeout-ms", required_argument, nullptr, kClientWrite},
+      {"source-max-connections", required_argument, nullptr, kSourceConns},
+      {"source-max-pending", required_argument, nullptr, kSourcePending},
+      {"source-max-rps", required_argument, nullptr, kSourceRps},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -266,6 +275,20 @@ int main(int argc, char** argv) {
         if (!number("client-write-timeout-ms", optarg, n)) return 2;
         dl.write_timeout = std::chrono::milliseconds(n);
         break;
+      case kSourceConns:
+      case kSourcePending:
+      case kSourceRps: {
+        const char* flag = c == kSourceConns ? "source-max-connections"
+                           : c == kSourcePending ? "source-max-pending" : "source-max-rps";
+        if (!number(flag, optarg, n)) return 2;
+        if (n > UINT32_MAX) {
+          std::fprintf(stderr, "--%s: at most %u\n", flag, UINT32_MAX);
+          return 2;
+        }
+        (c == kSourceConns ? dl.max_connections_per_source
+         : c == kSourcePending ? dl.max_pending_per_source : dl.max_rps_per_source) = uint32_t(n);
+        break;
+      }
       case kXdsCluster:
       case kNodeLabel:
       case kNodeMeta: {

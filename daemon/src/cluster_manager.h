@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <type_traits>
 #include <map>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "metanode/net.h"
 #include "metanode/weak_registry.h"
 #include "metanode/xds/snapshot.h"
+#include "source_share.h"
 
 namespace metanode::core {
 
@@ -57,8 +59,14 @@ class SharedLimits {
   std::shared_ptr<HostShared> host(net::Endpoint addr) { return hosts_.get_or_make(addr); }
   // For the admin thread; null if no worker knows the host.
   std::shared_ptr<HostShared> find_host(net::Endpoint addr) { return hosts_.find(addr); }
+  // At accept: the client source's share, made with `make` the first time.
+  std::shared_ptr<SourceShare> source(uint32_t addr,
+                                      const std::function<std::shared_ptr<SourceShare>()>& make) {
+    return sources_.get_or_make(addr, make);
+  }
 
  private:
+  WeakRegistry<uint32_t, SourceShare> sources_;
   WeakRegistry<std::string, ClusterShared> clusters_;
   WeakRegistry<net::Endpoint, HostShared> hosts_;  // hosts come and go with pods
 };

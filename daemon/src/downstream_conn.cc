@@ -22,28 +22,44 @@ constexpr auto kParkAfter = std::chrono::seconds(1);
 }  // namespace
 
 DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net::Endpoint source,
-                               const std::string& protocol)
+                               std::shared_ptr<SourceShare> share, const std::string& protocol)
     : w_(w),
       sock_(std::move(s)),
       orig_(orig),
       source_(source),
+      share_(std::move(share)),
       codec_(codecs::make_codec(protocol, w.opts().limits)),
       stream_(w.opts().limits.max_message_bytes, &w.buffers()),
       last_activity_(Clock::now()) {
   w_.stats().gauge_add(Gauge::downstream_cx_active, 1);
+  share_->connections.fetch_add(1, std::memory_order_relaxed);
   w_.add_downstream(*this);
 }
 
 DownstreamConn::~DownstreamConn() {
-  if (!closed_) {
-    w_.stats().gauge_add(Gauge::downstream_cx_active, -1);
-    w_.stats().gauge_add(Gauge::downstream_queued_bytes, -int64_t(stream_.queued_bytes()));
-  }
+  if (!closed_) account_closed();
+}
+
+// What this connection stops holding, once.
+void DownstreamConn::account_closed() {
+  w_.stats().gauge_add(Gauge::downstream_cx_active, -1);
+  w_.stats().gauge_add(Gauge::downstream_queued_bytes, -int64_t(stream_.queued_bytes()));
+  share_->connections.fetch_sub(1, std::memory_order_relaxed);
+  // Replies still to come for it are dropped (deliver() on a closed
+  // connection), so its requests stop counting for the source now.
+  share_->pending.fetch_sub(uint32_t(inflight_), std::memory_order_relaxed);
+  inflight_ = 0;
+}
+
+bool DownstreamConn::source_over_limit() const {
+  uint32_t cap = w_.opts().downstream.max_pending_per_source;
+  return cap && share_->pending.load(std::memory_order_relaxed) >= cap;
 }
 
 bool DownstreamConn::over_limits() const {
   const auto& l = w_.opts().downstream;
-  return inflight_ >= l.max_inflight || stream_.queued_bytes() >= l.pause_queued_bytes;
+  return inflight_ >= l.max_inflight || stream_.queued_bytes() >= l.pause_queued_bytes ||
+         source_over_limit();
 }
 
 void DownstreamConn::do_read() {
@@ -53,10 +69,19 @@ void DownstreamConn::do_read() {
     if (!paused_) w_.stats().inc(Counter::downstream_rd_paused);
     paused_ = true;
     hold_ = shared_from_this();
+    // Paused for its source's other connections: none of its own replies
+    // will wake it, the worker's next sweep tick will.
+    if (inflight_ == 0 && source_over_limit()) w_.resume_later(weak_from_this());
     return;
   }
   paused_ = false;
   auto keep = std::move(hold_);
+  if (decode_pending_) {
+    // Requests already buffered first; on_read() reads again after them.
+    decode_pending_ = false;
+    on_read(0);
+    return;
+  }
   reading_ = true;
   if (parked_) {
     // Idle: wait for readiness without holding a buffer.
@@ -104,16 +129,24 @@ void DownstreamConn::on_read(size_t n) {
   auto now = Clock::now();
   last_activity_ = now;
   size_t decoded = 0;
+  bool held = false;
+  // One read may bring hundreds of pipelined requests: the limits are
+  // checked before each one, and what is over them waits in the buffer.
   auto err = stream_.decode(
       n, *codec_,
       [this, &decoded](Message& msg, Bytes frame) {
         ++decoded;
         handle(msg, std::move(frame));
       },
-      [this] { return !closed_; });
+      [this, &held] {
+        if (closed_) return false;
+        if (over_limits()) held = true;
+        return !held;
+      });
   if (closed_) return;
+  decode_pending_ = held && stream_.buffered() > 0;
   // The read timeout runs from the first byte of a message still incomplete.
-  if (stream_.buffered() == 0) partial_since_ = {};
+  if (stream_.buffered() == 0 || decode_pending_) partial_since_ = {};
   else if (decoded > 0 || partial_since_ == Clock::time_point{}) partial_since_ = now;
   if (err) {
     w_.stats().inc(Counter::downstream_decode_error);
@@ -154,8 +187,17 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
   }
   st.inc(Counter::requests);
   bool oneway = msg.kind == MessageKind::kOneway;
-  if (!oneway) ++inflight_;
-  else st.inc(Counter::requests_oneway);
+  if (!oneway) {
+    ++inflight_;
+    share_->pending.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    st.inc(Counter::requests_oneway);
+  }
+  if (share_->rate && !share_->rate->take(Clock::now())) {
+    st.inc(Counter::downstream_rq_source_rate_limited);
+    if (!oneway) reply_error(msg, ErrorKind::kOverLimit, "metanode: rate limited (per-client limit)", nullptr);
+    return;
+  }
 
   const xds::Snapshot* snap = w_.snapshot();
   const xds::Listener* l = snap ? snap->find_listener(orig_) : nullptr;
@@ -285,7 +327,10 @@ bool DownstreamConn::admit(const xds::LocalRateLimit& rl, const codecs::Metadata
 }
 
 void DownstreamConn::request_done() {
-  if (inflight_ > 0) --inflight_;
+  if (inflight_ > 0) {
+    --inflight_;
+    share_->pending.fetch_sub(1, std::memory_order_relaxed);
+  }
   if (closing_) close_when_done();
   else if (paused_) do_read();
 }
@@ -410,8 +455,7 @@ void DownstreamConn::close(const char* why) {
   boost::system::error_code ec;
   sock_.shutdown(tcp::socket::shutdown_both, ec);
   sock_.close(ec);
-  w_.stats().gauge_add(Gauge::downstream_cx_active, -1);
-  w_.stats().gauge_add(Gauge::downstream_queued_bytes, -int64_t(stream_.queued_bytes()));
+  account_closed();
   // Released from the loop, not here: the caller may still be inside us.
   if (hold_) asio::post(w_.io(), [keep = std::move(hold_)] {});
 }

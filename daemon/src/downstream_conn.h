@@ -30,9 +30,14 @@ using DownstreamHook =
 class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, public DownstreamHook {
  public:
   DownstreamConn(Worker& w, boost::asio::ip::tcp::socket s, net::Endpoint orig,
-                 net::Endpoint source, const std::string& protocol);
+                 net::Endpoint source, std::shared_ptr<SourceShare> share,
+                 const std::string& protocol);
   ~DownstreamConn();
   void start() { do_read(); }
+  // Reads again if the limits that paused them allow it now.
+  void resume() {
+    if (paused_) do_read();
+  }
   // A reply for `req` (its id the client's): queued, or replaced by an
   // error when the client's queued replies are over the limit.
   void deliver(const codecs::Message& req, codecs::Bytes frame, Outcome outcome, ClusterStats* stats);
@@ -45,12 +50,16 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   void sweep(Clock::time_point now);
   // Stop reading; close once the calls in flight are answered (now, when idle).
   void drain();
+  // Close now (the worker is stopping).
+  void abort() { close("worker stopping"); }
 
  private:
   void do_read();
   void on_read(size_t n);
   void park();
   bool over_limits() const;
+  bool source_over_limit() const;
+  void account_closed();
   void handle(codecs::Message& msg, codecs::Bytes frame);
   // Past the rate limits: route, cluster, ActiveRequest. `l`: the
   // listener of the connection's address in the current snapshot.
@@ -71,6 +80,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   boost::asio::ip::tcp::socket sock_;
   net::Endpoint orig_;
   net::Endpoint source_;
+  std::shared_ptr<SourceShare> share_;  // the client source's node-wide counts
   std::unique_ptr<codecs::Codec> codec_;
   MessageStream stream_;
   // While reads are paused nothing else may own the connection (no read
@@ -84,6 +94,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool parked_ = false;   // waiting for readiness without a buffer
   bool parking_ = false;  // the pending read is being cancelled to park
   bool paused_ = false;
+  bool decode_pending_ = false;  // whole requests buffered, held by the limits
   bool writing_ = false;
   bool closed_ = false;
   bool closing_ = false;  // no more reads; close when done

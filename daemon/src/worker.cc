@@ -33,6 +33,14 @@ Worker::Worker(Server::Impl& srv, size_t index)
       reserve_fd_(::open("/dev/null", O_RDONLY | O_CLOEXEC)) {}
 
 Worker::~Worker() {
+  // The loop has stopped with handlers still queued (closed sockets'
+  // aborted reads and writes, posted answers). Run them now, while the
+  // state their connections give back to (stats, buffer pool, lists) is
+  // still alive: destroying them with the io_context, after the other
+  // members, would touch freed memory.
+  shutdown();
+  io_.restart();
+  io_.poll();
   if (reserve_fd_ >= 0) ::close(reserve_fd_);
 }
 
@@ -67,6 +75,10 @@ void Worker::sweep() {
     cm_.for_each_connection([&](const std::shared_ptr<UpstreamConn>& c) { conns.push_back(c); });
     for (auto& c : conns) c->sweep(now);
     cm_.sweep(now);
+    std::vector<std::weak_ptr<DownstreamConn>> resume;
+    resume.swap(to_resume_);
+    for (auto& w : resume)
+      if (auto d = w.lock()) d->resume();
     // Client connections every 500 ms: their timeouts are seconds long.
     if (++sweeps_ % 5 == 0) {
       std::vector<std::shared_ptr<DownstreamConn>> downs;
@@ -188,7 +200,28 @@ void Worker::on_accept(tcp::socket s) {
     spdlog::warn("closing connection to {}: no listener for that address", orig.str());
     return;
   }
-  auto conn = std::make_shared<DownstreamConn>(*this, std::move(s), orig, source, l->protocol);
+  const auto& dl = opts().downstream;
+  auto share = srv_.limits.source(source.addr, [&dl] {
+    auto sh = std::make_shared<SourceShare>();
+    if (dl.max_rps_per_source)
+      sh->rate = std::make_unique<xds::TokenBucket>(dl.max_rps_per_source,
+                                                    std::max<uint32_t>(1, dl.max_rps_per_source / 10),
+                                                    std::chrono::milliseconds(100));
+    return sh;
+  });
+  if (dl.max_connections_per_source &&
+      share->connections.load(std::memory_order_relaxed) >= dl.max_connections_per_source) {
+    stats_.inc(Counter::downstream_cx_source_limit);
+    auto now = Clock::now();
+    if (now - last_source_refusal_log_ > std::chrono::seconds(1)) {  // one line a second at most
+      last_source_refusal_log_ = now;
+      spdlog::warn("closing connection from {}: it already has {} (the per-source limit)", source.str(),
+                   dl.max_connections_per_source);
+    }
+    return;
+  }
+  auto conn = std::make_shared<DownstreamConn>(*this, std::move(s), orig, source, std::move(share),
+                                               l->protocol);
   conn->start();
 }
 
@@ -222,6 +255,10 @@ void Worker::shutdown() {
     a->retry.cancel();
   }
   acceptors_.clear();
+  std::vector<std::shared_ptr<DownstreamConn>> downs;
+  for (auto& d : downstreams_)
+    if (auto sp = d.weak_from_this().lock()) downs.push_back(std::move(sp));
+  for (auto& d : downs) d->abort();
   cm_.clear();
 }
 

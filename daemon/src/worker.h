@@ -42,6 +42,8 @@ class Worker {
   lb::Rng& rng() { return rng_; }
   BufferPool& buffers() { return buffers_; }
   void add_downstream(DownstreamConn& c) { downstreams_.push_back(c); }
+  // A connection paused for its source's limit, to be retried next tick.
+  void resume_later(std::weak_ptr<DownstreamConn> c) { to_resume_.push_back(std::move(c)); }
 
   // Binds what the configuration wants and closes what it no longer does;
   // returns the first bind failure (the others are still attempted).
@@ -76,6 +78,8 @@ class Worker {
   boost::asio::steady_timer sweep_timer_;
   uint32_t sweeps_ = 0;
   BufferPool buffers_;
+  std::vector<std::weak_ptr<DownstreamConn>> to_resume_;
+  Clock::time_point last_source_refusal_log_{};
   boost::intrusive::list<DownstreamConn, boost::intrusive::constant_time_size<false>> downstreams_;
   // Closed to accept (and shed) one connection at the fd limit, so a
   // client there learns at once instead of waiting in the backlog.

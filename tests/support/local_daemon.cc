@@ -7,8 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -29,8 +31,26 @@ int bind_loopback(int& port) {
   return fd;
 }
 
+// A port for something another process will bind later: below the
+// ephemeral range, so no client socket of a test running alongside (some
+// open thousands) can take it as its source port in the meantime.
 int free_port() {
-  int port = 0;
+  static thread_local std::mt19937 rng(std::random_device{}() ^ uint32_t(getpid()));
+  int low = 32768;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> low;
+  int lo = 10000, hi = std::max(lo + 1000, low) - 1;
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    int port = lo + int(rng() % uint32_t(hi - lo + 1));
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(uint16_t(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+    if (fd >= 0) close(fd);
+    if (ok) return port;
+  }
+  int port = 0;  // a crowded range: fall back to the kernel's choice
   int fd = bind_loopback(port);
   if (fd >= 0) close(fd);
   return port;

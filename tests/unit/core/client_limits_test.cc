@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <set>
 #include <thread>
 
@@ -168,6 +169,73 @@ TEST_F(DataPlane, IdleConnectionCostsUnderTwoKilobytes) {
   EXPECT_LE(per_conn, 2048.0);
   // And they still work after parking.
   for (int i = 0; i < kConns; i += 50) EXPECT_TRUE(idle[size_t(i)]->call("get").has_value());
+}
+
+TEST_F(DataPlane, SourceBeyondItsConnectionLimitIsRefusedOthersAreNot) {
+  opts_.downstream.max_connections_per_source = 3;
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  std::vector<std::unique_ptr<ThriftClient>> pod;
+  for (int i = 0; i < 3; ++i) {
+    pod.push_back(std::make_unique<ThriftClient>(vip_port_, "127.0.0.2"));
+    ASSERT_TRUE(pod.back()->call("get").has_value());
+  }
+  ThriftClient fourth(vip_port_, "127.0.0.2");
+  EXPECT_FALSE(fourth.call("get", 1000ms).has_value());
+  EXPECT_EQ(counter(Counter::downstream_cx_source_limit), 1u);
+  EXPECT_EQ(calls(3, "get", "127.0.0.3")["a"], 3) << "another source was refused";
+  pod.pop_back();  // a connection closed frees a place
+  EXPECT_TRUE(testbed::eventually([&] { return ThriftClient(vip_port_, "127.0.0.2").call("get").has_value(); }));
+}
+
+// One pod floods (4 connections pipelining 100 calls each to a 20 ms
+// upstream), another calls one at a time. Without the per-source pending
+// limit the quiet pod's calls queue behind 400 others on the shared
+// upstream connections (4 s of work) and time out at 2 s; with it the
+// flood is held at its source (its reads pause, nothing fails) and the
+// quiet pod waits behind a handful.
+TEST_F(DataPlane, FloodingSourceIsPausedAndTheQuietOneIsServed) {
+  opts_.downstream.max_pending_per_source = 8;
+  FakeUpstream slow("slow", [](const std::string&) { return FakeUpstream::Action{Act::kReply, 20ms}; });
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}})});
+  constexpr int kConns = 4, kEach = 100;
+  std::vector<std::unique_ptr<ThriftClient>> flood;
+  std::vector<std::thread> writers;
+  for (int i = 0; i < kConns; ++i) {
+    flood.push_back(std::make_unique<ThriftClient>(vip_port_, "127.0.0.2"));
+    std::string batch;
+    for (int k = 1; k <= kEach; ++k) batch += testbed::thrift_message(1, "get", k);
+    writers.emplace_back([c = flood.back().get(), batch] { c->send_raw(batch); });
+  }
+  std::atomic<int> flood_ok{0};
+  std::vector<std::thread> readers;
+  for (auto& c : flood)
+    readers.emplace_back([&flood_ok, c = c.get()] {
+      for (int k = 0; k < kEach; ++k) {
+        auto r = c->read_reply(10000ms);
+        if (!r) return;
+        flood_ok += r->type == 2;
+        if (r->type != 2) std::printf("flood reply %d: %s\n", r->seqid, r->text.c_str());
+      }
+    });
+  ASSERT_TRUE(testbed::eventually([&] { return slow.requests() >= 8; }));
+  auto quiet = calls(10, "get", "127.0.0.3");
+  for (auto& t : writers) t.join();
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(quiet["slow"], 10) << "the quiet source had errors: " << quiet.size() - 1 << " kinds";
+  EXPECT_EQ(flood_ok.load(), kConns * kEach) << "the flood was failed, not paused";
+  EXPECT_GE(counter(Counter::downstream_rd_paused), 1u);
+}
+
+TEST_F(DataPlane, SourceRateLimitAnswersOverLimitOnlyToThatSource) {
+  opts_.downstream.max_rps_per_source = 10;
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  auto r = calls(40, "get", "127.0.0.2");
+  EXPECT_GE(r["a"], 10);
+  EXPECT_GE(r["exception"], 20);
+  EXPECT_EQ(counter(Counter::downstream_rq_source_rate_limited), uint64_t(r["exception"]));
+  EXPECT_GE(calls(5, "get", "127.0.0.3")["a"], 5);
 }
 
 // A drain answers the calls in flight, then closes; without it stop() cuts them.

@@ -38,6 +38,13 @@ struct DownstreamLimits {
   std::chrono::milliseconds idle_timeout{3600000};
   // Replies queued and not a byte taken by the client for this long: closed.
   std::chrono::milliseconds write_timeout{30000};
+  // Per client source (address) across the node: connections beyond
+  // `max_connections_per_source` are closed at accept; beyond
+  // `max_pending_per_source` requests awaiting replies its reads pause;
+  // beyond `max_rps_per_source` (0: none) requests are answered over-limit.
+  uint32_t max_connections_per_source = 4096;
+  uint32_t max_pending_per_source = 8192;
+  uint32_t max_rps_per_source = 0;
 };
 
 struct ServerOptions {
