@@ -244,6 +244,13 @@ class KernelMaps final : public Maps {
     return n;
   }
 
+  Result<void> check_access() override {
+    uint32_t zero = 0;
+    mn_config cfg{};
+    if (bpf_map_lookup_elem(f_.config.get(), &zero, &cfg) != 0) return Error::errno_error("mn_config lookup");
+    return Ok();
+  }
+
   Result<std::vector<Counter>> counters() override {
     int ncpu = libbpf_num_possible_cpus();
     if (ncpu <= 0) return Error::invalid("cannot count possible CPUs");

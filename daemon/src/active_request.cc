@@ -220,7 +220,7 @@ void ActiveRequest::on_failure(ErrorKind kind, const std::string& why) {
 
 void ActiveRequest::fail(ErrorKind kind, const std::string& text) {
   if (!mirror && !oneway) {
-    if (auto d = down.lock()) {
+    if (auto d = down.lock(); d && d->open()) {
       msg.request_id = orig_id;  // the error answers the client's own id
       d->reply_error(msg, kind, text, stats);
     }

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio.hpp>
@@ -31,12 +32,17 @@ const char* reason(int status) {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket s, const AdminServer::Handler& h, std::function<void()> on_end = nullptr)
+  // `on_end`, if set, is handed this session's fd when it ends, shut down
+  // but still open: at the fd limit the slot must never be free.
+  Session(tcp::socket s, const AdminServer::Handler& h, std::function<void(int)> on_end = nullptr)
       : sock_(std::move(s)), handler_(h), on_end_(std::move(on_end)) {}
   ~Session() {
     boost::system::error_code ec;
-    sock_.close(ec);  // before on_end_ takes the fd number back
-    if (on_end_) on_end_();
+    if (!on_end_) return;
+    int fd = sock_.release(ec);
+    if (ec || fd < 0) return;
+    ::shutdown(fd, SHUT_RDWR);
+    on_end_(fd);
   }
   void start() { read(); }
 
@@ -76,7 +82,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   tcp::socket sock_;
   const AdminServer::Handler& handler_;
-  std::function<void()> on_end_;
+  std::function<void(int)> on_end_;
   std::array<char, 4096> buf_{};
   std::string req_, out_;
 };
@@ -85,16 +91,29 @@ class Session : public std::enable_shared_from_this<Session> {
 struct AdminServer::Impl {
   net::Endpoint addr;
   Handler handler;
+  // Before `io`: sessions destroyed with it may still give the reserve back.
+  int reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  bool stopping = false;
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
   std::thread thread;
 
   asio::steady_timer retry{io};
-  // Spent to answer one request at the fd limit (readiness and metrics
-  // matter most then), taken back when that session ends.
-  int reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  // reserve_fd: spent to answer one request at the fd limit (readiness and
+  // metrics matter most then), taken back when that session ends.
   ~Impl() {
+    stopping = true;
     if (reserve_fd >= 0) ::close(reserve_fd);
+    reserve_fd = -1;
+  }
+  // The slot comes back as the ended session's own fd (no moment where
+  // another thread could take it); without one, a fresh reserve if any.
+  void take_reserve_back(int fd = -1) {
+    if (stopping || reserve_fd >= 0) {
+      if (fd >= 0) ::close(fd);
+      return;
+    }
+    reserve_fd = fd >= 0 ? fd : ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   }
 
   void accept() {
@@ -112,13 +131,11 @@ struct AdminServer::Impl {
           tcp::socket one(io);
           acceptor.non_blocking(true, aec);  // never wait here if the peer gave up
           acceptor.accept(one, aec);
-          if (!aec) {
-            std::make_shared<Session>(std::move(one), handler, [this] {
-              reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-            })->start();
-          } else {
-            reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-          }
+          if (!aec)
+            std::make_shared<Session>(std::move(one), handler, [this](int fd) { take_reserve_back(fd); })->start();
+          else take_reserve_back();
+        } else {
+          take_reserve_back();  // lost to a race before: try again
         }
       }
       // Never re-arm at once on an error: at the fd limit that spins.

@@ -31,8 +31,7 @@ DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net
       codec_(codecs::make_codec(protocol, w.opts().limits)),
       stream_(w.opts().limits.max_message_bytes, &w.buffers()),
       last_activity_(Clock::now()) {
-  w_.stats().gauge_add(Gauge::downstream_cx_active, 1);
-  share_->connections.fetch_add(1, std::memory_order_relaxed);
+  w_.stats().gauge_add(Gauge::downstream_cx_active, 1);  // share_->connections: counted at accept
   w_.add_downstream(*this);
 }
 
@@ -165,7 +164,7 @@ void DownstreamConn::on_read(size_t n) {
     close_when_done();
     return;
   }
-  if (drain_after_read_) {
+  if (drain_after_read_ && !decode_pending_ && !unread_bytes()) {
     closing_ = true;
     close_when_done();
     return;
@@ -254,11 +253,15 @@ bool DownstreamConn::check_global_rate_limit(const xds::Snapshot& snap, const xd
     Bytes frame;
   };
   auto held = std::make_shared<Held>(Held{std::move(msg), std::move(frame)});
+  // The callback runs on a gRPC thread: it moves its references into the
+  // posted handler, so the connection (and the request) are only ever
+  // released on this worker's thread, never when gRPC frees the call.
   auto self = shared_from_this();
+  auto& io = w_.io();
   w_.rate_limit_service().check(
       ep, rl.domain, entries, rl.timeout,
-      [self, held, decide](RateLimitClient::Decision d) {
-        asio::post(self->w_.io(), [self, held, decide, d]() mutable {
+      [self = std::move(self), held = std::move(held), decide, &io](RateLimitClient::Decision d) mutable {
+        asio::post(io, [self = std::move(self), held = std::move(held), decide, d]() mutable {
           if (self->closed_) return;
           decide(d, held->msg, std::move(held->frame));
         });
@@ -331,8 +334,18 @@ void DownstreamConn::request_done() {
     --inflight_;
     share_->pending.fetch_sub(1, std::memory_order_relaxed);
   }
-  if (closing_) close_when_done();
-  else if (paused_) do_read();
+  if (closing_) {
+    close_when_done();
+  } else if (paused_ && !resume_posted_) {
+    // Not from here: the caller (a reply, an error) is not done with the
+    // request yet (its cluster still counts it), and a resumed read would
+    // route the next ones inside the upstream connection's loop.
+    resume_posted_ = true;
+    asio::post(w_.io(), [self = shared_from_this()] {
+      self->resume_posted_ = false;
+      self->resume();
+    });
+  }
 }
 
 void DownstreamConn::deliver(const Message& req, Bytes frame, Outcome outcome, ClusterStats* stats) {
@@ -382,21 +395,34 @@ void DownstreamConn::do_write() {
     return;
   }
   writing_ = true;
+  wbufs_ = std::move(bufs);
+  write_some();
+}
+
+// The batch in pieces, so the write timeout measures progress: a client
+// taking its replies slowly is not one that takes none.
+void DownstreamConn::write_some() {
   write_stalled_since_ = Clock::now();
-  asio::async_write(sock_, bufs,
-                    [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
-                      self->writing_ = false;
-                      if (self->closed_) return;
-                      size_t before = self->stream_.queued_bytes();
-                      self->stream_.written();
-                      self->w_.stats().gauge_add(Gauge::downstream_queued_bytes,
-                                                 -int64_t(before - self->stream_.queued_bytes()));
-                      self->last_activity_ = Clock::now();
-                      self->write_stalled_since_ = {};
-                      if (ec) return self->close(nullptr);
-                      self->do_write();
-                      if (self->paused_) self->do_read();
-                    });
+  sock_.async_write_some(wbufs_, [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
+    if (self->closed_) return;
+    if (ec) return self->close(nullptr);
+    self->last_activity_ = Clock::now();
+    auto& b = self->wbufs_;
+    size_t done = 0;
+    while (done < b.size() && n >= b[done].size()) n -= b[done++].size();
+    b.erase(b.begin(), b.begin() + ptrdiff_t(done));
+    if (!b.empty()) {
+      b.front() += n;
+      return self->write_some();
+    }
+    self->writing_ = false;
+    self->write_stalled_since_ = {};
+    size_t before = self->stream_.queued_bytes();
+    self->stream_.written();
+    self->w_.stats().gauge_add(Gauge::downstream_queued_bytes, -int64_t(before - self->stream_.queued_bytes()));
+    self->do_write();
+    if (self->paused_) self->do_read();
+  });
 }
 
 void DownstreamConn::close_when_done() {
@@ -406,15 +432,21 @@ void DownstreamConn::close_when_done() {
   hold_ = shared_from_this();
 }
 
-void DownstreamConn::drain() {
-  if (closed_ || closing_) return;
-  w_.stats().inc(Counter::downstream_cx_drained);
-  // Requests the client sent before the drain are read and answered:
-  // one more read when bytes are waiting, then no more.
+bool DownstreamConn::unread_bytes() {
   boost::system::error_code ec;
-  if (!paused_ && sock_.available(ec) > 0 && !ec) {
+  size_t n = sock_.available(ec);
+  return !ec && n > 0;
+}
+
+void DownstreamConn::drain() {
+  if (closed_ || closing_ || drain_after_read_) return;
+  w_.stats().inc(Counter::downstream_cx_drained);
+  // Requests the client sent before the drain are answered: those held in
+  // the buffer by the limits and those still in the socket are read first
+  // (a paused connection when its replies resume it), then no more.
+  if (decode_pending_ || unread_bytes()) {
     drain_after_read_ = true;
-    do_read();
+    if (!paused_) do_read();
     return;
   }
   closing_ = true;

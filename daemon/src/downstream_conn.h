@@ -29,6 +29,8 @@ using DownstreamHook =
 
 class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, public DownstreamHook {
  public:
+  // `share` already counts this connection (the acceptor's check);
+  // the connection gives the count back when it closes.
   DownstreamConn(Worker& w, boost::asio::ip::tcp::socket s, net::Endpoint orig,
                  net::Endpoint source, std::shared_ptr<SourceShare> share,
                  const std::string& protocol);
@@ -70,6 +72,8 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
                                codecs::Message& msg, codecs::Bytes& frame);
   void queue(codecs::Bytes b);
   void do_write();
+  void write_some();
+  bool unread_bytes();
   void close(const char* why);
   void request_done();
   // Closes once nothing is in flight and every queued byte is written.
@@ -95,6 +99,8 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool parking_ = false;  // the pending read is being cancelled to park
   bool paused_ = false;
   bool decode_pending_ = false;  // whole requests buffered, held by the limits
+  bool resume_posted_ = false;
+  std::vector<boost::asio::const_buffer> wbufs_;  // the batch being written, what is left of it
   bool writing_ = false;
   bool closed_ = false;
   bool closing_ = false;  // no more reads; close when done

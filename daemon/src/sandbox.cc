@@ -4,6 +4,7 @@
 #include <linux/bpf.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -68,6 +69,7 @@ constexpr uint32_t kArch = AUDIT_ARCH_AARCH64;
 // limit service; DNS and TLS included), inotify on the config directory,
 // and BPF map operations. Not here: execve, ptrace, mount, module, kexec,
 // keyring, process_vm_*, open_by_handle_at, personality, chroot, ...
+// clone is filtered on its flags below (threads only), clone3 refused.
 const long kAllowed[] = {
     SYS_read, SYS_write, SYS_readv, SYS_writev, SYS_pread64, SYS_pwrite64, SYS_close,
     SYS_fstat, SYS_newfstatat, SYS_statx, SYS_lseek, SYS_fstatfs, SYS_statfs, SYS_fsync,
@@ -79,7 +81,7 @@ const long kAllowed[] = {
     SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_sendmmsg, SYS_recvmmsg, SYS_ppoll,
     SYS_pselect6, SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_pwait2,
     SYS_eventfd2, SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime, SYS_futex,
-    SYS_set_robust_list, SYS_get_robust_list, SYS_rseq, SYS_clone, SYS_clone3, SYS_exit,
+    SYS_set_robust_list, SYS_get_robust_list, SYS_rseq, SYS_exit,
     SYS_exit_group, SYS_gettid, SYS_getpid, SYS_getppid, SYS_tgkill, SYS_sched_yield,
     SYS_sched_getaffinity, SYS_nanosleep, SYS_clock_nanosleep, SYS_clock_gettime,
     SYS_clock_getres, SYS_gettimeofday, SYS_getrandom, SYS_openat, SYS_faccessat,
@@ -124,6 +126,17 @@ bool install_seccomp(bool allow_setns) {
     jump(BPF_JMP | BPF_JEQ | BPF_K, kBpfCommands[i], uint8_t(std::size(kBpfCommands) - i), 0);
   stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
   stmt(BPF_RET | BPF_K, kAllow);
+  // Threads, yes; new namespaces, no. clone3 passes its flags in memory
+  // the filter cannot read: ENOSYS makes glibc fall back to clone.
+  constexpr uint32_t kNamespaces = CLONE_NEWNS | CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID |
+                                   CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
+  jump(BPF_JMP | BPF_JEQ | BPF_K, uint32_t(SYS_clone3), 0, 1);
+  stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
+  jump(BPF_JMP | BPF_JEQ | BPF_K, uint32_t(SYS_clone), 0, 4);
+  stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[0]));
+  jump(BPF_JMP | BPF_JSET | BPF_K, kNamespaces, 0, 1);
+  stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+  stmt(BPF_RET | BPF_K, kAllow);
   for (long nr : kAllowed) {
     jump(BPF_JMP | BPF_JEQ | BPF_K, uint32_t(nr), 0, 1);
     stmt(BPF_RET | BPF_K, kAllow);
@@ -149,13 +162,14 @@ Result<std::string> enter_sandbox(const SandboxOptions& o) {
   if (o.intercept) keep |= bit(CAP_NET_ADMIN);  // SO_MARK: our own connects are never redirected
   if (o.enter_netns) keep |= bit(CAP_SYS_ADMIN);  // setns() to read a pod's netns cookie
   uint64_t setpcap = bit(CAP_SETPCAP) & now.effective;  // for the bounding set, until the end
-  bool need_bpf = false;
-  if (o.intercept && (now.permitted & bit(CAP_BPF)) && o.bpf_works_without_cap) {
-    if (!set_caps((keep | setpcap) & now.permitted, (keep | setpcap | bit(CAP_BPF)) & now.permitted))
+  // What bpf() wants here: CAP_BPF (5.8+), else CAP_SYS_ADMIN. Probe a map
+  // read with it out of the effective set; keep it only if that fails.
+  uint64_t bpf_cap = (now.permitted & bit(CAP_BPF)) ? bit(CAP_BPF) : bit(CAP_SYS_ADMIN);
+  if (o.intercept && o.bpf_works_without_cap && (now.permitted & bpf_cap) && !(keep & bpf_cap)) {
+    if (!set_caps((keep | setpcap) & now.permitted, (keep | setpcap | bpf_cap) & now.permitted))
       return Error::errno_error("capset");
-    need_bpf = !o.bpf_works_without_cap();
+    if (!o.bpf_works_without_cap()) keep |= bpf_cap;
   }
-  if (need_bpf) keep |= bit(CAP_BPF);
   if (setpcap)
     for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; ++cap)
       if (!(keep & bit(cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)

@@ -158,11 +158,14 @@ void Worker::on_accept_error(Acceptor& a, const boost::system::error_code& ec) {
     return;
   }
   stats_.inc(Counter::downstream_cx_accept_fd_limit);
+  if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // lost to a race before
   if (reserve_fd_ >= 0) {
+    // The shed connection's fd, shut down (its client sees the close),
+    // becomes the next reserve: the slot is free only between these two calls.
     ::close(reserve_fd_);
-    int fd = ::accept4(a.sock.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd >= 0) ::close(fd);
-    reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    reserve_fd_ = ::accept4(a.sock.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (reserve_fd_ >= 0) ::shutdown(reserve_fd_, SHUT_RDWR);
+    else reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   }
   a.backoff = std::min(std::chrono::milliseconds(1000),
                        std::max(std::chrono::milliseconds(10), a.backoff * 2));
@@ -203,14 +206,17 @@ void Worker::on_accept(tcp::socket s) {
   const auto& dl = opts().downstream;
   auto share = srv_.limits.source(source.addr, [&dl] {
     auto sh = std::make_shared<SourceShare>();
+    // A second's worth of burst, one token every 1/rate s.
     if (dl.max_rps_per_source)
-      sh->rate = std::make_unique<xds::TokenBucket>(dl.max_rps_per_source,
-                                                    std::max<uint32_t>(1, dl.max_rps_per_source / 10),
-                                                    std::chrono::milliseconds(100));
+      sh->rate = std::make_unique<xds::TokenBucket>(
+          dl.max_rps_per_source, 1, std::chrono::nanoseconds(1000000000 / dl.max_rps_per_source));
     return sh;
   });
-  if (dl.max_connections_per_source &&
-      share->connections.load(std::memory_order_relaxed) >= dl.max_connections_per_source) {
+  // Counted here, before the check, so workers accepting at once cannot
+  // pass the limit together; the connection gives it back when it closes.
+  uint32_t had = share->connections.fetch_add(1, std::memory_order_relaxed);
+  if (dl.max_connections_per_source && had >= dl.max_connections_per_source) {
+    share->connections.fetch_sub(1, std::memory_order_relaxed);
     stats_.inc(Counter::downstream_cx_source_limit);
     auto now = Clock::now();
     if (now - last_source_refusal_log_ > std::chrono::seconds(1)) {  // one line a second at most

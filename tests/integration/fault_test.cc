@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -172,18 +173,29 @@ TEST_F(Faults, SlowlorisClientsAreClosedAtTheReadTimeout) {
 // 1 MiB replies to a client that never reads: without the queue limit the
 // daemon would hold all 400 (400 MiB).
 TEST_F(Faults, ClientThatNeverReadsLeavesTheDaemonsMemoryBounded) {
-  start([](const std::string&) {
-    FakeUpstream::Action a;
-    a.reply_bytes = 1u << 20;
-    return a;
-  });
+#ifdef METANODE_SANITIZED
+  // AddressSanitizer keeps freed memory in a 256 MiB quarantine by default:
+  // RSS would measure that, not us.
+  std::string asan = std::getenv("ASAN_OPTIONS") ? std::getenv("ASAN_OPTIONS") : "";
+  setenv("ASAN_OPTIONS", (asan + (asan.empty() ? "" : ":") + "quarantine_size_mb=8").c_str(), 1);
+#endif
+  // Every call resolves as a reply or an over-limit error, not a timeout.
+  start(
+      [](const std::string&) {
+        FakeUpstream::Action a;
+        a.reply_bytes = 1u << 20;
+        return a;
+      },
+      {"--request-timeout-ms", "60000"});
   long base = rss_kib(d_.daemon_pid());
   ThriftClient hog(bad_vip_);
   std::string batch;
   for (int i = 1; i <= 400; ++i) batch += thrift_message(1, "get", i);
   ASSERT_TRUE(hog.send_raw(batch));
   ASSERT_TRUE(eventually([&] { return bad_->requests() == 400; }, 30s));
-  ASSERT_TRUE(eventually([&] { return metric("downstream_rq_reply_overflow_total") > 300; }, 30s));
+  // 400 MiB of replies against a 32 MiB queue: most become over-limit errors.
+  ASSERT_TRUE(eventually([&] { return metric("downstream_rq_reply_overflow_total") > 300; }, 60s))
+      << "over limit: " << metric("downstream_rq_reply_overflow_total");
   long peak = rss_kib(d_.daemon_pid());
   RecordProperty("daemon_rss_growth_kib", std::to_string(peak - base));
   // The queue limit (32 MiB) plus replies on their way through.
@@ -270,6 +282,12 @@ TEST_F(Faults, OneOfTwoEndpointsDeadCostsNoFailedCall) {
 
 // At the fd limit the daemon neither spins nor stays stuck.
 TEST_F(Faults, FdLimitReachedPausesAcceptsAndServiceResumes) {
+#ifdef METANODE_SANITIZED
+  // The sanitizer runtime needs fds of its own (its memory-readability
+  // probe opens a pipe) and reports false vptr errors at the limit; the
+  // regular build runs this test.
+  GTEST_SKIP() << "sanitizer runtime needs free fds";
+#endif
   start(nullptr);
   pid_t pid = d_.daemon_pid();
   rlimit rl{};
@@ -290,7 +308,7 @@ TEST_F(Faults, FdLimitReachedPausesAcceptsAndServiceResumes) {
   ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &rl, nullptr), 0);
   ThriftClient after(bad_vip_);
   auto r = after.call("get");
-  ASSERT_TRUE(r.has_value()) << "service did not resume";
+  ASSERT_TRUE(r.has_value()) << "service did not resume: " << d_.log();
   EXPECT_EQ(r->text, "bad");
   steady_->stop();  // its calls at the limit may have waited; the count is not the point here
 }

@@ -266,5 +266,26 @@ TEST_F(DataPlane, DrainAnswersCallsInFlightThenCloses) {
   EXPECT_FALSE(ThriftClient(vip_port_).call("get", 500ms).has_value()) << "accepted during a drain";
 }
 
+// A drain while a client's pipelined calls are held by its limit: the held
+// ones were sent before the drain and are answered too; without reading
+// them first the connection closes after the first 16.
+TEST_F(DataPlane, DrainAnswersPipelinedCallsHeldByTheLimit) {
+  opts_.downstream.max_inflight = 16;
+  FakeUpstream a("a", [](const std::string&) { return FakeUpstream::Action{Act::kReply, 2ms}; });
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  ThriftClient c(vip_port_);
+  std::string batch;
+  for (int i = 1; i <= 200; ++i) batch += testbed::thrift_message(1, "get", i);
+  ASSERT_TRUE(c.send_raw(batch));
+  ASSERT_TRUE(testbed::eventually([&] { return a.requests() >= 16; }));
+  bool drained = false;
+  std::thread t([&] { drained = server_->drain(Clock::now() + 10s); });
+  int answered = 0;
+  while (auto r = c.read_reply(3000ms)) answered += r->type == 2;
+  t.join();
+  EXPECT_EQ(answered, 200);
+  EXPECT_TRUE(drained);
+}
+
 }  // namespace
 }  // namespace metanode::core

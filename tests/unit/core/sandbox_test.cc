@@ -3,6 +3,7 @@
 // load nothing (bad program) but exec /bin/true and exit 0.
 #include <gtest/gtest.h>
 #include <linux/bpf.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -10,6 +11,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <thread>
 
 #include "sandbox.h"
 
@@ -17,7 +19,14 @@ namespace metanode::core {
 namespace {
 
 // Exit codes of the child, read by the parent.
-enum : int { kSandboxFailed = 10, kProgLoadNotRefused = 11, kExecReturned = 12, kNoNewPrivsUnset = 13 };
+enum : int {
+  kSandboxFailed = 10,
+  kProgLoadNotRefused = 11,
+  kExecReturned = 12,
+  kNoNewPrivsUnset = 13,
+  kNamespaceNotRefused = 14,
+  kThreadFailed = 15,
+};
 
 int child() {
   SandboxOptions o;
@@ -28,7 +37,14 @@ int child() {
   bpf_attr attr{};
   attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
   if (syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr) != -1 || errno != EPERM) return kProgLoadNotRefused;
+  // A new user namespace (the first step of most escapes) is refused...
+  if (syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, nullptr, nullptr, nullptr, nullptr) != -1 || errno != EPERM)
+    return kNamespaceNotRefused;
 #endif
+  // ...while threads still start (glibc falls back from clone3 to clone).
+  bool ran = false;
+  std::thread([&ran] { ran = true; }).join();
+  if (!ran) return kThreadFailed;
   char* const argv[] = {const_cast<char*>("/bin/true"), nullptr};
   execv("/bin/true", argv);
   return kExecReturned;

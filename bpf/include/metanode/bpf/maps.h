@@ -58,6 +58,9 @@ class Maps {
   // Original destination of a connection the daemon accepted on `fd`.
   virtual Result<OrigDst> original_dst(int fd) = 0;
   virtual Result<std::vector<Counter>> counters() = 0;
+  // One checked map read on an fd already held: fails (EPERM) when the
+  // calling thread lacks what this kernel wants for any bpf() call.
+  virtual Result<void> check_access() = 0;
 
   // Pods (network namespace cookies) and their policy; netns 0 in
   // exclude_port means every pod.
@@ -129,6 +132,7 @@ class FakeMaps final : public Maps {
   Result<std::map<net::Endpoint, uint32_t>> services() override;
   Result<OrigDst> original_dst(int fd) override;
   Result<std::vector<Counter>> counters() override;
+  Result<void> check_access() override { return Ok(); }
   Result<void> set_pod(uint64_t netns, uint32_t flags) override;
   Result<void> remove_pod(uint64_t netns) override;
   Result<std::map<uint64_t, uint32_t>> pods() override;
