@@ -1,7 +1,8 @@
 // The shared proxy under pressure (no root: metanoded --no-bpf on loopback,
 // the scripted fake Thrift upstream of the tests):
 //   shared_proxy_bench soak [--conns 10000] [--active 16] [--rate 200] [--seconds 600] [--sample 30]
-//     N connections that each made a call and sit mostly idle (a few are
+//     N connections from 200 source addresses ("pods") that each made a
+//     call and sit mostly idle (a few are
 //     woken every 100 ms), `active` connections calling at `rate`/s each;
 //     every `sample` seconds the daemon's RSS, fds, CPU and the window's
 //     p50/p99 and errors. Prints RSS per connection after warm-up.
@@ -145,7 +146,8 @@ int soak(int argc, char** argv) {
   idle.reserve(size_t(conns));
   long warm_errors = 0;
   for (int i = 0; i < conns; ++i) {
-    idle.push_back(std::make_unique<ThriftClient>(vip));
+    // As 200 pods would hold them (the daemon limits connections per source).
+    idle.push_back(std::make_unique<ThriftClient>(vip, "127.0.1." + std::to_string(1 + i % 200)));
     if (!idle.back()->call("get")) ++warm_errors;
   }
   std::this_thread::sleep_for(3s);  // parked
@@ -223,7 +225,7 @@ int fairness(int argc, char** argv) {
   };
   double alone = quiet("alone");
   std::atomic<bool> stop{false};
-  std::atomic<long> flood_replies{0};
+  std::atomic<long> flood_replies{0}, flood_errors{0};
   std::vector<std::unique_ptr<ThriftClient>> flood;
   std::vector<std::thread> threads;
   for (int i = 0; i < flood_conns; ++i) {
@@ -235,20 +237,21 @@ int fairness(int argc, char** argv) {
       while (!stop && c->send_raw(batch)) {
       }
     });
-    threads.emplace_back([c, &stop, &flood_replies] {
+    threads.emplace_back([c, &stop, &flood_replies, &flood_errors] {
       while (!stop)
-        if (c->read_reply(1000ms)) ++flood_replies;
+        if (auto r = c->read_reply(1000ms)) ++(r->type == 2 ? flood_replies : flood_errors);
     });
   }
   std::this_thread::sleep_for(1s);
-  long f0 = flood_replies;
+  long f0 = flood_replies, e0 = flood_errors;
   double loaded = quiet("beside flood");
   double flood_rate = double(flood_replies - f0) / seconds;
+  double flood_error_rate = double(flood_errors - e0) / seconds;
   stop = true;
   for (auto& c : flood) ::shutdown(c->fd(), SHUT_RDWR);
   for (auto& t : threads) t.join();
-  std::printf("flood: %.0f replies/s on %d connections; quiet p99 beside it / alone = %.2f\n", flood_rate,
-              flood_conns, alone > 0 ? loaded / alone : 0.0);
+  std::printf("flood: %.0f replies/s and %.0f error replies/s on %d connections; quiet p99 beside it / alone = %.2f\n",
+              flood_rate, flood_error_rate, flood_conns, alone > 0 ? loaded / alone : 0.0);
   return 0;
 }
 

@@ -1,6 +1,7 @@
 #include "worker.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -86,6 +87,16 @@ void Worker::sweep() {
       for (auto& d : downstreams_)
         if (auto sp = d.weak_from_this().lock()) downs.push_back(std::move(sp));
       for (auto& d : downs) d->sweep(now);
+      // Connections parked or closed in bulk (their buffers' pages are
+      // already unmapped) leave heap chunks free but resident: give those
+      // pages back too (every arena; a few ms at most, only after
+      // megabytes of buffers went).
+      trim_pending_ += buffers_.take_freed();
+      if (trim_pending_ >= (size_t(4) << 20) && now - last_trim_ >= std::chrono::seconds(2)) {
+        malloc_trim(0);
+        trim_pending_ = 0;
+        last_trim_ = now;
+      }
     }
     sweep();
   });

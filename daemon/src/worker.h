@@ -78,6 +78,8 @@ class Worker {
   boost::asio::steady_timer sweep_timer_;
   uint32_t sweeps_ = 0;
   BufferPool buffers_;
+  size_t trim_pending_ = 0;  // bytes freed by parked connections since the last malloc_trim
+  Clock::time_point last_trim_{};
   std::vector<std::weak_ptr<DownstreamConn>> to_resume_;
   Clock::time_point last_source_refusal_log_{};
   boost::intrusive::list<DownstreamConn, boost::intrusive::constant_time_size<false>> downstreams_;

@@ -43,7 +43,7 @@ struct DownstreamLimits {
   // `max_pending_per_source` requests awaiting replies its reads pause;
   // beyond `max_rps_per_source` (0: none) requests are answered over-limit.
   uint32_t max_connections_per_source = 4096;
-  uint32_t max_pending_per_source = 8192;
+  uint32_t max_pending_per_source = 1024;
   uint32_t max_rps_per_source = 0;
 };
 
