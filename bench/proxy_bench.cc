@@ -176,20 +176,6 @@ int load(const std::string& target, int conns, size_t payload, double seconds) {
   return 0;
 }
 
-double cpu_seconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto p = s.rfind(')');
-  std::istringstream f(s.substr(p + 2));
-  std::string x;
-  unsigned long long ut = 0, st = 0;
-  for (int i = 3; i <= 15; ++i) {
-    f >> x;
-    if (i == 14) ut = std::stoull(x);
-    if (i == 15) st = std::stoull(x);
-  }
-  return double(ut + st) / double(sysconf(_SC_CLK_TCK));
-}
 
 std::vector<int> ints(const std::string& s) {
   std::vector<int> v;
@@ -275,11 +261,11 @@ int main(int argc, char** argv) {
     for (int c : conns)
       for (int sz : sizes)
         for (const auto& p : paths) {
-          double cpu0 = p.proxy > 0 ? cpu_seconds(p.proxy) : 0;
+          double cpu0 = p.proxy > 0 ? testbed::proc_cpu_seconds(p.proxy) : 0;
           auto out = (*tb)->exec({exe, "load", p.target, std::to_string(c), std::to_string(sz),
                                   std::to_string(seconds)},
                                  *client, (*tb)->pods_cgroup(), int(seconds * 1000) + 30000);
-          double cpu1 = p.proxy > 0 ? cpu_seconds(p.proxy) : 0;
+          double cpu1 = p.proxy > 0 ? testbed::proc_cpu_seconds(p.proxy) : 0;
           Sample s{};
           long errors = 0;
           std::istringstream in(out.out);

@@ -38,36 +38,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-long rss_kib(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  return -1;
-}
 
-int fds(pid_t pid) {
-  int n = 0;
-  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  if (DIR* d = opendir(dir.c_str())) {
-    while (readdir(d)) ++n;
-    closedir(d);
-  }
-  return n - 2;
-}
 
-double cpu_seconds(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), {});
-  std::istringstream in(s.substr(s.rfind(')') + 2));
-  std::string x;
-  unsigned long long ut = 0, st = 0;
-  for (int i = 3; i <= 15 && in >> x; ++i) {
-    if (i == 14) ut = std::stoull(x);
-    if (i == 15) st = std::stoull(x);
-  }
-  return double(ut + st) / double(sysconf(_SC_CLK_TCK));
-}
 
 std::string service(int vip, int port) {
   return "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
@@ -140,8 +112,8 @@ int soak(int argc, char** argv) {
   }
   pid_t pid = d.daemon_pid();
   std::this_thread::sleep_for(1s);
-  long rss0 = rss_kib(pid);
-  int fds0 = fds(pid);
+  long rss0 = proc_rss_kib(pid);
+  int fds0 = proc_fds(pid);
   std::vector<std::unique_ptr<ThriftClient>> idle;
   idle.reserve(size_t(conns));
   long warm_errors = 0;
@@ -151,8 +123,8 @@ int soak(int argc, char** argv) {
     if (!idle.back()->call("get")) ++warm_errors;
   }
   std::this_thread::sleep_for(3s);  // parked
-  long rss1 = rss_kib(pid);
-  int fds1 = fds(pid);
+  long rss1 = proc_rss_kib(pid);
+  int fds1 = proc_fds(pid);
   std::printf("baseline RSS %ld KiB, %d fds; with %d connections: RSS %ld KiB (%.0f bytes each), %d fds; "
               "warm-up errors %ld\n",
               rss0, fds0, conns, rss1, double(rss1 - rss0) * 1024 / conns, fds1, warm_errors);
@@ -175,26 +147,26 @@ int soak(int argc, char** argv) {
     }
   });
   long total_errors = 0;
-  double cpu_prev = cpu_seconds(pid);
+  double cpu_prev = proc_cpu_seconds(pid);
   auto t_start = Clock::now();
   for (int t = sample; t <= seconds; t += sample) {
     std::this_thread::sleep_until(t_start + std::chrono::seconds(t));
-    double cpu = cpu_seconds(pid);
+    double cpu = proc_cpu_seconds(pid);
     auto [p50, p99, n, errors] = w.take();
     total_errors += errors;
-    std::printf("%6d %9ld %7d %6.1f %9zu %9.0f %9.0f %7ld\n", t, rss_kib(pid), fds(pid),
+    std::printf("%6d %9ld %7d %6.1f %9zu %9.0f %9.0f %7ld\n", t, proc_rss_kib(pid), proc_fds(pid),
                 100.0 * (cpu - cpu_prev) / sample, n, p50, p99, errors);
     std::fflush(stdout);
     cpu_prev = cpu;
   }
   stop = true;
   for (auto& t : threads) t.join();
-  long rss_end = rss_kib(pid);
+  long rss_end = proc_rss_kib(pid);
   idle.clear();
   std::this_thread::sleep_for(5s);
   std::printf("errors %ld over %d s; RSS %ld KiB at the end, %ld KiB 5 s after the %d connections closed "
               "(baseline %ld), %d fds\n",
-              total_errors, seconds, rss_end, rss_kib(pid), conns, rss0, fds(pid));
+              total_errors, seconds, rss_end, proc_rss_kib(pid), conns, rss0, proc_fds(pid));
   return total_errors == 0 ? 0 : 1;
 }
 

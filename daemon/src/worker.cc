@@ -82,11 +82,7 @@ void Worker::sweep() {
       if (auto d = w.lock()) d->resume();
     // Client connections every 500 ms: their timeouts are seconds long.
     if (++sweeps_ % 5 == 0) {
-      std::vector<std::shared_ptr<DownstreamConn>> downs;
-      downs.reserve(64);
-      for (auto& d : downstreams_)
-        if (auto sp = d.weak_from_this().lock()) downs.push_back(std::move(sp));
-      for (auto& d : downs) d->sweep(now);
+      for_each_downstream([now](DownstreamConn& d) { d.sweep(now); });
       // Connections parked or closed in bulk (their buffers' pages are
       // already unmapped) leave heap chunks free but resident: give those
       // pages back too (every arena; a few ms at most, only after
@@ -258,10 +254,7 @@ void Worker::drain() {
     a->retry.cancel();
   }
   acceptors_.clear();
-  std::vector<std::shared_ptr<DownstreamConn>> downs;
-  for (auto& d : downstreams_)
-    if (auto sp = d.weak_from_this().lock()) downs.push_back(std::move(sp));
-  for (auto& d : downs) d->drain();
+  for_each_downstream([](DownstreamConn& d) { d.drain(); });
 }
 
 void Worker::shutdown() {
@@ -272,10 +265,7 @@ void Worker::shutdown() {
     a->retry.cancel();
   }
   acceptors_.clear();
-  std::vector<std::shared_ptr<DownstreamConn>> downs;
-  for (auto& d : downstreams_)
-    if (auto sp = d.weak_from_this().lock()) downs.push_back(std::move(sp));
-  for (auto& d : downs) d->abort();
+  for_each_downstream([](DownstreamConn& d) { d.abort(); });
   cm_.clear();
 }
 

@@ -61,6 +61,15 @@ class Worker {
     boost::asio::steady_timer retry;  // accepting paused at the fd limit
     std::chrono::milliseconds backoff{0};
   };
+  // Calls f(DownstreamConn&) on every live client connection; safe when f
+  // closes them (each is held for the call).
+  template <class F>
+  void for_each_downstream(F&& f) {
+    std::vector<std::shared_ptr<DownstreamConn>> live;
+    for (auto& d : downstreams_)
+      if (auto sp = d.weak_from_this().lock()) live.push_back(std::move(sp));
+    for (auto& d : live) f(*d);
+  }
   void accept_on(Acceptor& a);
   void on_accept_error(Acceptor& a, const boost::system::error_code& ec);
   void on_accept(boost::asio::ip::tcp::socket s);

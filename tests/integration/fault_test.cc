@@ -67,36 +67,8 @@ class SteadyClient {
   std::thread t_;
 };
 
-long rss_kib(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  return -1;
-}
 
-double cpu_seconds(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), {});
-  std::istringstream in(s.substr(s.rfind(')') + 2));
-  std::string field;
-  unsigned long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) utime = std::stoul(field);
-    if (i == 15) stime = std::stoul(field);
-  }
-  return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
-}
 
-int open_fds(pid_t pid) {
-  int n = 0;
-  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  if (DIR* d = opendir(dir.c_str())) {
-    while (readdir(d)) ++n;
-    closedir(d);
-  }
-  return n - 2;
-}
 
 class Faults : public ::testing::Test {
  protected:
@@ -187,7 +159,7 @@ TEST_F(Faults, ClientThatNeverReadsLeavesTheDaemonsMemoryBounded) {
         return a;
       },
       {"--request-timeout-ms", "60000"});
-  long base = rss_kib(d_.daemon_pid());
+  long base = proc_rss_kib(d_.daemon_pid());
   ThriftClient hog(bad_vip_);
   std::string batch;
   for (int i = 1; i <= 400; ++i) batch += thrift_message(1, "get", i);
@@ -196,7 +168,7 @@ TEST_F(Faults, ClientThatNeverReadsLeavesTheDaemonsMemoryBounded) {
   // 400 MiB of replies against a 32 MiB queue: most become over-limit errors.
   ASSERT_TRUE(eventually([&] { return metric("downstream_rq_reply_overflow_total") > 300; }, 60s))
       << "over limit: " << metric("downstream_rq_reply_overflow_total");
-  long peak = rss_kib(d_.daemon_pid());
+  long peak = proc_rss_kib(d_.daemon_pid());
   RecordProperty("daemon_rss_growth_kib", std::to_string(peak - base));
   // The queue limit (32 MiB) plus replies on their way through.
   EXPECT_LT(peak - base, 96 * 1024) << "RSS grew from " << base << " to " << peak << " KiB";
@@ -293,14 +265,14 @@ TEST_F(Faults, FdLimitReachedPausesAcceptsAndServiceResumes) {
   rlimit rl{};
   ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, nullptr, &rl), 0);
   rlimit low = rl;
-  low.rlim_cur = rlim_t(open_fds(pid) + 20);
+  low.rlim_cur = rlim_t(proc_fds(pid) + 20);
   ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &low, nullptr), 0);
   std::vector<std::unique_ptr<ThriftClient>> many;
   for (int i = 0; i < 60; ++i) many.push_back(std::make_unique<ThriftClient>(bad_vip_));
   ASSERT_TRUE(eventually([&] { return metric("downstream_cx_accept_fd_limit_total") > 0; }));
-  double cpu0 = cpu_seconds(pid);
+  double cpu0 = proc_cpu_seconds(pid);
   std::this_thread::sleep_for(1s);
-  double spent = cpu_seconds(pid) - cpu0;
+  double spent = proc_cpu_seconds(pid) - cpu0;
   EXPECT_LT(spent, 0.3) << "the daemon spun at the fd limit";
   // The admin endpoint answers at the limit (its reserve fd).
   EXPECT_EQ(d_.admin("/ready"), "ready\n");

@@ -98,6 +98,37 @@ uint64_t proc_caps(pid_t pid, const std::string& key) {
   return std::strtoull(proc_status(pid, key).c_str(), nullptr, 16);
 }
 
+long proc_rss_kib(pid_t pid) {
+  std::string v = proc_status(pid, "VmRSS");
+  return v.empty() ? -1 : std::stol(v);
+}
+
+int proc_fds(pid_t pid) {
+  int n = 0;
+  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') ++n;
+    closedir(d);
+  }
+  return n;
+}
+
+double proc_cpu_seconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto close_paren = s.rfind(')');
+  if (close_paren == std::string::npos) return 0;
+  std::istringstream in(s.substr(close_paren + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
+}
+
 RunResult run(const std::vector<std::string>& argv, const std::string& netns) {
   RunResult r;
   int pipefd[2];

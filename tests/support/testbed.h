@@ -24,6 +24,10 @@ bool is_root();
 std::string proc_status(pid_t pid, const std::string& key);
 // A capability set field of it (CapEff, CapPrm, CapBnd) as a bit mask.
 uint64_t proc_caps(pid_t pid, const std::string& key);
+// VmRSS in KiB (-1 if gone), open fds, and user + system CPU seconds of a process.
+long proc_rss_kib(pid_t pid);
+int proc_fds(pid_t pid);
+double proc_cpu_seconds(pid_t pid);
 
 // Runs argv to completion; returns exit status and captured stdout.
 struct RunResult {
