@@ -53,25 +53,13 @@ class BufferPool {
     return b;
   }
   void put(ReadBuffer b) {
-    // Grown ones (a large message) go back to the allocator.
-    if (b.size() == kSize && free_.size() < kMaxFree) {
-      free_.push_back(std::move(b));
-      return;
-    }
-    freed_ += b.capacity();
-  }
-  // Buffer bytes given back since the last call: a measure of how many
-  // connections went idle or away (the worker trims the heap after many).
-  size_t take_freed() {
-    size_t n = freed_;
-    freed_ = 0;
-    return n;
+    // Grown ones (a large message) and the surplus are unmapped.
+    if (b.size() == kSize && free_.size() < kMaxFree) free_.push_back(std::move(b));
   }
 
  private:
   static constexpr size_t kMaxFree = 16;  // 256 KiB per worker at most
   std::vector<ReadBuffer> free_;
-  size_t freed_ = 0;
 };
 
 class MessageStream {
@@ -143,7 +131,6 @@ class MessageStream {
   // Bytes of their own queued or in flight (frames of requests not counted).
   size_t queued_bytes() const { return queued_bytes_; }
   void push(std::shared_ptr<ActiveRequest> r) { wq_.push_back({{}, std::move(r)}); }
-  bool in_flight() const { return !writing_.empty(); }
   bool empty() const { return wq_.empty() && writing_.empty(); }
   // Moves everything queued into flight; empty when there is nothing to
   // write. `frame_of` maps a queued request to its bytes.

@@ -1,7 +1,6 @@
 #include "worker.h"
 
 #include <fcntl.h>
-#include <malloc.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -83,16 +82,6 @@ void Worker::sweep() {
     // Client connections every 500 ms: their timeouts are seconds long.
     if (++sweeps_ % 5 == 0) {
       for_each_downstream([now](DownstreamConn& d) { d.sweep(now); });
-      // Connections parked or closed in bulk (their buffers' pages are
-      // already unmapped) leave heap chunks free but resident: give those
-      // pages back too (every arena; a few ms at most, only after
-      // megabytes of buffers went).
-      trim_pending_ += buffers_.take_freed();
-      if (trim_pending_ >= (size_t(4) << 20) && now - last_trim_ >= std::chrono::seconds(2)) {
-        malloc_trim(0);
-        trim_pending_ = 0;
-        last_trim_ = now;
-      }
     }
     sweep();
   });
@@ -108,9 +97,7 @@ Result<void> Worker::reconcile_listeners() {
   }
   for (auto it = acceptors_.begin(); it != acceptors_.end();) {
     if (std::find(want.begin(), want.end(), it->first) == want.end()) {
-      boost::system::error_code ec;
-      it->second->sock.close(ec);
-      it->second->retry.cancel();
+      it->second->close();
       it = acceptors_.erase(it);
     } else {
       ++it;
@@ -250,20 +237,15 @@ void Worker::drain() {
       a->sock.accept(s, ec);
       if (!ec) on_accept(std::move(s));
     }
-    a->sock.close(ec);
-    a->retry.cancel();
+    a->close();
   }
   acceptors_.clear();
   for_each_downstream([](DownstreamConn& d) { d.drain(); });
 }
 
 void Worker::shutdown() {
-  boost::system::error_code ec;
   sweep_timer_.cancel();
-  for (auto& [ep, a] : acceptors_) {
-    a->sock.close(ec);
-    a->retry.cancel();
-  }
+  for (auto& [ep, a] : acceptors_) a->close();
   acceptors_.clear();
   for_each_downstream([](DownstreamConn& d) { d.abort(); });
   cm_.clear();

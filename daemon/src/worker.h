@@ -60,6 +60,11 @@ class Worker {
     boost::asio::ip::tcp::acceptor sock;
     boost::asio::steady_timer retry;  // accepting paused at the fd limit
     std::chrono::milliseconds backoff{0};
+    void close() {
+      boost::system::error_code ec;
+      sock.close(ec);
+      retry.cancel();
+    }
   };
   // Calls f(DownstreamConn&) on every live client connection; safe when f
   // closes them (each is held for the call).
@@ -87,8 +92,6 @@ class Worker {
   boost::asio::steady_timer sweep_timer_;
   uint32_t sweeps_ = 0;
   BufferPool buffers_;
-  size_t trim_pending_ = 0;  // bytes freed by parked connections since the last malloc_trim
-  Clock::time_point last_trim_{};
   std::vector<std::weak_ptr<DownstreamConn>> to_resume_;
   Clock::time_point last_source_refusal_log_{};
   boost::intrusive::list<DownstreamConn, boost::intrusive::constant_time_size<false>> downstreams_;
