@@ -69,7 +69,7 @@ void usage(FILE* f) {
                "Per client source (a pod: its address), across the node:\n"
                "  --source-max-connections N connections beyond N are closed at accept (4096)\n"
                "  --source-max-pending N     requests awaiting replies; its reads pause beyond (1024)\n"
-               "  --source-max-rps N         requests per second; beyond, an over-limit reply (off)\n"
+               "  --source-max-rps N         requests per second; beyond, its reads wait (off)\n"
                "  --log-level LEVEL         trace|debug|info|warn|error (info)\n"
                "  --uninstall               remove pinned programs and maps, then exit\n");
 }

@@ -61,8 +61,27 @@ bool DownstreamConn::over_limits() const {
          source_over_limit();
 }
 
+bool DownstreamConn::take_rate_token(Clock::time_point now) {
+  if (!share_->rate || share_->rate->take(now)) return true;
+  w_.stats().inc(Counter::downstream_rd_source_rate_paused);
+  // At least a millisecond's worth: a fast rate wakes the worker at most a
+  // thousand times a second, and each wake finds a batch of tokens.
+  rate_resume_at_ = std::max(share_->rate->next_fill(), now + std::chrono::milliseconds(1));
+  w_.resume_at(weak_from_this(), rate_resume_at_);
+  return false;
+}
+
 void DownstreamConn::do_read() {
   if (closed_ || closing_ || reading_) return;
+  if (rate_resume_at_ != Clock::time_point{}) {
+    // Waiting for the source's rate: the worker's timer resumes it.
+    if (Clock::now() < rate_resume_at_) {
+      paused_ = true;
+      hold_ = shared_from_this();
+      return;
+    }
+    rate_resume_at_ = {};
+  }
   if (over_limits()) {
     // Resumed by request_done() or a finished write.
     if (!paused_) w_.stats().inc(Counter::downstream_rd_paused);
@@ -133,9 +152,16 @@ void DownstreamConn::on_read(size_t n) {
   // checked before each one, and what is over them waits in the buffer.
   auto err = stream_.decode(
       n, *codec_,
-      [this, &decoded](Message& msg, Bytes frame) {
+      [this, &decoded, &held, now](Message& msg, Bytes frame) {
+        // A request over its source's rate waits in the buffer: the
+        // flood is slowed where it costs nothing, at its own socket.
+        if (codecs::is_request(msg.kind) && !take_rate_token(now)) {
+          held = true;
+          return false;
+        }
         ++decoded;
         handle(msg, std::move(frame));
+        return true;
       },
       [this, &held] {
         if (closed_) return false;
@@ -192,12 +218,6 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
   } else {
     st.inc(Counter::requests_oneway);
   }
-  if (share_->rate && !share_->rate->take(Clock::now())) {
-    st.inc(Counter::downstream_rq_source_rate_limited);
-    if (!oneway) reply_error(msg, ErrorKind::kOverLimit, "metanode: rate limited (per-client limit)", nullptr);
-    return;
-  }
-
   const xds::Snapshot* snap = w_.snapshot();
   const xds::Listener* l = snap ? snap->find_listener(orig_) : nullptr;
   if (l && l->local_rate_limit && !admit(*l->local_rate_limit, msg.metadata)) {

@@ -61,6 +61,9 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   void park();
   bool over_limits() const;
   bool source_over_limit() const;
+  // The source's request rate: false (and a resume scheduled for when its
+  // bucket refills) when this request must wait.
+  bool take_rate_token(Clock::time_point now);
   void account_closed();
   void handle(codecs::Message& msg, codecs::Bytes frame);
   // Past the rate limits: route, cluster, ActiveRequest. `l`: the
@@ -93,6 +96,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   Clock::time_point last_activity_;  // a byte read or written
   Clock::time_point partial_since_{};  // the first byte of an incomplete message
   Clock::time_point write_stalled_since_{};  // replies queued and no progress
+  Clock::time_point rate_resume_at_{};  // reads wait for the source's rate until then
   size_t inflight_ = 0;
   bool reading_ = false;  // a read or a readiness wait is pending
   bool parked_ = false;   // waiting for readiness without a buffer

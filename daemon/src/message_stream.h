@@ -90,8 +90,9 @@ class MessageStream {
   size_t buffered() const { return rlen_; }
 
   // Accounts `n` new bytes, then hands every complete message to
-  // on_msg(Message&, Bytes frame) while keep_going() holds. Returns the
-  // decode error, if the stream stopped making sense.
+  // on_msg(Message&, Bytes frame) while keep_going() holds; a message
+  // on_msg refuses (returns false) stays buffered and ends the pass.
+  // Returns the decode error, if the stream stopped making sense.
   template <class OnMsg, class KeepGoing>
   std::optional<std::string> decode(size_t n, codecs::Codec& codec, OnMsg&& on_msg,
                                     KeepGoing&& keep_going) {
@@ -107,8 +108,9 @@ class MessageStream {
         break;
       }
       codecs::Bytes frame(rbuf_.begin() + ptrdiff_t(off), rbuf_.begin() + ptrdiff_t(off + msg.size));
-      off += msg.size;
-      on_msg(msg, std::move(frame));
+      size_t size = msg.size;  // on_msg may move the message
+      if (!on_msg(msg, std::move(frame))) break;
+      off += size;
     }
     if (off > 0) {
       std::memmove(rbuf_.data(), rbuf_.data() + off, rlen_ - off);

@@ -3,7 +3,7 @@
 // What all its connections hold on every worker, so that one pod's flood
 // pauses that pod, not the daemon: its connections (refused beyond the
 // limit), its requests awaiting replies (its reads pause beyond the limit),
-// and optionally its request rate (answered over-limit beyond it).
+// and optionally its request rate (its reads wait for it beyond it).
 #pragma once
 
 #include <atomic>

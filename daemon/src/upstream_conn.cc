@@ -162,7 +162,10 @@ void UpstreamConn::do_read() {
 
 void UpstreamConn::on_read(size_t n) {
   auto err = stream_.decode(
-      n, *codec_, [this](Message& msg, Bytes frame) { on_reply(msg, std::move(frame)); },
+      n, *codec_, [this](Message& msg, Bytes frame) {
+        on_reply(msg, std::move(frame));
+        return true;
+      },
       [this] { return state_ == State::kReady; });
   if (err) {
     w_.stats().inc(Counter::upstream_decode_error);

@@ -30,6 +30,7 @@ Worker::Worker(Server::Impl& srv, size_t index)
       cm_(stats_, srv.limits),
       rng_(uint64_t(Clock::now().time_since_epoch().count()) ^ (index * 0x9e37)),
       sweep_timer_(io_),
+      rate_timer_(io_),
       reserve_fd_(::open("/dev/null", O_RDONLY | O_CLOEXEC)) {}
 
 Worker::~Worker() {
@@ -85,6 +86,39 @@ void Worker::sweep() {
     }
     sweep();
   });
+}
+
+void Worker::resume_at(std::weak_ptr<DownstreamConn> c, Clock::time_point when) {
+  rate_waiters_.emplace_back(when, std::move(c));
+  if (rate_timer_at_ == Clock::time_point{} || when < rate_timer_at_) arm_rate_timer(when);
+}
+
+void Worker::arm_rate_timer(Clock::time_point when) {
+  rate_timer_at_ = when;
+  rate_timer_.expires_at(when);  // a wait armed for later ends aborted
+  rate_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) on_rate_timer();
+  });
+}
+
+void Worker::on_rate_timer() {
+  rate_timer_at_ = {};
+  auto now = Clock::now();
+  std::vector<std::weak_ptr<DownstreamConn>> due;
+  Clock::time_point next{};
+  auto keep = rate_waiters_.begin();
+  for (auto& [when, c] : rate_waiters_) {
+    if (when <= now) {
+      due.push_back(std::move(c));
+    } else {
+      if (next == Clock::time_point{} || when < next) next = when;
+      *keep++ = {when, std::move(c)};
+    }
+  }
+  rate_waiters_.erase(keep, rate_waiters_.end());
+  if (next != Clock::time_point{}) arm_rate_timer(next);
+  for (auto& w : due)
+    if (auto d = w.lock()) d->resume();
 }
 
 Result<void> Worker::reconcile_listeners() {
@@ -245,6 +279,7 @@ void Worker::drain() {
 
 void Worker::shutdown() {
   sweep_timer_.cancel();
+  rate_timer_.cancel();
   for (auto& [ep, a] : acceptors_) a->close();
   acceptors_.clear();
   for_each_downstream([](DownstreamConn& d) { d.abort(); });

@@ -44,6 +44,8 @@ class Worker {
   void add_downstream(DownstreamConn& c) { downstreams_.push_back(c); }
   // A connection paused for its source's limit, to be retried next tick.
   void resume_later(std::weak_ptr<DownstreamConn> c) { to_resume_.push_back(std::move(c)); }
+  // A connection waiting for its source's request rate, resumed at `when`.
+  void resume_at(std::weak_ptr<DownstreamConn> c, Clock::time_point when);
 
   // Binds what the configuration wants and closes what it no longer does;
   // returns the first bind failure (the others are still attempted).
@@ -93,6 +95,12 @@ class Worker {
   uint32_t sweeps_ = 0;
   BufferPool buffers_;
   std::vector<std::weak_ptr<DownstreamConn>> to_resume_;
+  // One timer for every rate wait, armed for the earliest.
+  boost::asio::steady_timer rate_timer_;
+  Clock::time_point rate_timer_at_{};  // {}: not armed
+  std::vector<std::pair<Clock::time_point, std::weak_ptr<DownstreamConn>>> rate_waiters_;
+  void arm_rate_timer(Clock::time_point when);
+  void on_rate_timer();
   Clock::time_point last_source_refusal_log_{};
   boost::intrusive::list<DownstreamConn, boost::intrusive::constant_time_size<false>> downstreams_;
   // Closed to accept (and shed) one connection at the fd limit, so a

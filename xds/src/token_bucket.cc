@@ -40,6 +40,11 @@ bool TokenBucket::take(std::chrono::steady_clock::time_point now) {
   return false;
 }
 
+std::chrono::steady_clock::time_point TokenBucket::next_fill() const {
+  return std::chrono::steady_clock::time_point(
+      std::chrono::nanoseconds(next_fill_ns_.load(std::memory_order_acquire)));
+}
+
 std::shared_ptr<TokenBucket> shared_token_bucket(const std::string& key, uint32_t max_tokens,
                                                  uint32_t tokens_per_fill,
                                                  std::chrono::nanoseconds interval) {

@@ -227,15 +227,41 @@ TEST_F(DataPlane, FloodingSourceIsPausedAndTheQuietOneIsServed) {
   EXPECT_GE(counter(Counter::downstream_rd_paused), 1u);
 }
 
-TEST_F(DataPlane, SourceRateLimitAnswersOverLimitOnlyToThatSource) {
-  opts_.downstream.max_rps_per_source = 10;
+// A source over its rate waits at its own socket: every call answered,
+// none failed, at the rate; another source is not held behind it. Red if
+// the limit answers over-limit (errors), if it never applies (all 60 in
+// well under 2 s), if the waiting connection is never resumed (replies
+// stop at the burst) or if the limit were node-wide (the quiet source's
+// calls would come after the flood's).
+TEST_F(DataPlane, SourceRateLimitSlowsThatSourceAndOnlyIt) {
+  opts_.downstream.max_rps_per_source = 20;  // a burst of 20, then one every 50 ms
   FakeUpstream a("a");
   configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
-  auto r = calls(40, "get", "127.0.0.2");
-  EXPECT_GE(r["a"], 10);
-  EXPECT_GE(r["exception"], 20);
-  EXPECT_EQ(counter(Counter::downstream_rq_source_rate_limited), uint64_t(r["exception"]));
-  EXPECT_GE(calls(5, "get", "127.0.0.3")["a"], 5);
+  constexpr int kCalls = 60;
+  ThriftClient flood(vip_port_, "127.0.0.2");
+  std::string batch;
+  for (int i = 1; i <= kCalls; ++i) batch += testbed::thrift_message(1, "get", i);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(flood.send_raw(batch));
+  std::atomic<int> answered{0}, failed{0};
+  std::thread reader([&] {
+    for (int i = 0; i < kCalls; ++i) {
+      auto r = flood.read_reply(5000ms);
+      if (!r) break;
+      ++(r->type == 2 ? answered : failed);
+    }
+  });
+  ASSERT_TRUE(testbed::eventually([&] { return answered >= 20; }));
+  auto quiet = calls(5, "get", "127.0.0.3");
+  int flood_when_quiet_done = answered;
+  reader.join();
+  auto elapsed = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(quiet["a"], 5);
+  EXPECT_EQ(answered.load(), kCalls);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_LT(flood_when_quiet_done, kCalls) << "the quiet source waited behind the flood";
+  EXPECT_GE(elapsed, 1500ms) << "40 calls beyond the burst at 20/s take 2 s";
+  EXPECT_GE(counter(Counter::downstream_rd_source_rate_paused), 1u);
 }
 
 // A drain answers the calls in flight, then closes; without it stop() cuts them.

@@ -41,7 +41,8 @@ struct DownstreamLimits {
   // Per client source (address) across the node: connections beyond
   // `max_connections_per_source` are closed at accept; beyond
   // `max_pending_per_source` requests awaiting replies its reads pause;
-  // beyond `max_rps_per_source` (0: none) requests are answered over-limit.
+  // beyond `max_rps_per_source` (0: none) requests per second its reads
+  // wait for the rate (a second's burst).
   uint32_t max_connections_per_source = 4096;
   uint32_t max_pending_per_source = 1024;
   uint32_t max_rps_per_source = 0;

@@ -32,7 +32,7 @@ static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>);
   X(downstream_cx_accept_fd_limit, "Accepts that hit the fd limit (accepting paused, one connection shed)") \
   X(downstream_rq_reply_overflow, "Replies replaced by an error: the client's queued replies were over the limit") \
   X(downstream_cx_source_limit, "Connections closed at accept: their source had the most it may have") \
-  X(downstream_rq_source_rate_limited, "Requests answered over-limit: their source's request rate limit") \
+  X(downstream_rd_source_rate_paused, "Client reads paused for their source's request rate limit") \
   X(downstream_rd_paused, "Times a client's reads were paused (requests in flight or queued replies at the limit)") \
   X(downstream_unexpected_message, "Downstream messages that are not requests")            \
   X(requests, "Requests decoded from downstream")                                          \

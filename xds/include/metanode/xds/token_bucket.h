@@ -19,6 +19,8 @@ class TokenBucket {
   TokenBucket(uint32_t max_tokens, uint32_t tokens_per_fill, std::chrono::nanoseconds interval);
   // Takes one token if there is one.
   bool take(std::chrono::steady_clock::time_point now);
+  // When the next tokens arrive (for a caller that waits for them).
+  std::chrono::steady_clock::time_point next_fill() const;
   uint32_t max_tokens() const { return max_; }
 
  private:
