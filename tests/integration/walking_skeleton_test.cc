@@ -198,5 +198,42 @@ TEST_F(WalkingSkeleton, KilledDaemonFailsOpenWithinOneSecond) {
   EXPECT_GE(down, 1u);
 }
 
+// Killed with -9 in the middle of traffic, the way an OOM kill or a node
+// agent's crash ends it: the mesh client's connection through the daemon
+// breaks, its reconnects go straight to the service once the liveness
+// window has passed, and the same pod's traffic that never went through
+// the daemon does not notice. Red if the hook kept redirecting to the dead
+// daemon (the mesh calls never recover), if the daemon's death broke a
+// connection it was not part of (the bystander errs), or if the kill did
+// not land under load (no call before it, no broken connection).
+TEST_F(WalkingSkeleton, KilledUnderLoadFailsOpenAndNothingElseBreaks) {
+  start();
+  const std::vector<std::string> run = {"--method", "sayHello", "--calls", "1000000", "--seconds", "6",
+                                        "--interval", "0.002", "--quiet"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), run.begin(), run.end());
+    return extra;
+  };
+  auto mesh = s_->start_client(with({"--reconnect"}));
+  auto bystander = s_->start_client(with({"--host", s_->server_ip("v2")}));
+  ASSERT_TRUE(mesh && bystander);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  kill(s_->daemon_pid(), SIGKILL);
+  ASSERT_GE(tb_->wait(s_->daemon_pid(), 5000), 0);
+  auto m = s_->finish_client(*mesh);
+  auto b = s_->finish_client(*bystander);
+  EXPECT_EQ(b.status, 0) << b.output;
+  EXPECT_EQ(b.errors + b.transport_errors, 0) << b.first_error;
+  EXPECT_GT(b.ok, 100) << b.output;
+  EXPECT_EQ(m.status, 0) << m.output;
+  EXPECT_GT(m.by_server["thrift-sample-server-v2"], 0) << "no call went through the daemon before the kill";
+  EXPECT_GE(m.transport_errors, 1) << "the kill did not break the connection through the daemon";
+  EXPECT_EQ(m.errors, 0) << m.first_error;
+  EXPECT_GT(m.ok_after_last_error, 100) << "the pod's calls did not recover without the daemon: " << m.output;
+  std::cout << "[ numbers ] mesh client: " << m.ok << " ok, " << m.transport_errors
+            << " broken connections or refused connects, " << m.ok_after_last_error
+            << " ok since the last; bystander: " << b.ok << " ok, 0 errors\n";
+}
+
 }  // namespace
 }  // namespace metanode::testbed

@@ -95,6 +95,8 @@ ClientSummary parse_summary(const std::string& output, int status) {
   s.ok = num("ok");
   s.errors = num("errors");
   s.switches = num("switches");
+  s.transport_errors = num("transport_errors");
+  s.ok_after_last_error = num("ok_after_last_error");
   if (f.count("by_server"))
     for (const auto& [k, v] : f.at("by_server").struct_value().fields()) s.by_server[k] = int(v.number_value());
   if (f.count("by_method_server"))

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -231,17 +232,30 @@ Result<void> ThriftSample::set_meta_router(const std::string& yaml) {
 }
 
 Result<ClientSummary> ThriftSample::run_client(int calls, const std::string& method, bool quiet) {
+  std::vector<std::string> args = {"--calls", std::to_string(calls), "--method", method};
+  if (quiet) args.push_back("--quiet");
+  auto c = start_client(args);
+  if (!c) return c.error();
+  return finish_client(*c);
+}
+
+Result<ThriftSample::RunningClient> ThriftSample::start_client(const std::vector<std::string>& args) {
   std::string log = tb_.work_dir() + "/client-" + std::to_string(rand()) + ".log";
-  std::vector<std::string> argv = {"/usr/bin/python3", opts_.peers_dir + "/client.py",
-                                   "--host", kVip,
-                                   "--port", std::to_string(kPort),
-                                   "--calls", std::to_string(calls),
-                                   "--method", method};
-  if (quiet) argv.push_back("--quiet");
+  std::vector<std::string> argv = {"/usr/bin/python3", opts_.peers_dir + "/client.py", "--port",
+                                   std::to_string(kPort)};
+  if (std::find(args.begin(), args.end(), "--host") == args.end()) {
+    argv.push_back("--host");
+    argv.push_back(kVip);
+  }
+  argv.insert(argv.end(), args.begin(), args.end());
   auto pid = tb_.spawn(argv, client_ns_, tb_.pods_cgroup(), log);
   if (!pid) return pid.error();
-  int status = tb_.wait(*pid, 120000);
-  return parse_summary(slurp(log), status);
+  return RunningClient{*pid, log};
+}
+
+ClientSummary ThriftSample::finish_client(const RunningClient& c, int timeout_ms) {
+  int status = tb_.wait(c.pid, timeout_ms);
+  return parse_summary(slurp(c.log), status);
 }
 
 std::map<std::string, uint64_t> ThriftSample::bpf_counters() {

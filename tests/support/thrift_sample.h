@@ -31,6 +31,8 @@ struct ClientSummary {
   int status = -1;
   std::string output;  // every line the client printed
   int calls = 0, ok = 0, errors = 0, switches = 0;
+  int transport_errors = 0;     // broken connections and failed connects (--reconnect)
+  int ok_after_last_error = 0;  // successful calls since the last error of any kind
   std::map<std::string, int> by_server;         // server name -> replies
   std::map<std::string, int> by_method_server;  // "method:server" -> replies
   std::string first_error;
@@ -50,6 +52,14 @@ class ThriftSample {
   Result<void> set_meta_router(const std::string& yaml);
   // One client process, one connection, `calls` calls in the client pod.
   Result<ClientSummary> run_client(int calls, const std::string& method, bool quiet);
+  // A client process left running: client.py with `args` (to the VIP
+  // unless they name --host), in the client pod; finish_client() waits.
+  struct RunningClient {
+    pid_t pid;
+    std::string log;
+  };
+  Result<RunningClient> start_client(const std::vector<std::string>& args);
+  ClientSummary finish_client(const RunningClient& c, int timeout_ms = 120000);
 
   std::string admin(const std::string& path);
   std::map<std::string, uint64_t> bpf_counters();

@@ -4,7 +4,10 @@ long-lived connection, the way request-level balancing has to be shown.
 
 Prints each reply (unless --quiet) and a final JSON summary line:
   {"calls": N, "ok": N, "errors": N, "switches": N, "by_server": {...},
-   "by_method_server": {...}, "error_messages": [...]}
+   "by_method_server": {...}, "error_messages": [...], "transport_errors": N,
+   "ok_after_last_error": N}
+With --reconnect a broken connection is counted and opened again (a new
+connect, as a pooled client would make) instead of ending the run.
 """
 import argparse
 import json
@@ -41,6 +44,9 @@ def main():
                     help="THeader info header on every request (header transport)")
     ap.add_argument("--interval", type=float, default=0.0)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: after --calls)")
+    ap.add_argument("--reconnect", action="store_true",
+                    help="on a broken connection, connect again and go on")
     a = ap.parse_args()
 
     sock = TSocket.TSocket(a.host, a.port)
@@ -58,14 +64,36 @@ def main():
     if a.multiplexed:
         proto = TMultiplexedProtocol(proto, "SayHello")
     client = SayHello.Client(proto)
-    trans.open()
+    start = time.monotonic()
+
+    def out_of_time():
+        return a.seconds and time.monotonic() - start >= a.seconds
+
+    def connect():
+        # With --reconnect, until it works or the time is up.
+        while True:
+            try:
+                trans.open()
+                return True
+            except TTransport.TTransportException:
+                if not a.reconnect:
+                    raise
+                if out_of_time():
+                    return False
+                summary["transport_errors"] += 1
+                summary["ok_after_last_error"] = 0
+                time.sleep(0.05)
 
     # switches: consecutive replies from different servers (calls - 1 when
     # every request goes somewhere else than the one before it).
     summary = {"calls": 0, "ok": 0, "errors": 0, "by_server": {}, "by_method_server": {},
-               "error_messages": [], "switches": 0, "replies": []}
+               "error_messages": [], "switches": 0, "replies": [], "transport_errors": 0,
+               "ok_after_last_error": 0}
+    connected = connect()
     last = None
     for i in range(a.calls):
+        if not connected or out_of_time():
+            break
         method = a.method
         if method == "alternate":
             method = "sayHello" if i % 2 == 0 else "sayGoodbye"
@@ -76,14 +104,26 @@ def main():
             header_trans.set_header(k.encode(), v.encode())
         try:
             reply = getattr(client, method)(a.name)
+        except TTransport.TTransportException as e:
+            if not a.reconnect:
+                raise
+            summary["transport_errors"] += 1
+            summary["ok_after_last_error"] = 0
+            if len(summary["error_messages"]) < 5:
+                summary["error_messages"].append("transport: %s" % e)
+            trans.close()
+            connected = connect()
+            continue
         except TApplicationException as e:
             summary["errors"] += 1
+            summary["ok_after_last_error"] = 0
             if len(summary["error_messages"]) < 5:
                 summary["error_messages"].append(str(e))
             if not a.quiet:
                 print("error: %s" % e, flush=True)
             continue
         summary["ok"] += 1
+        summary["ok_after_last_error"] += 1
         if len(summary["replies"]) < 3:
             summary["replies"].append(reply)
         m = SERVER_RE.search(reply)
