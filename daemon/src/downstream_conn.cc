@@ -48,6 +48,13 @@ void DownstreamConn::account_closed() {
   // connection), so its requests stop counting for the source now.
   share_->pending.fetch_sub(uint32_t(inflight_), std::memory_order_relaxed);
   inflight_ = 0;
+  end_rate_wait();
+}
+
+void DownstreamConn::end_rate_wait() {
+  if (rate_resume_at_ == Clock::time_point{}) return;
+  rate_resume_at_ = {};
+  share_->rate_waiters.fetch_sub(1, std::memory_order_relaxed);
 }
 
 bool DownstreamConn::source_over_limit() const {
@@ -64,9 +71,13 @@ bool DownstreamConn::over_limits() const {
 bool DownstreamConn::take_rate_token(Clock::time_point now) {
   if (!share_->rate || share_->rate->take(now)) return true;
   w_.stats().inc(Counter::downstream_rd_source_rate_paused);
-  // At least a millisecond's worth: a fast rate wakes the worker at most a
-  // thousand times a second, and each wake finds a batch of tokens.
-  rate_resume_at_ = std::max(share_->rate->next_fill(), now + std::chrono::milliseconds(1));
+  // The source's waiting connections take turns, one fill interval apart,
+  // so a refill wakes one of them rather than all to race for one token;
+  // and at least a millisecond on: a fast rate wakes a connection at most
+  // a thousand times a second, each time to a batch of tokens.
+  uint32_t ahead = share_->rate_waiters.fetch_add(1, std::memory_order_relaxed);
+  rate_resume_at_ = std::max(share_->rate->next_fill() + ahead * share_->rate->fill_interval(),
+                             now + std::chrono::milliseconds(1));
   w_.resume_at(weak_from_this(), rate_resume_at_);
   return false;
 }
@@ -80,7 +91,7 @@ void DownstreamConn::do_read() {
       hold_ = shared_from_this();
       return;
     }
-    rate_resume_at_ = {};
+    end_rate_wait();
   }
   if (over_limits()) {
     // Resumed by request_done() or a finished write.
@@ -155,7 +166,8 @@ void DownstreamConn::on_read(size_t n) {
       [this, &decoded, &held, now](Message& msg, Bytes frame) {
         // A request over its source's rate waits in the buffer: the
         // flood is slowed where it costs nothing, at its own socket.
-        if (codecs::is_request(msg.kind) && !take_rate_token(now)) {
+        if (msg.kind != MessageKind::kHeartbeatRequest && codecs::is_request(msg.kind) &&
+            !take_rate_token(now)) {
           held = true;
           return false;
         }
@@ -169,7 +181,7 @@ void DownstreamConn::on_read(size_t n) {
         return !held;
       });
   if (closed_) return;
-  decode_pending_ = held && stream_.buffered() > 0;
+  decode_pending_ = (held || stream_.yielded()) && stream_.buffered() > 0;
   // The read timeout runs from the first byte of a message still incomplete.
   if (stream_.buffered() == 0 || decode_pending_) partial_since_ = {};
   else if (decoded > 0 || partial_since_ == Clock::time_point{}) partial_since_ = now;
@@ -193,6 +205,11 @@ void DownstreamConn::on_read(size_t n) {
   if (drain_after_read_ && !decode_pending_ && !unread_bytes()) {
     closing_ = true;
     close_when_done();
+    return;
+  }
+  if (stream_.yielded()) {
+    // The rest of the burst after what other connections have ready.
+    asio::post(w_.io(), [self = shared_from_this()] { self->do_read(); });
     return;
   }
   do_read();

@@ -64,6 +64,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   // The source's request rate: false (and a resume scheduled for when its
   // bucket refills) when this request must wait.
   bool take_rate_token(Clock::time_point now);
+  void end_rate_wait();
   void account_closed();
   void handle(codecs::Message& msg, codecs::Bytes frame);
   // Past the rate limits: route, cluster, ActiveRequest. `l`: the

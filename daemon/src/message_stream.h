@@ -88,18 +88,31 @@ class MessageStream {
   // What is buffered but not yet decoded (for error replies).
   std::span<const uint8_t> pending_bytes() const { return {rbuf_.data(), rlen_}; }
   size_t buffered() const { return rlen_; }
+  // The last decode() stopped at kMessagesPerPass with bytes left.
+  bool yielded() const { return yielded_; }
 
-  // Accounts `n` new bytes, then hands every complete message to
-  // on_msg(Message&, Bytes frame) while keep_going() holds; a message
-  // on_msg refuses (returns false) stays buffered and ends the pass.
+  // At most this many messages per pass: one connection's pipelined burst
+  // must not hold the worker's loop while other connections' requests
+  // wait (a pass is ~1 µs a message); the caller continues from a posted
+  // handler, behind what became ready meanwhile.
+  static constexpr size_t kMessagesPerPass = 64;
+  // Accounts `n` new bytes, then hands complete messages to
+  // on_msg(Message&, Bytes frame) while keep_going() holds, at most
+  // kMessagesPerPass (then yielded() is true); a message on_msg refuses
+  // (returns false) stays buffered and ends the pass.
   // Returns the decode error, if the stream stopped making sense.
   template <class OnMsg, class KeepGoing>
   std::optional<std::string> decode(size_t n, codecs::Codec& codec, OnMsg&& on_msg,
                                     KeepGoing&& keep_going) {
     rlen_ += n;
-    size_t off = 0;
+    size_t off = 0, handed = 0;
     std::optional<std::string> err;
+    yielded_ = false;
     while (keep_going() && off < rlen_) {
+      if (handed == kMessagesPerPass) {
+        yielded_ = true;
+        break;
+      }
       codecs::Message msg;
       auto r = codec.decode(std::span<const uint8_t>(rbuf_.data() + off, rlen_ - off), msg);
       if (r.status == codecs::DecodeStatus::kNeedMoreData) break;
@@ -111,6 +124,7 @@ class MessageStream {
       size_t size = msg.size;  // on_msg may move the message
       if (!on_msg(msg, std::move(frame))) break;
       off += size;
+      ++handed;
     }
     if (off > 0) {
       std::memmove(rbuf_.data(), rbuf_.data() + off, rlen_ - off);
@@ -164,6 +178,7 @@ class MessageStream {
   size_t queued_bytes_ = 0;
   size_t rlen_ = 0;
   uint64_t consumed_ = 0;
+  bool yielded_ = false;
   std::vector<Out> wq_, writing_;
 };
 

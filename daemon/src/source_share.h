@@ -17,6 +17,7 @@ namespace metanode::core {
 struct SourceShare {
   std::atomic<uint32_t> connections{0};
   std::atomic<uint32_t> pending{0};
+  std::atomic<uint32_t> rate_waiters{0};  // its connections waiting for its rate
   std::unique_ptr<xds::TokenBucket> rate;  // set once, at creation
 };
 

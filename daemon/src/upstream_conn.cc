@@ -176,7 +176,16 @@ void UpstreamConn::on_read(size_t n) {
     close("drained");
     return;
   }
-  if (state_ == State::kReady) do_read();
+  if (state_ != State::kReady) return;
+  if (stream_.yielded()) {
+    // The rest of the replies after what other connections have ready;
+    // no read meanwhile (it would land in the buffer being decoded).
+    asio::post(w_.io(), [self = shared_from_this()] {
+      if (self->state_ == State::kReady) self->on_read(0);
+    });
+    return;
+  }
+  do_read();
 }
 
 void UpstreamConn::on_reply(Message& msg, Bytes frame) {

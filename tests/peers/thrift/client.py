@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: after --calls)")
     ap.add_argument("--reconnect", action="store_true",
-                    help="on a broken connection, connect again and go on")
+                    help="on a broken connection, connect again and go on (framed or buffered)")
     a = ap.parse_args()
 
     sock = TSocket.TSocket(a.host, a.port)
@@ -70,7 +70,9 @@ def main():
         return a.seconds and time.monotonic() - start >= a.seconds
 
     def connect():
-        # With --reconnect, until it works or the time is up.
+        # With --reconnect, until it works or the time is up (without
+        # --seconds: 200 attempts, 10 s).
+        attempts = 0
         while True:
             try:
                 trans.open()
@@ -78,7 +80,8 @@ def main():
             except TTransport.TTransportException:
                 if not a.reconnect:
                     raise
-                if out_of_time():
+                attempts += 1
+                if out_of_time() or (not a.seconds and attempts >= 200):
                     return False
                 summary["transport_errors"] += 1
                 summary["ok_after_last_error"] = 0

@@ -22,6 +22,7 @@ class TokenBucket {
   // When the next tokens arrive (for a caller that waits for them).
   std::chrono::steady_clock::time_point next_fill() const;
   uint32_t max_tokens() const { return max_; }
+  std::chrono::nanoseconds fill_interval() const { return std::chrono::nanoseconds(interval_ns_); }
 
  private:
   const int64_t max_, per_fill_, interval_ns_;
