@@ -72,12 +72,16 @@ bool DownstreamConn::take_rate_token(Clock::time_point now) {
   if (!share_->rate || share_->rate->take(now)) return true;
   w_.stats().inc(Counter::downstream_rd_source_rate_paused);
   // The source's waiting connections take turns, one fill interval apart,
-  // so a refill wakes one of them rather than all to race for one token;
-  // and at least a millisecond on: a fast rate wakes a connection at most
-  // a thousand times a second, each time to a batch of tokens.
+  // so a refill wakes one of them rather than all to race for one token.
+  // And each wake waits for a pass's worth of tokens (1-10 ms): requests
+  // released one or two at a time cost a write, a wake-up and a read each,
+  // and a held flood would cost the daemon more than a free one (at
+  // 20k/s: 47% of a core with 1 ms, 9% with 5 ms; bench/RESULTS.md).
+  auto interval = share_->rate->fill_interval();
+  auto batch = std::clamp<Clock::duration>(MessageStream::kMessagesPerPass * interval,
+                                           std::chrono::milliseconds(1), std::chrono::milliseconds(10));
   uint32_t ahead = share_->rate_waiters.fetch_add(1, std::memory_order_relaxed);
-  rate_resume_at_ = std::max(share_->rate->next_fill() + ahead * share_->rate->fill_interval(),
-                             now + std::chrono::milliseconds(1));
+  rate_resume_at_ = std::max(share_->rate->next_fill() + ahead * interval, now + batch);
   w_.resume_at(weak_from_this(), rate_resume_at_);
   return false;
 }
