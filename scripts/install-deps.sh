@@ -11,7 +11,7 @@ PKGS="
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libre2-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  python3 python3-thrift thrift-compiler libthrift-dev
+  python3 python3-thrift thrift-compiler libthrift-dev libevent-dev
   iproute2 util-linux procps psmisc
   haproxy redis-server
 "

@@ -1,7 +1,10 @@
 // A real Apache Thrift C++ (libthrift 0.17) peer: the same contract as
 // server.py and client.py, so tests can mix implementations.
 //   cpp_peer server --port P --name NAME [--ip IP] [--transport framed|buffered|header]
-//                   [--protocol binary|compact] [--multiplexed]
+//                   [--protocol binary|compact] [--multiplexed] [--nonblocking]
+//     --nonblocking: TNonblockingServer (one libevent loop, framed only; the
+//     event-loop server benchmarks use as the upstream that saturates last)
+//     instead of TThreadedServer (a thread per connection)
 //   cpp_peer client --host H --port P [--calls N] [--method sayHello|sayGoodbye|alternate|echoHeader]
 //                   [--transport ...] [--protocol ...] [--multiplexed] [--quiet]
 //                   [--arg A] [--header K=V ...] (echoHeader: --method echoHeader --arg KEY)
@@ -11,7 +14,9 @@
 #include <thrift/protocol/TCompactProtocol.h>
 #include <thrift/protocol/THeaderProtocol.h>
 #include <thrift/protocol/TMultiplexedProtocol.h>
+#include <thrift/server/TNonblockingServer.h>
 #include <thrift/server/TThreadedServer.h>
+#include <thrift/transport/TNonblockingServerSocket.h>
 #include <thrift/transport/TBufferTransports.h>
 #include <thrift/transport/TServerSocket.h>
 #include <thrift/transport/TSocket.h>
@@ -39,7 +44,7 @@ struct Options {
   std::string transport = "framed", protocol = "binary", arg = "metanode";
   std::vector<std::pair<std::string, std::string>> headers;  // THeader info headers to send
   int port = 0, calls = 10;
-  bool multiplexed = false, quiet = false;
+  bool multiplexed = false, quiet = false, nonblocking = false;
 };
 
 // The request protocol of the call being served on this thread, so
@@ -127,6 +132,19 @@ int run_server(const Options& o) {
                                  : std::make_shared<TBufferedTransportFactory>();
     pf = o.protocol == "compact" ? std::shared_ptr<TProtocolFactory>(std::make_shared<TCompactProtocolFactory>())
                                  : std::make_shared<TBinaryProtocolFactory>();
+  }
+  if (o.nonblocking) {
+    if (o.transport != "framed") {
+      std::fprintf(stderr, "--nonblocking serves framed transport only\n");
+      return 2;
+    }
+    TNonblockingServer server(std::make_shared<RememberProtocol>(processor), pf,
+                              std::make_shared<TNonblockingServerSocket>(o.port));
+    server.setNumIOThreads(1);
+    std::printf("listening 0.0.0.0:%d as %s (nonblocking)\n", o.port, o.name.c_str());
+    std::fflush(stdout);
+    server.serve();
+    return 0;
   }
   TThreadedServer server(std::make_shared<RememberProtocol>(processor), socket, tf, pf);
   std::printf("listening 0.0.0.0:%d as %s\n", o.port, o.name.c_str());
@@ -223,6 +241,7 @@ int main(int argc, char** argv) {
     else if (a == "--transport") o.transport = next();
     else if (a == "--protocol") o.protocol = next();
     else if (a == "--multiplexed") o.multiplexed = true;
+    else if (a == "--nonblocking") o.nonblocking = true;
     else if (a == "--quiet") o.quiet = true;
     else if (a == "--arg") o.arg = next();
     else if (a == "--header") {
