@@ -2,7 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cerrno>
 
 #include "active_request.h"
 #include "metanode/core/router.h"
@@ -116,7 +119,7 @@ void DownstreamConn::do_read() {
     return;
   }
   reading_ = true;
-  if (parked_) {
+  if (parked_ && nothing_to_read()) {
     // Idle: wait for readiness without holding a buffer.
     sock_.async_wait(tcp::socket::wait_read,
                      [self = shared_from_this()](const boost::system::error_code& ec) {
@@ -128,6 +131,7 @@ void DownstreamConn::do_read() {
                      });
     return;
   }
+  parked_ = false;
   auto space = stream_.read_space();
   if (space.size() == 0) {
     reading_ = false;
@@ -471,6 +475,17 @@ void DownstreamConn::close_when_done() {
   if (inflight_ == 0 && stream_.empty()) return close(nullptr);
   // Nothing else may keep the connection alive until then.
   hold_ = shared_from_this();
+}
+
+// Asio's readiness wait never reads speculatively: bytes (or a FIN) that
+// arrived while no read was queued, between the cancel that parks the
+// connection and the wait, would be waited on until the client sent more,
+// and a client waiting for its reply never does. One peek first (parking
+// is rare: once per idle period).
+bool DownstreamConn::nothing_to_read() {
+  uint8_t b;
+  ssize_t n = ::recv(sock_.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 bool DownstreamConn::unread_bytes() {

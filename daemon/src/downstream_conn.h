@@ -78,6 +78,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   void do_write();
   void write_some();
   bool unread_bytes();
+  bool nothing_to_read();
   void close(const char* why);
   void request_done();
   // Closes once nothing is in flight and every queued byte is written.
