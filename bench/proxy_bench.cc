@@ -8,15 +8,24 @@
 // measured in interleaved rounds (A B C D A B C D ...). Closed loop: every
 // connection keeps one request outstanding. The load generator speaks Thrift
 // itself (pre-encoded requests, seqids checked) on one epoll thread.
-// Reported per path: requests/s, p50/p99 latency and the proxy's CPU per
-// 1000 requests, as median [min-max] over rounds, with ratios to direct.
+// Two upstreams in the server pod, each behind every path:
+//   nonblocking  libthrift's TNonblockingServer (one event loop): saturates
+//                after the proxies do, so it cannot flatter a slow path
+//   threads      a thread per connection answering the frame as its reply:
+//                cheap per call, but a wake-up per call per connection
+// Reported per path: requests/s, p50/p99 latency, and CPU per request of
+// the proxy, the upstream and the load generator (a slow peer shows as
+// its own cost, not as the proxy's), as median [min-max] over rounds, with
+// ratios to direct on the same upstream.
 //
 //   sudo build/bench/proxy_bench [--rounds 5] [--seconds 3] [--conns 1,16] [--sizes 64,1024]
+//                                [--upstreams nonblocking,threads]
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -115,7 +124,7 @@ struct Conn {
   Clock::time_point sent;
 };
 
-// The load generator: prints "qps p50_us p99_us errors".
+// The load generator: prints "qps p50_us p99_us errors cpu_seconds".
 int load(const std::string& target, int conns, size_t payload, double seconds) {
   sockaddr_in sa = addr(target);
   int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -172,7 +181,11 @@ int load(const std::string& target, int conns, size_t payload, double seconds) {
   }
   std::sort(lat.begin(), lat.end());
   auto pct = [&](double p) { return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, size_t(p * lat.size()))]; };
-  std::printf("%.0f %.1f %.1f %ld\n", double(done) / seconds, pct(0.5), pct(0.99), errors);
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto secs = [](const timeval& t) { return double(t.tv_sec) + double(t.tv_usec) / 1e6; };
+  std::printf("%.0f %.1f %.1f %ld %.4f\n", double(done) / seconds, pct(0.5), pct(0.99), errors,
+              secs(ru.ru_utime) + secs(ru.ru_stime));
   return 0;
 }
 
@@ -185,6 +198,24 @@ std::vector<int> ints(const std::string& s) {
   return v;
 }
 
+std::vector<std::string> words(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ',')) v.push_back(x);
+  return v;
+}
+
+// One upstream kind in the server pod and the ports each path reaches it on.
+struct Upstream {
+  std::string kind;
+  int port;          // in the server pod
+  int haproxy_port;  // on the node
+  int l7_port;       // metanoded --no-bpf on the node
+  std::string vip;   // intercepted by the BPF daemon, port 9090
+  pid_t pid = -1;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,11 +225,13 @@ int main(int argc, char** argv) {
   int rounds = 5;
   double seconds = 3;
   std::vector<int> conns = {1, 16}, sizes = {64, 1024};
+  std::vector<std::string> kinds = {"nonblocking", "threads"};
   for (int i = 1; i + 1 < argc; ++i) {
     if (!std::strcmp(argv[i], "--rounds")) rounds = std::stoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--seconds")) seconds = std::stod(argv[++i]);
     else if (!std::strcmp(argv[i], "--conns")) conns = ints(argv[++i]);
     else if (!std::strcmp(argv[i], "--sizes")) sizes = ints(argv[++i]);
+    else if (!std::strcmp(argv[i], "--upstreams")) kinds = words(argv[++i]);
   }
   const std::string exe = bench::self_exe();
 
@@ -211,29 +244,53 @@ int main(int argc, char** argv) {
   auto srv = (*tb)->add_pod("server", 11);
   if (!client || !srv) return 1;
   std::string node = (*tb)->node_ip(), server_ip = (*tb)->pod_ip(11);
-  (void)(*tb)->spawn({exe, "server", "9090"}, *srv, "", (*tb)->work_dir() + "/server.log");
+  std::vector<Upstream> ups;
+  for (size_t k = 0; k < kinds.size(); ++k) {
+    Upstream u{kinds[k], 9090 + int(k), 19091 + 2 * int(k), 19092 + 2 * int(k), "10.96.0." + std::to_string(10 + k)};
+    std::vector<std::string> argv;
+    if (u.kind == "nonblocking")
+      argv = {METANODE_CPP_PEER, "server", "--port", std::to_string(u.port), "--name", "bench", "--nonblocking"};
+    else if (u.kind == "threads")
+      argv = {exe, "server", std::to_string(u.port)};
+    else {
+      std::fprintf(stderr, "unknown upstream '%s' (nonblocking, threads)\n", u.kind.c_str());
+      return 2;
+    }
+    auto pid = (*tb)->spawn(argv, *srv, "", (*tb)->work_dir() + "/server-" + u.kind + ".log");
+    if (!pid) return 1;
+    u.pid = *pid;
+    ups.push_back(u);
+  }
 
   // HAProxy, TCP mode, the defaults a user would start from.
   std::string cfg = (*tb)->work_dir() + "/haproxy.cfg";
-  std::ofstream(cfg) << "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
-                        "  timeout client 60s\n  timeout server 60s\n"
-                        "listen thrift\n  bind " << node << ":19091\n  server s1 " << server_ip << ":9090\n";
+  {
+    std::ofstream h(cfg);
+    h << "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+         "  timeout client 60s\n  timeout server 60s\n";
+    for (const auto& u : ups)
+      h << "listen " << u.kind << "\n  bind " << node << ":" << u.haproxy_port << "\n  server s1 " << server_ip
+        << ":" << u.port << "\n";
+  }
   auto haproxy = (*tb)->spawn({"haproxy", "-f", cfg, "-db"}, (*tb)->node_ns(), "", (*tb)->work_dir() + "/haproxy.log");
 
   // metanoded twice: as a plain L7 proxy on the node address, and
   // intercepting the client pod's connects to a VIP (sk_msg on).
-  auto se = [&](const std::string& vip, int port) {
+  auto se = [&](const Upstream& u, const std::string& vip, int port) {
+    std::string name = "bench-" + u.kind;
     return "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
-           "metadata: {name: bench, namespace: b}\nspec:\n  hosts: [bench.b.svc.cluster.local]\n"
+           "metadata: {name: " + name + ", namespace: b}\nspec:\n  hosts: [" + name + ".b.svc.cluster.local]\n"
            "  addresses: [" + vip + "]\n  ports: [{number: " + std::to_string(port) +
            ", name: tcp-metaprotocol-thrift-b}]\n  endpoints: [{address: " + server_ip +
-           ", ports: {tcp-metaprotocol-thrift-b: 9090}}]\n";
+           ", ports: {tcp-metaprotocol-thrift-b: " + std::to_string(u.port) + "}}]\n";
   };
   std::string d1 = (*tb)->work_dir() + "/l7", d2 = (*tb)->work_dir() + "/bpf";
   mkdir(d1.c_str(), 0755);
   mkdir(d2.c_str(), 0755);
-  std::ofstream(d1 + "/svc.yaml") << se(node, 19092);
-  std::ofstream(d2 + "/svc.yaml") << se("10.96.0.10", 9090);
+  for (const auto& u : ups) {
+    std::ofstream(d1 + "/" + u.kind + ".yaml") << se(u, node, u.l7_port);
+    std::ofstream(d2 + "/" + u.kind + ".yaml") << se(u, u.vip, 9090);
+  }
   std::string daemon = testbed::sample_options_from_build().metanoded;
   auto l7 = (*tb)->spawn({daemon, "--no-bpf", "--config-dir", d1, "--admin-address", "127.0.0.1:15000"},
                          (*tb)->node_ns(), "", (*tb)->work_dir() + "/l7.log");
@@ -245,55 +302,77 @@ int main(int argc, char** argv) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
 
   struct Path {
-    const char* name;
+    std::string name;
     std::string target;
     pid_t proxy;
   };
-  std::vector<Path> paths = {{"direct", server_ip + ":9090", -1},
-                             {"haproxy", node + ":19091", *haproxy},
-                             {"metanode", node + ":19092", *l7},
-                             {"metanode+bpf", "10.96.0.10:9090", *bpfd}};
+  auto paths_of = [&](const Upstream& u) {
+    return std::vector<Path>{{"direct", server_ip + ":" + std::to_string(u.port), -1},
+                             {"haproxy", node + ":" + std::to_string(u.haproxy_port), *haproxy},
+                             {"metanode", node + ":" + std::to_string(u.l7_port), *l7},
+                             {"metanode+bpf", u.vip + ":9090", *bpfd}};
+  };
   struct Sample {
-    double qps, p50, p99, cpu_per_k;
+    double qps, p50, p99, proxy_us, upstream_us, client_us;
+  };
+  auto key = [](const Upstream& u, int c, int sz, const std::string& path) {
+    return u.kind + "/" + std::to_string(c) + "/" + std::to_string(sz) + "/" + path;
   };
   std::map<std::string, std::vector<Sample>> res;
   for (int r = 0; r < rounds; ++r)
     for (int c : conns)
       for (int sz : sizes)
-        for (const auto& p : paths) {
-          double cpu0 = p.proxy > 0 ? testbed::proc_cpu_seconds(p.proxy) : 0;
-          auto out = (*tb)->exec({exe, "load", p.target, std::to_string(c), std::to_string(sz),
-                                  std::to_string(seconds)},
-                                 *client, (*tb)->pods_cgroup(), int(seconds * 1000) + 30000);
-          double cpu1 = p.proxy > 0 ? testbed::proc_cpu_seconds(p.proxy) : 0;
-          Sample s{};
-          long errors = 0;
-          std::istringstream in(out.out);
-          in >> s.qps >> s.p50 >> s.p99 >> errors;
-          if (out.status != 0 || errors) std::fprintf(stderr, "%s: status %d errors %ld\n", p.name, out.status, errors);
-          s.cpu_per_k = s.qps > 0 ? (cpu1 - cpu0) / (s.qps * seconds) * 1000 : 0;
-          res[std::to_string(c) + "/" + std::to_string(sz) + "/" + p.name].push_back(s);
-        }
+        for (const auto& u : ups)
+          for (const auto& p : paths_of(u)) {
+            double proxy0 = p.proxy > 0 ? testbed::proc_cpu_seconds(p.proxy) : 0;
+            double up0 = testbed::proc_cpu_seconds(u.pid);
+            auto out = (*tb)->exec({exe, "load", p.target, std::to_string(c), std::to_string(sz),
+                                    std::to_string(seconds)},
+                                   *client, (*tb)->pods_cgroup(), int(seconds * 1000) + 30000);
+            double proxy1 = p.proxy > 0 ? testbed::proc_cpu_seconds(p.proxy) : 0;
+            double up1 = testbed::proc_cpu_seconds(u.pid);
+            Sample s{};
+            long errors = 0;
+            double client_cpu = 0;
+            std::istringstream in(out.out);
+            in >> s.qps >> s.p50 >> s.p99 >> errors >> client_cpu;
+            if (out.status != 0 || errors)
+              std::fprintf(stderr, "%s/%s: status %d errors %ld\n", u.kind.c_str(), p.name.c_str(), out.status, errors);
+            // Per request over the whole run (the 0.3 s warm-up included in
+            // both the CPU and, scaled, the count).
+            double n = s.qps * (seconds + 0.3);
+            if (n > 0) {
+              s.proxy_us = (proxy1 - proxy0) / n * 1e6;
+              s.upstream_us = (up1 - up0) / n * 1e6;
+              s.client_us = client_cpu / n * 1e6;
+            }
+            res[key(u, c, sz, p.name)].push_back(s);
+          }
 
   auto med = [](std::vector<double> v) { return median(std::move(v)); };
-  std::printf("| conns | payload | path | req/s (x direct) | p50 us | p99 us | proxy CPU ms / 1k req |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
-  for (int c : conns)
-    for (int sz : sizes) {
-      double direct_qps = 0;
-      for (const auto& p : paths) {
-        auto& v = res[std::to_string(c) + "/" + std::to_string(sz) + "/" + p.name];
-        std::vector<double> q, a, b, cpu;
-        for (auto& s : v) q.push_back(s.qps), a.push_back(s.p50), b.push_back(s.p99), cpu.push_back(s.cpu_per_k);
-        double mq = med(q);
-        if (std::string(p.name) == "direct") direct_qps = mq;
-        auto [mn, mx] = std::minmax_element(q.begin(), q.end());
-        char cpu_s[32] = "-";
-        if (p.proxy > 0) std::snprintf(cpu_s, sizeof(cpu_s), "%.1f", med(cpu) * 1000);
-        std::printf("| %d | %d B | %s | %.0f [%.0f-%.0f] (%.2f) | %.1f | %.1f | %s |\n", c, sz, p.name, mq, *mn,
-                    *mx, direct_qps > 0 ? mq / direct_qps : 0, med(a), med(b), cpu_s);
+  std::printf("| upstream | conns | payload | path | req/s (x direct) | p50 us | p99 us | CPU us/req: proxy | upstream | client |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const auto& u : ups)
+    for (int c : conns)
+      for (int sz : sizes) {
+        double direct_qps = 0;
+        for (const auto& p : paths_of(u)) {
+          auto& v = res[key(u, c, sz, p.name)];
+          std::vector<double> q, a, b, pc, uc, cc;
+          for (auto& s : v) {
+            q.push_back(s.qps), a.push_back(s.p50), b.push_back(s.p99);
+            pc.push_back(s.proxy_us), uc.push_back(s.upstream_us), cc.push_back(s.client_us);
+          }
+          double mq = med(q);
+          if (p.name == "direct") direct_qps = mq;
+          auto [mn, mx] = std::minmax_element(q.begin(), q.end());
+          char proxy_s[32] = "-";
+          if (p.proxy > 0) std::snprintf(proxy_s, sizeof(proxy_s), "%.1f", med(pc));
+          std::printf("| %s | %d | %d B | %s | %.0f [%.0f-%.0f] (%.2f) | %.1f | %.1f | %s | %.1f | %.1f |\n",
+                      u.kind.c_str(), c, sz, p.name.c_str(), mq, *mn, *mx, direct_qps > 0 ? mq / direct_qps : 0,
+                      med(a), med(b), proxy_s, med(uc), med(cc));
+        }
       }
-    }
   std::printf("(median [min-max] of %d interleaved rounds, %.0f s each after 0.3 s warm-up; closed loop)\n",
               rounds, seconds);
   return 0;
