@@ -19,7 +19,7 @@
 // ratios to direct on the same upstream.
 //
 //   sudo build/bench/proxy_bench [--rounds 5] [--seconds 3] [--conns 1,16] [--sizes 64,1024]
-//                                [--upstreams nonblocking,threads]
+//                                [--upstreams nonblocking,threads] [--workers N (metanoded's)]
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -226,12 +226,14 @@ int main(int argc, char** argv) {
   double seconds = 3;
   std::vector<int> conns = {1, 16}, sizes = {64, 1024};
   std::vector<std::string> kinds = {"nonblocking", "threads"};
+  std::string workers;  // metanoded's --workers; empty: its default (one per core)
   for (int i = 1; i + 1 < argc; ++i) {
     if (!std::strcmp(argv[i], "--rounds")) rounds = std::stoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--seconds")) seconds = std::stod(argv[++i]);
     else if (!std::strcmp(argv[i], "--conns")) conns = ints(argv[++i]);
     else if (!std::strcmp(argv[i], "--sizes")) sizes = ints(argv[++i]);
     else if (!std::strcmp(argv[i], "--upstreams")) kinds = words(argv[++i]);
+    else if (!std::strcmp(argv[i], "--workers")) workers = argv[++i];
   }
   const std::string exe = bench::self_exe();
 
@@ -292,12 +294,14 @@ int main(int argc, char** argv) {
     std::ofstream(d2 + "/" + u.kind + ".yaml") << se(u, u.vip, 9090);
   }
   std::string daemon = testbed::sample_options_from_build().metanoded;
-  auto l7 = (*tb)->spawn({daemon, "--no-bpf", "--config-dir", d1, "--admin-address", "127.0.0.1:15000"},
-                         (*tb)->node_ns(), "", (*tb)->work_dir() + "/l7.log");
-  auto bpfd = (*tb)->spawn({daemon, "--config-dir", d2, "--cgroup", (*tb)->cgroup(), "--redirect-address",
-                            node + ":15001", "--pin-dir", (*tb)->pin_dir(), "--admin-address",
-                            "127.0.0.1:15002"},
-                           (*tb)->node_ns(), (*tb)->daemon_cgroup(), (*tb)->work_dir() + "/bpf.log");
+  std::vector<std::string> l7_argv = {daemon, "--no-bpf", "--config-dir", d1, "--admin-address", "127.0.0.1:15000"};
+  std::vector<std::string> bpf_argv = {daemon, "--config-dir", d2, "--cgroup", (*tb)->cgroup(), "--redirect-address",
+                                       node + ":15001", "--pin-dir", (*tb)->pin_dir(), "--admin-address",
+                                       "127.0.0.1:15002"};
+  for (auto* a : {&l7_argv, &bpf_argv})
+    if (!workers.empty()) a->insert(a->end(), {"--workers", workers});
+  auto l7 = (*tb)->spawn(l7_argv, (*tb)->node_ns(), "", (*tb)->work_dir() + "/l7.log");
+  auto bpfd = (*tb)->spawn(bpf_argv, (*tb)->node_ns(), (*tb)->daemon_cgroup(), (*tb)->work_dir() + "/bpf.log");
   if (!haproxy || !l7 || !bpfd) return 1;
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
 
