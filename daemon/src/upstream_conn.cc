@@ -116,20 +116,7 @@ void UpstreamConn::send(const std::shared_ptr<ActiveRequest>& r) {
     draining_ = true;
     w_.stats().inc(Counter::upstream_cx_max_requests);
   }
-  flush_soon();
-}
-
-// The requests of one loop turn leave together: the write is posted behind
-// the handlers already ready (the other client connections epoll reported
-// with this one), so their requests to this connection share one sendmsg
-// instead of one each. While connecting, the connect handler writes.
-void UpstreamConn::flush_soon() {
-  if (flush_posted_ || state_ != State::kReady) return;
-  flush_posted_ = true;
-  asio::post(w_.io(), [self = shared_from_this()] {
-    self->flush_posted_ = false;
-    self->do_write();
-  });
+  do_write();
 }
 
 void UpstreamConn::connected_pending() {

@@ -42,7 +42,6 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   void on_read(size_t n);
   void on_reply(codecs::Message& msg, codecs::Bytes frame);
   void do_write();
-  void flush_soon();
   void fail_all(codecs::ErrorKind kind, const std::string& why);
   void connected_pending();  // requests that waited for the connection stop waiting
 
@@ -53,7 +52,6 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   std::unique_ptr<codecs::Codec> codec_;
   State state_ = State::kConnecting;
   bool draining_ = false;
-  bool flush_posted_ = false;
   xds::ConnectionPool pool_;
   uint32_t sent_ = 0;
   Clock::time_point created_ = Clock::now();
