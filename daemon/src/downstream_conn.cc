@@ -144,10 +144,10 @@ void DownstreamConn::do_read() {
   // Our own reads, then readiness waits. asio's read tries a recv before
   // it waits, and after a read that emptied the socket that recv gets
   // EAGAIN: one wasted system call per request of a client awaiting its
-  // reply (asio takes a socket for drained only at EOF). A wait is safe
-  // only right after our own recv found the socket empty, in the same
-  // handler: no loop turn in between, so no readiness can have been
-  // reported, and lost, meanwhile.
+  // reply (asio takes a socket for drained only at EOF). We wait only
+  // right after our own recv came back short. (Boost 1.81 also re-arms the
+  // descriptor with EPOLL_CTL_MOD when a wait is queued, which reports a
+  // socket that is already readable, so no wait can miss bytes or a FIN.)
   if (drained_) {
     drained_ = false;
     sock_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const boost::system::error_code& ec) {
@@ -193,7 +193,9 @@ void DownstreamConn::read_now() {
   size_t n = sock_.read_some(space, ec);  // the socket is non-blocking
   if (ec == asio::error::would_block) {
     drained_ = true;
-    return do_read();
+    do_read();
+    drained_ = false;  // a do_read() that paused must not rely on it later
+    return;
   }
   if (ec) return close(nullptr);
   drained_ = n < space.size();
