@@ -2,10 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include <sys/socket.h>
-
 #include <algorithm>
-#include <cerrno>
 
 #include "active_request.h"
 #include "metanode/core/router.h"
@@ -36,8 +33,6 @@ DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net
       last_activity_(Clock::now()) {
   w_.stats().gauge_add(Gauge::downstream_cx_active, 1);  // share_->connections: counted at accept
   w_.add_downstream(*this);
-  boost::system::error_code ec;
-  sock_.non_blocking(true, ec);  // read_now() reads without blocking
 }
 
 DownstreamConn::~DownstreamConn() {
@@ -121,7 +116,7 @@ void DownstreamConn::do_read() {
     return;
   }
   reading_ = true;
-  if (parked_ && nothing_to_read()) {
+  if (parked_) {
     // Idle: wait for readiness without holding a buffer.
     sock_.async_wait(tcp::socket::wait_read,
                      [self = shared_from_this()](const boost::system::error_code& ec) {
@@ -133,7 +128,6 @@ void DownstreamConn::do_read() {
                      });
     return;
   }
-  parked_ = false;
   auto space = stream_.read_space();
   if (space.size() == 0) {
     reading_ = false;
@@ -141,69 +135,21 @@ void DownstreamConn::do_read() {
     close("message larger than the limit");
     return;
   }
-  // Our own reads, then readiness waits. asio's read tries a recv before
-  // it waits, and after a read that emptied the socket that recv gets
-  // EAGAIN: one wasted system call per request of a client awaiting its
-  // reply (asio takes a socket for drained only at EOF). We wait only
-  // right after our own recv came back short. (Boost 1.81 also re-arms the
-  // descriptor with EPOLL_CTL_MOD when a wait is queued, which reports a
-  // socket that is already readable, so no wait can miss bytes or a FIN.)
-  if (drained_) {
-    drained_ = false;
-    sock_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const boost::system::error_code& ec) {
-      if (self->read_interrupted(ec)) return;
-      self->read_now();
-    });
-    return;
-  }
-  if (in_read_now_) {
-    // The last read filled the buffer: more may wait. Read again from the
-    // loop, not from this stack (a client keeping the socket full would
-    // otherwise recurse without bound).
-    sock_.async_read_some(space, [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
-      if (self->read_interrupted(ec)) return;
-      self->on_read(n);
-    });
-    return;
-  }
-  reading_ = false;
-  read_now();
-}
-
-// The end of a pending read or readiness wait that brought nothing to
-// decode: closed, parked (its buffer released) or failed; false otherwise.
-bool DownstreamConn::read_interrupted(const boost::system::error_code& ec) {
-  reading_ = false;
-  if (closed_) return true;
-  if (ec == asio::error::operation_aborted && parking_) {
-    parking_ = false;
-    parked_ = true;
-    stream_.release_buffer();
-    do_read();
-    return true;
-  }
-  parking_ = false;
-  if (ec) close(nullptr);
-  return bool(ec);
-}
-
-void DownstreamConn::read_now() {
-  boost::system::error_code ec;
-  auto space = stream_.read_space();
-  size_t n = sock_.read_some(space, ec);  // the socket is non-blocking
-  if (ec == asio::error::would_block) {
-    drained_ = true;
-    do_read();
-    drained_ = false;  // a do_read() that paused must not rely on it later
-    return;
-  }
-  if (ec) return close(nullptr);
-  drained_ = n < space.size();
-  in_read_now_ = true;
-  on_read(n);
-  // Only a do_read() within this handler may rely on either.
-  drained_ = false;
-  in_read_now_ = false;
+  sock_.async_read_some(space,
+                        [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
+                          self->reading_ = false;
+                          if (self->closed_) return;
+                          if (ec == asio::error::operation_aborted && self->parking_) {
+                            self->parking_ = false;
+                            self->parked_ = true;
+                            self->stream_.release_buffer();
+                            self->do_read();
+                            return;
+                          }
+                          self->parking_ = false;
+                          if (ec) return self->close(nullptr);
+                          self->on_read(n);
+                        });
 }
 
 void DownstreamConn::park() {
@@ -525,17 +471,6 @@ void DownstreamConn::close_when_done() {
   if (inflight_ == 0 && stream_.empty()) return close(nullptr);
   // Nothing else may keep the connection alive until then.
   hold_ = shared_from_this();
-}
-
-// Asio's readiness wait never reads speculatively: bytes (or a FIN) that
-// arrived while no read was queued, between the cancel that parks the
-// connection and the wait, would be waited on until the client sent more,
-// and a client waiting for its reply never does. One peek first (parking
-// is rare: once per idle period).
-bool DownstreamConn::nothing_to_read() {
-  uint8_t b;
-  ssize_t n = ::recv(sock_.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
-  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 bool DownstreamConn::unread_bytes() {

@@ -58,8 +58,6 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
  private:
   void do_read();
   void on_read(size_t n);
-  void read_now();
-  bool read_interrupted(const boost::system::error_code& ec);
   void park();
   bool over_limits() const;
   bool source_over_limit() const;
@@ -80,7 +78,6 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   void do_write();
   void write_some();
   bool unread_bytes();
-  bool nothing_to_read();
   void close(const char* why);
   void request_done();
   // Closes once nothing is in flight and every queued byte is written.
@@ -105,8 +102,6 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool reading_ = false;  // a read or a readiness wait is pending
   bool parked_ = false;   // waiting for readiness without a buffer
   bool parking_ = false;  // the pending read is being cancelled to park
-  bool drained_ = false;      // this handler's own read left the socket empty
-  bool in_read_now_ = false;  // on_read() called from our own read
   bool paused_ = false;
   bool decode_pending_ = false;  // whole requests buffered, held by the limits
   bool resume_posted_ = false;
