@@ -139,7 +139,7 @@ Result<void> Worker::reconcile_listeners() {
   }
   for (const auto& ep : want) {
     if (acceptors_.count(ep) || draining_) continue;
-    auto acc = std::make_unique<Acceptor>(io_);
+    auto acc = std::make_shared<Acceptor>(io_);
     tcp::acceptor* a = &acc->sock;
     boost::system::error_code ec;
     a->open(tcp::v4(), ec);
@@ -165,10 +165,13 @@ Result<void> Worker::reconcile_listeners() {
 }
 
 void Worker::accept_on(Acceptor& a) {
-  a.sock.async_accept([this, &a](const boost::system::error_code& ec, tcp::socket s) {
-    if (ec == asio::error::operation_aborted) return;  // closed: `a` may be gone
+  a.sock.async_accept([this, keep = a.shared_from_this()](const boost::system::error_code& ec,
+                                                          tcp::socket s) {
+    Acceptor& a = *keep;
+    if (ec == asio::error::operation_aborted) return;  // closed
     if (ec) return on_accept_error(a, ec);
     a.backoff = std::chrono::milliseconds(0);
+    // Accepted before a close that ran first: still a client to serve.
     on_accept(std::move(s));
     if (a.sock.is_open()) accept_on(a);
   });
@@ -200,9 +203,9 @@ void Worker::on_accept_error(Acceptor& a, const boost::system::error_code& ec) {
   spdlog::warn("worker {}: accept: {}; pausing accepts for {} ms", index_, ec.message(),
                a.backoff.count());
   a.retry.expires_after(a.backoff);
-  a.retry.async_wait([this, &a](const boost::system::error_code& tec) {
+  a.retry.async_wait([this, keep = a.shared_from_this()](const boost::system::error_code& tec) {
     if (tec) return;  // cancelled with its acceptor
-    if (a.sock.is_open()) accept_on(a);
+    if (keep->sock.is_open()) accept_on(*keep);
   });
 }
 
@@ -257,6 +260,9 @@ void Worker::on_accept(tcp::socket s) {
   auto conn = std::make_shared<DownstreamConn>(*this, std::move(s), orig, source, std::move(share),
                                                l->protocol);
   conn->start();
+  // Accepted after the drain went over this worker's connections (the
+  // acceptor's queued completion): answered, then closed like them.
+  if (draining_) conn->drain();
 }
 
 void Worker::drain() {

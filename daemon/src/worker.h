@@ -57,7 +57,10 @@ class Worker {
   void shutdown();
 
  private:
-  struct Acceptor {
+  // Shared with its pending accept and retry handlers: a completion the
+  // reactor already queued still runs after a drain or a config change
+  // closed and dropped the acceptor, and must find it alive.
+  struct Acceptor : std::enable_shared_from_this<Acceptor> {
     explicit Acceptor(boost::asio::io_context& io) : sock(io), retry(io) {}
     boost::asio::ip::tcp::acceptor sock;
     boost::asio::steady_timer retry;  // accepting paused at the fd limit
@@ -90,7 +93,7 @@ class Worker {
   uint64_t snap_gen_ = 0;
   ClusterManager cm_;
   lb::Rng rng_;
-  std::map<net::Endpoint, std::unique_ptr<Acceptor>> acceptors_;
+  std::map<net::Endpoint, std::shared_ptr<Acceptor>> acceptors_;
   boost::asio::steady_timer sweep_timer_;
   uint32_t sweeps_ = 0;
   BufferPool buffers_;
