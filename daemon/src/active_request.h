@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cluster_manager.h"
 #include "metanode/codecs/codec.h"
@@ -47,6 +48,11 @@ struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
   uint32_t attempts = 0;
   bool written = false;  // its bytes are out on the upstream socket
   Clock::time_point try_deadline;
+  // Writes in flight that read `frame`, on this attempt's connection or an
+  // earlier one's; while any is, a new attempt rewrites a copy, and the
+  // frames those writes read stay here until the last completes.
+  uint32_t writes_out = 0;
+  std::vector<codecs::Bytes> retired_frames;
 
   // First attempt; the caller has set route, cluster and the fields above.
   void start();

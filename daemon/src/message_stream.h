@@ -135,10 +135,12 @@ class MessageStream {
   }
 
   // One queued write: bytes of its own, or a request whose frame lives in
-  // the ActiveRequest (so a failed connection can hand it to a retry).
+  // the ActiveRequest (so a failed connection can hand it to a retry) and
+  // the attempt it was queued for.
   struct Out {
     codecs::Bytes bytes;
     std::shared_ptr<ActiveRequest> req;
+    uint32_t attempt = 0;
   };
   void push(codecs::Bytes b) {
     queued_bytes_ += b.size();
@@ -146,22 +148,29 @@ class MessageStream {
   }
   // Bytes of their own queued or in flight (frames of requests not counted).
   size_t queued_bytes() const { return queued_bytes_; }
-  void push(std::shared_ptr<ActiveRequest> r) { wq_.push_back({{}, std::move(r)}); }
+  void push(std::shared_ptr<ActiveRequest> r, uint32_t attempt) {
+    wq_.push_back({{}, std::move(r), attempt});
+  }
   bool empty() const { return wq_.empty() && writing_.empty(); }
   // Moves everything queued into flight; empty when there is nothing to
-  // write. `frame_of` maps a queued request to its bytes.
+  // write. `frame_of(request, attempt)` gives a queued request's bytes, or
+  // nullptr to drop the entry unsent.
   template <class FrameOf>
   std::vector<boost::asio::const_buffer> take(FrameOf&& frame_of) {
     std::vector<boost::asio::const_buffer> bufs;
     if (!writing_.empty() || wq_.empty()) return bufs;
-    writing_.swap(wq_);
-    bufs.reserve(writing_.size());
-    for (const auto& o : writing_)
-      bufs.emplace_back(boost::asio::buffer(o.req ? frame_of(*o.req) : o.bytes));
+    writing_.reserve(wq_.size());
+    for (auto& o : wq_) {
+      const codecs::Bytes* b = o.req ? frame_of(*o.req, o.attempt) : &o.bytes;
+      if (!b) continue;
+      bufs.emplace_back(boost::asio::buffer(*b));
+      writing_.push_back(std::move(o));
+    }
+    wq_.clear();
     return bufs;
   }
   std::vector<boost::asio::const_buffer> take() {
-    return take([](ActiveRequest&) -> const codecs::Bytes& { std::abort(); });
+    return take([](ActiveRequest&, uint32_t) -> const codecs::Bytes* { std::abort(); });
   }
   // The batch in flight is out; returns it for per-request bookkeeping.
   std::vector<Out> written() {

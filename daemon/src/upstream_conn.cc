@@ -101,6 +101,14 @@ void UpstreamConn::send(const std::shared_ptr<ActiveRequest>& r) {
   // Ids unique on this connection; 31 bits so a Thrift i32 stays positive.
   uint32_t id = next_id_;
   next_id_ = next_id_ >= 0x7ffffffe ? 1 : next_id_ + 1;
+  if (r->writes_out > 0) {
+    // A write of an earlier attempt (timed out on another connection, its
+    // bytes still going out there) reads this frame: that write keeps the
+    // bytes it had, this attempt gets its own copy to give a new id.
+    codecs::Bytes copy(r->frame);
+    r->retired_frames.push_back(std::move(r->frame));
+    r->frame = std::move(copy);
+  }
   if (!codec_->set_request_id(r->frame, r->msg, id)) {
     r->on_failure(ErrorKind::kUpstreamFailure, "metanode: cannot rewrite request id");
     return;
@@ -109,7 +117,7 @@ void UpstreamConn::send(const std::shared_ptr<ActiveRequest>& r) {
     w_.stats().gauge_add(Gauge::upstream_rq_active, 1);
     pending_[id] = r;
   }
-  stream_.push(r);
+  stream_.push(r, r->attempts);
   last_used_ = Clock::now();
   // maxRequestsPerConnection: this one is the last; the pool opens another.
   if (pool_.max_requests_per_connection && ++sent_ >= pool_.max_requests_per_connection) {
@@ -119,6 +127,10 @@ void UpstreamConn::send(const std::shared_ptr<ActiveRequest>& r) {
   do_write();
 }
 
+bool UpstreamConn::current(const ActiveRequest& r, uint32_t attempt) const {
+  return r.conn == this && r.attempts == attempt;
+}
+
 void UpstreamConn::connected_pending() {
   for (auto& [id, r] : pending_)
     if (r->conn == this) r->stop_waiting_for_connection();
@@ -126,17 +138,27 @@ void UpstreamConn::connected_pending() {
 
 void UpstreamConn::do_write() {
   if (state_ != State::kReady) return;
-  auto bufs = stream_.take([](ActiveRequest& r) -> const Bytes& { return r.frame; });
+  auto bufs = stream_.take([this](ActiveRequest& r, uint32_t attempt) -> const Bytes* {
+    // Its attempt here ended while it waited (a per-try timeout, maybe a
+    // retry elsewhere): sent now it would run twice, or after its caller
+    // was told it timed out.
+    if (!current(r, attempt)) return nullptr;
+    ++r.writes_out;
+    return &r.frame;
+  });
   if (bufs.empty()) return;
   asio::async_write(sock_, bufs,
                     [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
                       auto batch = self->stream_.written();
+                      for (auto& o : batch) {
+                        if (!o.req) continue;
+                        if (--o.req->writes_out == 0) o.req->retired_frames.clear();
+                        if (!ec && self->current(*o.req, o.attempt)) o.req->on_written();
+                      }
                       if (ec) {
                         self->close("write failed: " + ec.message());
                         return;
                       }
-                      for (auto& o : batch)
-                        if (o.req && o.req->conn == self.get()) o.req->on_written();
                       self->do_write();
                     });
 }

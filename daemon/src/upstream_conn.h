@@ -44,6 +44,8 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   void do_write();
   void fail_all(codecs::ErrorKind kind, const std::string& why);
   void connected_pending();  // requests that waited for the connection stop waiting
+  // The request's attempt `attempt` is the current one and runs here.
+  bool current(const ActiveRequest& r, uint32_t attempt) const;
 
   Worker& w_;
   std::shared_ptr<HostState> host_;

@@ -167,13 +167,12 @@ Result<void> Worker::reconcile_listeners() {
 void Worker::accept_on(Acceptor& a) {
   a.sock.async_accept([this, keep = a.shared_from_this()](const boost::system::error_code& ec,
                                                           tcp::socket s) {
-    Acceptor& a = *keep;
     if (ec == asio::error::operation_aborted) return;  // closed
-    if (ec) return on_accept_error(a, ec);
-    a.backoff = std::chrono::milliseconds(0);
+    if (ec) return on_accept_error(*keep, ec);
+    keep->backoff = std::chrono::milliseconds(0);
     // Accepted before a close that ran first: still a client to serve.
     on_accept(std::move(s));
-    if (a.sock.is_open()) accept_on(a);
+    if (keep->sock.is_open()) accept_on(*keep);
   });
 }
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cmath>
@@ -18,6 +19,8 @@
 
 namespace metanode::core {
 namespace {
+
+using namespace std::chrono_literals;
 
 // Without retries of unwritten requests and connect backoff, half of these
 // calls would fail (round robin onto a port nobody listens on).
@@ -143,6 +146,104 @@ TEST_F(DataPlane, PerTryTimeoutRetriesOnlyIdempotentMethods) {
   EXPECT_EQ(puts["exception"] + puts["fine"], 6);
   EXPECT_EQ(silent.requests() - silent_before + fine.requests() - 6, 6)
       << "each put reached exactly one upstream";
+}
+
+// Reads what arrives on `fd` until `wait` passes with nothing new or the
+// peer closes.
+std::string read_all(int fd, std::chrono::milliseconds wait) {
+  std::string in;
+  char buf[65536];
+  for (pollfd p{fd, POLLIN, 0}; ::poll(&p, 1, int(wait.count())) == 1;) {
+    ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r <= 0) break;
+    in.append(buf, size_t(r));
+  }
+  return in;
+}
+
+// An attempt that timed out while its connection was still opening is
+// retried elsewhere; when that connection comes up, the request must not
+// leave on it too (it would run twice, or after its caller was told it
+// timed out). The "opening" host's listen queue is full, so the daemon's
+// SYN is dropped until the test makes room; without the stale queue
+// entries dropped, the three retried gets arrive there.
+TEST_F(DataPlane, RequestRetriedWhileItsConnectionOpenedIsNotSentThereToo) {
+  FakeUpstream fine("fine");
+  int port = 0;
+  int lfd = testbed::bind_loopback(port);
+  ASSERT_EQ(::listen(lfd, 0), 0);
+  int filler = socket(AF_INET, SOCK_STREAM, 0);  // fills the queue of one
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(uint16_t(port));
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(filler, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  configure({service_yaml(vip_port_, {{port, "v1"}, {fine.port(), "v1"}}),
+             rule_yaml("  trafficPolicy:\n    connectionPool: {tcp: {connectTimeout: 10s}}\n"),
+             router_with("    metanode.io/retries: '{attempts: 1, perTryTimeout: 200ms, "
+                         "retryOn: gateway-error, idempotentMethods: [get]}'\n")});
+  auto r = calls(6, "get");
+  EXPECT_EQ(r["fine"], 6);
+  ASSERT_GE(counter(Counter::upstream_rq_retry), 1u) << "no call was queued on the opening host";
+  // Room in the queue: the daemon's next SYN (1 s, then 3 s) connects.
+  int f = ::accept(lfd, nullptr, nullptr);
+  ASSERT_GE(f, 0);
+  ::close(f);
+  ::close(filler);
+  pollfd pfd{lfd, POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 8000), 1) << "the daemon never connected";
+  int conn = ::accept(lfd, nullptr, nullptr);
+  ASSERT_GE(conn, 0);
+  std::string got = read_all(conn, 500ms);
+  EXPECT_EQ(got.size(), 0u) << "requests already retried elsewhere were sent on the old connection";
+  ::close(conn);
+  ::close(lfd);
+}
+
+// An attempt that timed out while its write was stuck (an upstream that
+// stopped reading) is retried elsewhere while that write still reads the
+// frame. The retry must not touch those bytes: without its own copy, the
+// second attempt's completed write frees the frame (this route keeps none
+// after a write) and the stuck write goes on from freed memory (ASan:
+// use-after-free in sendmsg; otherwise EFAULT and a truncated frame).
+TEST_F(DataPlane, RetryWhileTheFirstWriteIsStuckLeavesThatWriteIntact) {
+  FakeUpstream fine("fine");
+  int port = 0;
+  int lfd = testbed::bind_loopback(port);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  configure({service_yaml(vip_port_, {{port, "v1"}, {fine.port(), "v1"}}),
+             router_with("    metanode.io/timeout: 10s\n"
+                         "    metanode.io/retries: '{attempts: 1, perTryTimeout: 300ms, "
+                         "retryOn: gateway-error, idempotentMethods: [get]}'\n")});
+  // Larger than what the loopback socket buffers take from a peer that
+  // does not read.
+  const std::string payload(12u << 20, 'x');
+  auto big_call = [&](int32_t seqid) {
+    std::string m = testbed::thrift_message(2, "get", seqid, payload);  // a string in field 0
+    m[7] = 1;                                                            // as a call's argument
+    return m;
+  };
+  ThriftClient c(vip_port_);
+  for (int i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(c.send_raw(big_call(i)));
+    auto rep = c.read_reply(8000ms);
+    ASSERT_TRUE(rep.has_value()) << "call " << i;
+    EXPECT_EQ(rep->text, "fine");
+  }
+  ASSERT_GE(counter(Counter::upstream_rq_retry), 1u) << "no call went to the stuck host";
+  int conn = ::accept(lfd, nullptr, nullptr);
+  ASSERT_GE(conn, 0);
+  std::string got = read_all(conn, 1000ms);
+  // Exactly one frame (a second call queued behind the stuck write was
+  // retried before it left), byte for byte but its id.
+  std::string want = big_call(1);
+  constexpr size_t kIdAt = 4 + 4 + 4 + 3;  // length, version, name length, "get"
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(got.compare(0, kIdAt, want, 0, kIdAt), 0);
+  EXPECT_EQ(got.compare(kIdAt + 4, std::string::npos, want, kIdAt + 4, std::string::npos), 0)
+      << "the stuck write's bytes changed under it";
+  ::close(conn);
+  ::close(lfd);
 }
 
 TEST_F(DataPlane, ResetAfterWriteIsRetriedForIdempotentMethods) {
