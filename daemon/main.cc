@@ -41,7 +41,13 @@ void usage(FILE* f) {
                "                            NODE_NAME come from the environment as istio-agent's do\n"
                "  --cgroup PATH             cgroup v2 directory to intercept (default: cgroup2 root)\n"
                "  --redirect-address IP:PORT where pods reach the daemon (default: node IP:15001)\n"
-               "  --admin-address IP:PORT   admin endpoint (default 127.0.0.1:15000)\n"
+               "  --admin-address IP:PORT   admin endpoint, loopback only (default 127.0.0.1:15000)\n"
+               "  --admin-allow-remote      let --admin-address be a non-loopback address (its\n"
+               "                            /config_dump shows the whole configuration)\n"
+               "  --metrics-address IP:PORT Prometheus metrics on their own port, /stats/prometheus\n"
+               "                            and /metrics (Istio's: 0.0.0.0:15020; default off)\n"
+               "  --readiness-address IP:PORT\n"
+               "                            /healthz/ready alone (Istio's: 0.0.0.0:15021; default off)\n"
                "  --pin-dir DIR             bpffs pin directory (default /sys/fs/bpf/metanode)\n"
                "  --no-bpf                  no interception: listen on each service address\n"
                "  --no-skmsg                keep pod<->daemon bytes on the TCP path\n"
@@ -88,17 +94,21 @@ bool endpoint_arg(const char* flag, const char* v, metanode::net::Endpoint& out)
 int main(int argc, char** argv) {
   metanode::core::DaemonOptions o;
   bool uninstall = false;
+  bool admin_remote = false;
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
          kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
          kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
          kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
-         kSourceConns, kSourcePending, kSourceRps };
+         kSourceConns, kSourcePending, kSourceRps, kAdminRemote, kMetrics, kReadiness };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
       {"redirect-address", required_argument, nullptr, kRedirect},
       {"admin-address", required_argument, nullptr, kAdmin},
+      {"admin-allow-remote", no_argument, nullptr, kAdminRemote},
+      {"metrics-address", required_argument, nullptr, kMetrics},
+      {"readiness-address", required_argument, nullptr, kReadiness},
       {"pin-dir", required_argument, nullptr, kPinDir},
       {"no-bpf", no_argument, nullptr, kNoBpf},
       {"no-skmsg", no_argument, nullptr, kNoSkmsg},
@@ -176,6 +186,15 @@ int main(int argc, char** argv) {
         break;
       case kAdmin:
         if (!endpoint_arg("--admin-address", optarg, o.admin)) return 2;
+        break;
+      case kAdminRemote: admin_remote = true; break;
+      case kMetrics:
+        if (!endpoint_arg("--metrics-address", optarg, ep)) return 2;
+        o.metrics = ep;
+        break;
+      case kReadiness:
+        if (!endpoint_arg("--readiness-address", optarg, ep)) return 2;
+        o.readiness = ep;
         break;
       case kPinDir: o.pin_dir = optarg; break;
       case kNoBpf: o.intercept = false; break;
@@ -316,6 +335,15 @@ int main(int argc, char** argv) {
     }
     spdlog::info("uninstalled {}", o.pin_dir.empty() ? "/sys/fs/bpf/metanode" : o.pin_dir);
     return 0;
+  }
+  // The admin port serves the whole configuration and internals: a pod on
+  // a hostNetwork node could read it at the node address.
+  if ((o.admin.addr >> 24) != 127 && !admin_remote) {
+    std::fprintf(stderr,
+                 "--admin-address %s is not a loopback address: add --admin-allow-remote to "
+                 "serve the admin endpoint there, or use --metrics-address and --readiness-address\n",
+                 o.admin.str().c_str());
+    return 2;
   }
   if (o.config_dir.empty() == o.xds_address.empty()) {
     std::fprintf(stderr, "give one of --config-dir and --xds-address\n");

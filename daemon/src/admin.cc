@@ -163,7 +163,7 @@ Result<void> AdminServer::start() {
   if (!ec) impl_->acceptor.listen(64, ec);
   if (ec)
     return Error{std::error_code(ec.value(), std::system_category()),
-                 "admin listen on " + impl_->addr.str()};
+                 "HTTP endpoint: listen on " + impl_->addr.str()};
   impl_->accept();
   impl_->thread = std::thread([this] { impl_->io.run(); });
   return Ok();

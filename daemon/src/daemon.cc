@@ -215,32 +215,58 @@ int run_daemon(const DaemonOptions& opts) {
     return fail(1);
   }
 
+  auto ready = [&] {
+    if (!server.ready()) return AdminResponse{503, "text/plain", "not ready: data plane stopped or draining\n"};
+    if (!source->synced())
+      return AdminResponse{503, "text/plain", "not ready: waiting for " + source->waiting_for() + "\n"};
+    return AdminResponse{200, "text/plain", "ready\n"};
+  };
+  auto metrics = [&] {
+    return AdminResponse{200, "text/plain; version=0.0.4",
+                         render_prometheus(server.shards(),
+                                           bpf_counters_text(maps.get()) + source->metrics_text())};
+  };
+  auto get_only = [](const std::string& method) {
+    return method == "GET" ? std::nullopt
+                           : std::optional<AdminResponse>(AdminResponse{405, "text/plain", "GET only\n"});
+  };
+  const AdminResponse not_found{404, "text/plain", "not found\n"};
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
-    if (method != "GET") return AdminResponse{405, "text/plain", "GET only\n"};
-    if (path == "/ready") {
-      if (!server.ready()) return AdminResponse{503, "text/plain", "not ready: data plane stopped or draining\n"};
-      if (!source->synced())
-        return AdminResponse{503, "text/plain", "not ready: waiting for " + source->waiting_for() + "\n"};
-      return AdminResponse{200, "text/plain", "ready\n"};
-    }
+    if (auto r = get_only(method)) return *r;
+    if (path == "/ready" || path == "/healthz/ready") return ready();
     if (path == "/config_dump") return AdminResponse{200, "application/json", config_dump(server, *source)};
     if (path == "/clusters") return AdminResponse{200, "text/plain", server.clusters_text()};
-    if (path == "/stats/prometheus" || path == "/stats")
-      return AdminResponse{200, "text/plain; version=0.0.4",
-                           render_prometheus(server.shards(),
-                                             bpf_counters_text(maps.get()) + source->metrics_text())};
+    if (path == "/stats/prometheus" || path == "/stats") return metrics();
     if (path == "/")
       return AdminResponse{200, "text/plain",
                            "/ready\n/config_dump\n/clusters\n/stats/prometheus\n"};
-    return AdminResponse{404, "text/plain", "not found\n"};
+    return not_found;
   });
-  if (auto r = admin.start(); !r) {
-    spdlog::critical("{}", r.error().message());
-    source->stop();
-    server.stop();
-    return fail(1);
+  // What a scraper and the kubelet may reach on the node's address: the
+  // metrics and readiness alone, never the configuration.
+  std::optional<AdminServer> metrics_srv, readiness_srv;
+  if (opts.metrics)
+    metrics_srv.emplace(*opts.metrics, [&](const std::string& method, const std::string& path) {
+      if (auto r = get_only(method)) return *r;
+      return path == "/stats/prometheus" || path == "/metrics" ? metrics() : not_found;
+    });
+  if (opts.readiness)
+    readiness_srv.emplace(*opts.readiness, [&](const std::string& method, const std::string& path) {
+      if (auto r = get_only(method)) return *r;
+      return path == "/healthz/ready" ? ready() : not_found;
+    });
+  for (AdminServer* a : {&admin, metrics_srv ? &*metrics_srv : nullptr, readiness_srv ? &*readiness_srv : nullptr}) {
+    if (!a) continue;
+    if (auto r = a->start(); !r) {
+      spdlog::critical("{}", r.error().message());
+      source->stop();
+      server.stop();
+      return fail(1);
+    }
   }
-  spdlog::info("metanoded ready: admin http://{}/", admin.bound().str());
+  spdlog::info("metanoded ready: admin http://{}/{}{}", admin.bound().str(),
+               metrics_srv ? ", metrics http://" + metrics_srv->bound().str() + "/stats/prometheus" : "",
+               readiness_srv ? ", readiness http://" + readiness_srv->bound().str() + "/healthz/ready" : "");
 
   // Pods from the container runtime's namespace files, when asked to.
   std::unique_ptr<PodWatcher> pods;
@@ -292,6 +318,8 @@ int run_daemon(const DaemonOptions& opts) {
   spdlog::info("drained in {} ms{}",
                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count(),
                clean ? "" : " (deadline reached; the rest are cut)");
+  if (readiness_srv) readiness_srv->stop();
+  if (metrics_srv) metrics_srv->stop();
   admin.stop();
   source->stop();
   if (ca) ca->stop();

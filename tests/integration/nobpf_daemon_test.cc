@@ -153,5 +153,44 @@ TEST(NoBpfDaemonStart, PortAlreadyTakenFailsTheStart) {
   EXPECT_NE(r.out.find("listen on 127.0.0.1:"), std::string::npos) << r.out;
 }
 
+// What a hostNetwork daemon may show on the node's address: metrics and
+// readiness on their own ports (Istio's 15020 and 15021), not the
+// configuration; the admin port itself stays on loopback unless forced.
+TEST(NoBpfDaemonStart, MetricsAndReadinessHaveTheirOwnPortsAndAdminStaysLocal) {
+  LocalDaemon d;
+  int metrics = free_port(), ready = free_port();
+  d.write_config("svc.yaml",
+                 "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+                 "metadata: {name: m, namespace: t}\nspec:\n  hosts: [m.t.svc.cluster.local]\n"
+                 "  addresses: [127.0.0.1]\n  ports: [{number: " + std::to_string(free_port()) +
+                 ", name: tcp-metaprotocol-thrift-x}]\n"
+                 "  endpoints: [{address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-x: 1}}]\n");
+  ASSERT_TRUE(d.start({"--metrics-address", "127.0.0.1:" + std::to_string(metrics), "--readiness-address",
+                       "127.0.0.1:" + std::to_string(ready)}))
+      << d.log();
+  auto at = [](int port, const std::string& path) {
+    int status = 0;
+    auto body = http_get("", "127.0.0.1:" + std::to_string(port), path, &status);
+    return std::make_pair(status, body.value_or(""));
+  };
+  auto m = at(metrics, "/stats/prometheus");
+  EXPECT_EQ(m.first, 200);
+  EXPECT_NE(m.second.find("metanode_downstream_cx_active"), std::string::npos) << m.second;
+  EXPECT_EQ(at(metrics, "/metrics").first, 200);
+  EXPECT_EQ(at(metrics, "/config_dump").first, 404) << "the configuration leaks on the metrics port";
+  EXPECT_EQ(at(metrics, "/healthz/ready").first, 404);
+  auto r = at(ready, "/healthz/ready");
+  EXPECT_EQ(r.first, 200);
+  EXPECT_EQ(r.second, "ready\n");
+  EXPECT_EQ(at(ready, "/stats/prometheus").first, 404);
+  EXPECT_EQ(at(ready, "/config_dump").first, 404);
+  // Refused: an admin address off loopback without the flag.
+  auto refused = run({"/bin/sh", "-c",
+                      sample_options_from_build().metanoded + " --no-bpf --config-dir " + d.config_dir() +
+                          " --admin-address 0.0.0.0:0 2>&1"});
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_NE(refused.out.find("not a loopback address"), std::string::npos) << refused.out;
+}
+
 }  // namespace
 }  // namespace metanode::testbed

@@ -30,6 +30,8 @@ struct DaemonOptions {
   std::string pin_dir;          // default /sys/fs/bpf/metanode
   std::optional<net::Endpoint> redirect;  // default: first non-loopback IPv4, port 15001
   net::Endpoint admin{0x7f000001, 15000};
+  std::optional<net::Endpoint> metrics;    // Prometheus alone (Istio: 15020)
+  std::optional<net::Endpoint> readiness;  // /healthz/ready alone (Istio: 15021)
   size_t workers = 0;
   bool skmsg = true;
   bool skmsg_upstream = false;  // also daemon<->upstream when the upstream is a local pod
@@ -41,7 +43,7 @@ struct DaemonOptions {
   std::chrono::milliseconds request_timeout{30000};
   DownstreamLimits downstream;  // per client connection
   std::chrono::milliseconds drain_timeout{5000};
-  bool seccomp = true;  // the system call allow-list after start (docs/SECURITY.md)  // SIGTERM: calls in flight may finish this long
+  bool seccomp = true;  // the system call allow-list after start (docs/SECURITY.md)
   std::chrono::milliseconds watch_interval{1000};
 };
 
