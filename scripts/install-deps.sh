@@ -46,4 +46,5 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then PATH=$PA
 if ! command -v go >/dev/null 2>&1; then echo "install-deps: go (>= 1.26, as tests/peers/xds/go.mod says) is required on PATH" >&2; exit 1; fi
 (cd "$(dirname "$0")/../tests/peers/xds" && GOFLAGS=-mod=readonly go mod download)
 (cd "$(dirname "$0")/../tests/peers/ratelimit" && GOFLAGS=-mod=readonly go mod download)
+(cd "$(dirname "$0")/../tests/peers/helm" && GOFLAGS=-mod=readonly go mod download)
 echo "install-deps: Go modules present"

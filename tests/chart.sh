@@ -1,0 +1,58 @@
+#!/bin/sh
+# The chart as a user meets it: `helm lint`, `helm template` of the default
+# values (kept at helm/rendered/metanode.yaml, which must match), of cluster
+# mode and of netns-dir pod discovery, each validated offline against the
+# real Kubernetes API types (tests/peers/helm/validate). Then the checks
+# that prove the checkers bite: a value the schema forbids fails the render,
+# and the mistake the first chart made (Bidirectional propagation on an
+# unprivileged container) fails validation.
+# usage: chart.sh HELM VALIDATE [--update]
+set -eu
+helm=$1 validate=$2
+root="$(cd "$(dirname "$0")/.." && pwd)"
+chart="$root/helm/metanode"
+rendered="$root/helm/rendered/metanode.yaml"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export HELM_CACHE_HOME="$tmp/cache" HELM_CONFIG_HOME="$tmp/config" HELM_DATA_HOME="$tmp/data"
+
+"$helm" lint --strict "$chart"
+
+render() { "$helm" template metanode "$chart" --namespace metanode-system "$@"; }
+{
+  echo "# helm template metanode helm/metanode --namespace metanode-system"
+  echo "# (tests/chart.sh keeps this file equal to that; run it with --update after a chart change)"
+  render
+} > "$tmp/default.yaml"
+if [ "${3:-}" = --update ]; then cp "$tmp/default.yaml" "$rendered"; fi
+if ! diff -u "$rendered" "$tmp/default.yaml"; then
+  echo "FAIL: helm/rendered/metanode.yaml is not what the chart renders (tests/chart.sh ... --update)" >&2
+  exit 1
+fi
+"$validate" "$tmp/default.yaml"
+
+render --set xds.address=istiod.istio-system.svc:15012,xds.aerakiAddress=aeraki.istio-system:15010 \
+  > "$tmp/cluster.yaml"
+"$validate" "$tmp/cluster.yaml"
+grep -q -- '--xds-cluster aeraki-xds=aeraki.istio-system:15010' "$tmp/cluster.yaml"
+render --set pods.mode=netns-dir,privileged=true,bpffs.mountIfMissing=false > "$tmp/netns.yaml"
+"$validate" "$tmp/netns.yaml"
+grep -q -- '--pods netns-dir=/var/run/netns:cni-' "$tmp/netns.yaml"
+
+# The checkers bite.
+if render --set pods.mode=everything > "$tmp/bad.yaml" 2>&1; then
+  echo "FAIL: values.schema.json accepted pods.mode=everything" >&2
+  exit 1
+fi
+sed 's/mountPropagation: HostToContainer/mountPropagation: Bidirectional/' "$tmp/default.yaml" > "$tmp/bad.yaml"
+if "$validate" "$tmp/bad.yaml" > "$tmp/out" 2>&1; then
+  echo "FAIL: the validator accepted Bidirectional propagation on an unprivileged container" >&2
+  exit 1
+fi
+grep -q "only to privileged containers" "$tmp/out"
+sed 's/^      hostNetwork: true/      hostNetwork: true\n      hostNetworking: true/' "$tmp/default.yaml" > "$tmp/bad.yaml"
+if "$validate" "$tmp/bad.yaml" > "$tmp/out" 2>&1; then
+  echo "FAIL: the validator accepted an unknown field" >&2
+  exit 1
+fi
+echo "chart: lint, render and validation passed"
