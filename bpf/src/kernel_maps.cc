@@ -16,8 +16,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
-#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -379,6 +379,20 @@ std::string Features::missing_required() const {
 
 Features probe_features() {
   Features f;
+  // A refused program load looks like an unsupported type to libbpf's
+  // probes: tell the two apart by what this process may do (CAP_BPF, or
+  // CAP_SYS_ADMIN before 5.8; and CAP_NET_ADMIN for these program types).
+  {
+    std::ifstream st("/proc/self/status");
+    std::string line;
+    while (std::getline(st, line))
+      if (line.rfind("CapEff:", 0) == 0) {
+        uint64_t eff = std::strtoull(line.c_str() + 7, nullptr, 16);
+        auto has = [eff](int cap) { return (eff >> cap) & 1; };
+        constexpr int kNetAdmin = 12, kSysAdmin = 21, kBpf = 39;
+        f.denied = !has(kNetAdmin) || !(has(kBpf) || has(kSysAdmin));
+      }
+  }
   f.cgroup_sock_addr = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, nullptr) > 0;
   f.sock_ops = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, nullptr) > 0;
   f.sk_storage = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SK_STORAGE, nullptr) > 0;
@@ -397,6 +411,10 @@ Result<Installed> install_kernel(const InstallOptions& in) {
 
   // Probe first: a clear message (or a fallback) beats a verifier log.
   Features feat = probe_features();
+  if (feat.denied)
+    return Error::invalid(
+        "not permitted to load BPF programs: interception needs CAP_BPF and CAP_NET_ADMIN "
+        "(docs/SECURITY.md, the chart's capability list), or run with --no-bpf");
   if (auto m = feat.missing_required(); !m.empty())
     return Error::invalid("this kernel lacks what interception needs:" + m +
                           " run with --no-bpf (plain layer-7 proxy) instead");

@@ -78,11 +78,13 @@ class Interception : public ::testing::Test {
     return slurp(tb_->work_dir() + "/" + log).find("listening") != std::string::npos;
   }
 
-  void start_daemon(std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {sample_options_from_build().metanoded, "--config-dir", config_dir_,
+  // `wrap`: a command the daemon runs under (e.g. setpriv).
+  void start_daemon(std::vector<std::string> extra = {}, std::vector<std::string> wrap = {}) {
+    std::vector<std::string> argv = wrap;
+    argv.insert(argv.end(), {sample_options_from_build().metanoded, "--config-dir", config_dir_,
                                      "--cgroup", tb_->cgroup(), "--redirect-address",
                                      tb_->node_ip() + ":15001", "--pin-dir", tb_->pin_dir(),
-                                     "--admin-address", "127.0.0.1:15000", "--exclude-ports", "9092"};
+                                     "--admin-address", "127.0.0.1:15000", "--exclude-ports", "9092"});
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto pid = tb_->spawn(argv, tb_->node_ns(), tb_->daemon_cgroup(),
                           tb_->work_dir() + "/metanoded-" + std::to_string(++daemons_) + ".log");
@@ -265,6 +267,43 @@ TEST_F(Interception, DaemonKeepsOnlyTheCapabilitiesInterceptionNeeds) {
   EXPECT_EQ(proc_status(daemon_, "Seccomp"), "2");
 #endif
   EXPECT_TRUE(intercepted(probe(client_ns_, vip(9090))));
+}
+
+// The capabilities the chart's DaemonSet adds (its rendered manifest,
+// helm/rendered/metanode.yaml) as setpriv names them: "- BPF" -> "+bpf".
+std::string chart_capabilities() {
+  std::ifstream f(METANODE_RENDERED_CHART);
+  std::string line, caps = "-all";
+  bool in_add = false;
+  while (std::getline(f, line)) {
+    auto t = line.substr(std::min(line.size(), line.find_first_not_of(' ')));
+    if (t.rfind("add:", 0) == 0) {
+      in_add = true;
+      continue;
+    }
+    if (!in_add || t.empty() || t[0] == '#') continue;
+    if (t.rfind("- ", 0) != 0) break;
+    std::string cap = t.substr(2);
+    for (auto& ch : cap) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    caps += ",+" + cap;
+  }
+  return caps;
+}
+
+// What the chart grants is enough: from nothing pinned, the daemon loads,
+// attaches and intercepts as root holding only the capabilities the
+// DaemonSet adds (the bounding set caps what root gets at exec, as the
+// container runtime does). Without NET_ADMIN the attach fails; without BPF
+// the load does.
+TEST_F(Interception, ChartsCapabilitiesAreEnoughToLoadAndIntercept) {
+  std::string caps = chart_capabilities();
+  ASSERT_NE(caps.find("+bpf"), std::string::npos) << caps;
+  stop_daemon(SIGTERM);
+  auto r = run({sample_options_from_build().metanoded, "--uninstall", "--pin-dir", tb_->pin_dir()});
+  ASSERT_EQ(r.status, 0) << r.out;
+  ASSERT_TRUE(direct_from(probe(client_ns_, vip(9090)), tb_->pod_ip(kClient)));
+  start_daemon({}, {"/usr/bin/setpriv", "--bounding-set", caps, "--"});
+  EXPECT_TRUE(intercepted(probe(client_ns_, vip(9090)))) << caps;
 }
 
 TEST_F(Interception, UninstallLeavesNoPinLinkOrAttachment) {

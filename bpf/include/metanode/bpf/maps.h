@@ -96,6 +96,7 @@ struct Features {
   bool sk_msg = false;       // sockhash + sk_msg: the socket-to-socket path
   bool sockopt = false;      // cgroup getsockopt: SO_ORIGINAL_DST
   bool netns_cookie = false; // bpf_get_netns_cookie in sock_addr programs: required
+  bool denied = false;       // a probe was refused (EPERM): capabilities, not the kernel
   std::string missing_required() const;
 };
 Features probe_features();
