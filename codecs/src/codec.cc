@@ -81,6 +81,12 @@ class AutoCodec final : public Codec {
   bool encode_heartbeat_reply(const Message& req, Bytes& out) override {
     return inner_ && inner_->encode_heartbeat_reply(req, out);
   }
+  std::string response_code(const Message& reply) const override {
+    return inner_ ? inner_->response_code(reply) : Codec::response_code(reply);
+  }
+  std::string error_code(ErrorKind kind) const override {
+    return inner_ ? inner_->error_code(kind) : Codec::error_code(kind);
+  }
   bool mutate(Bytes& f, Message& m, const std::vector<KeyValue>& set) override {
     return inner_ && inner_->mutate(f, m, set);
   }

@@ -29,7 +29,8 @@ void ActiveRequest::start() {
     if (max && now_active >= max && !mirror) {
       w.stats().inc(Counter::upstream_rq_overflow);
       fail(ErrorKind::kNoUpstream, "metanode: too many requests to cluster " + cluster->name +
-                                       " (connectionPool limit)");
+                                       " (connectionPool limit)",
+           flags::kUpstreamOverflow);
       return;
     }
   }
@@ -85,7 +86,8 @@ void ActiveRequest::attempt() {
       // this one has no connection of its own to the host to share.
       w.stats().inc(Counter::upstream_cx_overflow);
       fail(ErrorKind::kUpstreamFailure, "metanode: too many connections to an upstream of " +
-                                            cluster->name + " (connectionPool limit)");
+                                            cluster->name + " (connectionPool limit)",
+           flags::kUpstreamOverflow);
       return;
     }
     // Every host is down and this one failed its last connect moments ago:
@@ -102,7 +104,8 @@ void ActiveRequest::attempt() {
       stop_waiting_for_connection();
       w.stats().inc(Counter::upstream_rq_pending_overflow);
       fail(ErrorKind::kUpstreamFailure, "metanode: too many requests waiting for a connection to " +
-                                            cluster->name + " (connectionPool limit)");
+                                            cluster->name + " (connectionPool limit)",
+           flags::kUpstreamOverflow);
       return;
     }
   }
@@ -119,7 +122,8 @@ void ActiveRequest::attempt() {
   if (oneway) {
     // No reply will come: the attempt ends when it is handed over.
     --h->active;
-    if (stats) stats->by_outcome[kOk]->fetch_add(1, std::memory_order_relaxed);
+    // Counted as handed over: no reply will say more.
+    if (stats) stats->series_for(w.stats(), "-", flags::kNone)->record(Clock::now() - started, request_bytes, 0);
     finish();
   }
 }
@@ -199,9 +203,9 @@ void ActiveRequest::on_reply(codecs::Message& reply, codecs::Bytes bytes, codecs
       w.stats().inc(Counter::mutation_unsupported);
     msg.request_id = orig_id;  // what an error in its place would answer
     if (!codec.set_request_id(bytes, reply, orig_id))
-      d->reply_error(msg, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite reply id", stats);
+      d->reply_error(msg, ErrorKind::kUpstreamFailure, "metanode: cannot rewrite reply id", start_info());
     else
-      d->deliver(msg, std::move(bytes), error_reply ? kException : kOk, stats);
+      d->deliver(msg, std::move(bytes), codec.response_code(reply), start_info());
   }
   finish();
 }
@@ -218,11 +222,11 @@ void ActiveRequest::on_failure(ErrorKind kind, const std::string& why) {
   fail(kind, why);
 }
 
-void ActiveRequest::fail(ErrorKind kind, const std::string& text) {
+void ActiveRequest::fail(ErrorKind kind, const std::string& text, const char* flag) {
   if (!mirror && !oneway) {
     if (auto d = down.lock(); d && d->open()) {
       msg.request_id = orig_id;  // the error answers the client's own id
-      d->reply_error(msg, kind, text, stats);
+      d->reply_error(msg, kind, text, start_info(), flag);
     }
   } else if (mirror) {
     w.stats().inc(Counter::mirror_dropped);

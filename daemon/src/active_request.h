@@ -41,6 +41,8 @@ struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
   ClusterStats* stats = nullptr;
   std::optional<uint64_t> hash;
   Clock::time_point deadline;  // of the whole request
+  Clock::time_point started;   // decoded (the metrics' duration runs from here)
+  size_t request_bytes = 0;    // as the client sent it
 
   // The current attempt.
   std::shared_ptr<HostState> host;
@@ -72,7 +74,8 @@ struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
   void end_attempt(AttemptResult r);
   bool may_retry(codecs::ErrorKind kind, Clock::time_point now) const;
   void retry();
-  void fail(codecs::ErrorKind kind, const std::string& text);
+  void fail(codecs::ErrorKind kind, const std::string& text, const char* flag = nullptr);
+  RequestStart start_info() { return {started, request_bytes, stats}; }
   void finish();
 
   bool retrying_ = false;  // counted in the cluster's retries

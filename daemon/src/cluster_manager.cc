@@ -74,14 +74,19 @@ ClusterStats* ClusterManager::stats_for(const xds::Cluster& c, std::string_view 
   auto it = cluster_stats_.find(c.name);
   if (it != cluster_stats_.end()) return &it->second;
   ClusterStats cs;
-  static const char* const kOutcome[] = {"ok", "exception", "error"};
-  for (int i = 0; i < kOutcomeCount; ++i) {
-    RequestLabels l{c.service_host, c.subset.empty() ? "unknown" : c.subset, c.name,
-                    std::string(protocol), kOutcome[i]};
-    cs.by_outcome[i] = stats_.request_counter(l);
-  }
+  cs.destination = {c.service_host, c.subset.empty() ? "unknown" : c.subset, std::string(protocol), {}, {}};
   cs.shared = limits_.cluster(c.name);
   return &cluster_stats_.emplace(c.name, cs).first->second;
+}
+
+RequestSeries* ClusterStats::series_for(StatsShard& shard, const std::string& code, const char* flags) {
+  for (const auto& e : series)
+    if (e.flags == flags && e.code == code) return e.series;
+  RequestLabels l = destination;
+  l.response_code = code;
+  l.response_flags = flags;
+  series.push_back({code, flags, shard.request_series(l)});
+  return series.back().series;
 }
 
 ClusterState* ClusterManager::find(const xds::Cluster* c) {

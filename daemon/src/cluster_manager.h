@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "metanode/codecs/codec.h"
 #include "metanode/core/stats.h"
 #include "metanode/lb/load_balancer.h"
 #include "metanode/net.h"
@@ -29,8 +30,6 @@ namespace metanode::core {
 
 class UpstreamConn;
 
-// Outcome slots of istio_requests_total for one cluster.
-enum Outcome { kOk = 0, kException, kLocalError, kOutcomeCount };
 
 // Node-wide state behind connectionPool limits, shared by every worker.
 struct ClusterShared {
@@ -73,8 +72,48 @@ class SharedLimits {
 
 // Per cluster name, stable across snapshots (requests keep a pointer).
 struct ClusterStats {
-  std::atomic<uint64_t>* by_outcome[kOutcomeCount] = {};
+  RequestLabels destination;  // service, version, protocol; code and flags vary
+  // This worker's series of the cluster by (response code, flags): created
+  // once through the shard's lock, then found without one.
+  struct Entry {
+    std::string code;
+    const char* flags;
+    RequestSeries* series;
+  };
+  std::vector<Entry> series;
   std::shared_ptr<ClusterShared> shared;
+  RequestSeries* series_for(StatsShard& shard, const std::string& code, const char* flags);
+};
+
+// Envoy's response flags, as Istio's response_flags label carries them;
+// one address each, so ClusterStats compares pointers.
+namespace flags {
+inline constexpr char kNone[] = "-";
+inline constexpr char kNoRoute[] = "NR";
+inline constexpr char kNoHealthyUpstream[] = "UH";
+inline constexpr char kUpstreamFailure[] = "UF";
+inline constexpr char kUpstreamOverflow[] = "UO";  // connectionPool limits
+inline constexpr char kTimeout[] = "UT";
+inline constexpr char kRateLimited[] = "RL";
+inline constexpr char kOverload[] = "OM";  // the daemon shed it (a client not reading)
+// The flag of a local reply of this kind.
+constexpr const char* of(codecs::ErrorKind k) {
+  switch (k) {
+    case codecs::ErrorKind::kRouteNotFound: return kNoRoute;
+    case codecs::ErrorKind::kNoUpstream: return kNoHealthyUpstream;
+    case codecs::ErrorKind::kTimeout: return kTimeout;
+    case codecs::ErrorKind::kOverLimit: return kRateLimited;
+    case codecs::ErrorKind::kUpstreamFailure: break;
+  }
+  return kUpstreamFailure;
+}
+}  // namespace flags
+
+// What a reply's metrics need of its request.
+struct RequestStart {
+  Clock::time_point at;
+  size_t bytes = 0;               // the request on the wire
+  ClusterStats* stats = nullptr;  // null: answered before a cluster was chosen
 };
 
 // Per endpoint address, shared with the admin thread (summed over workers).

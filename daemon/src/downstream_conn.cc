@@ -244,7 +244,8 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
   if (l && l->local_rate_limit && !admit(*l->local_rate_limit, msg.metadata)) {
     st.inc(Counter::rate_limited);
     if (!oneway)
-      reply_error(msg, ErrorKind::kOverLimit, "metanode: rate limited (" + l->service_host + ")", nullptr);
+      reply_error(msg, ErrorKind::kOverLimit, "metanode: rate limited (" + l->service_host + ")",
+                  {Clock::now(), msg.size});
     return;
   }
   if (l && l->global_rate_limit && check_global_rate_limit(*snap, *l->global_rate_limit, msg, frame))
@@ -264,8 +265,8 @@ bool DownstreamConn::check_global_rate_limit(const xds::Snapshot& snap, const xd
     entries.emplace_back(key, *v);
   }
   bool oneway = msg.kind == MessageKind::kOneway;
-  auto decide = [this, oneway, deny = rl.deny_on_fail](RateLimitClient::Decision d,
-                                                       Message& m, Bytes f) {
+  auto decide = [this, oneway, deny = rl.deny_on_fail, start = Clock::now()](RateLimitClient::Decision d,
+                                                                           Message& m, Bytes f) {
     StatsShard& s = w_.stats();
     if (d == RateLimitClient::Decision::kError) {
       s.inc(Counter::global_rate_limit_error);
@@ -278,7 +279,7 @@ bool DownstreamConn::check_global_rate_limit(const xds::Snapshot& snap, const xd
                   d == RateLimitClient::Decision::kOverLimit
                       ? "metanode: rate limited (rate limit service)"
                       : "metanode: rate limit service unavailable",
-                  nullptr);
+                  {start, m.size});
   };
   const xds::Cluster* svc = snap.find_cluster(rl.service_cluster);
   if (!svc || svc->endpoints.empty()) {
@@ -326,7 +327,7 @@ void DownstreamConn::forward(Message& msg, Bytes frame, const xds::Listener* l) 
       reply_error(msg, ErrorKind::kRouteNotFound,
                   "metanode: no route for method '" + (m ? *m : std::string()) + "' to " +
                       orig_.str(),
-                  nullptr);
+                  {Clock::now(), msg.size});
     return;
   }
   const xds::ClusterRef* cref = pick_cluster(*route, w_.rng().next());
@@ -335,7 +336,7 @@ void DownstreamConn::forward(Message& msg, Bytes frame, const xds::Listener* l) 
     if (!oneway)
       reply_error(msg, ErrorKind::kNoUpstream,
                   "metanode: no healthy upstream in cluster " + (cref ? cref->name : std::string()),
-                  nullptr);
+                  {Clock::now(), msg.size});
     return;
   }
   if (!route->request_mutation.empty() && !codec_->mutate(frame, msg, route->request_mutation))
@@ -353,7 +354,9 @@ void DownstreamConn::forward(Message& msg, Bytes frame, const xds::Listener* l) 
   r->hash = request_hash(*route, msg.metadata, source_);
   r->keep_frame = route->retry.on_reset || route->retry.on_timeout || route->retry.on_error_reply;
   auto timeout = route->timeout.count() > 0 ? route->timeout : w_.opts().request_timeout;
-  r->deadline = Clock::now() + timeout;
+  r->started = Clock::now();
+  r->request_bytes = msg.size;
+  r->deadline = r->started + timeout;
   r->msg = std::move(msg);
   r->frame = std::move(frame);
   // Copies first: the real attempt rewrites the frame's id in place.
@@ -389,7 +392,8 @@ void DownstreamConn::request_done() {
   }
 }
 
-void DownstreamConn::deliver(const Message& req, Bytes frame, Outcome outcome, ClusterStats* stats) {
+void DownstreamConn::deliver(const Message& req, Bytes frame, const std::string& code,
+                             const RequestStart& start) {
   if (closed_) return;
   const auto& l = w_.opts().downstream;
   size_t queued = stream_.queued_bytes();
@@ -401,24 +405,40 @@ void DownstreamConn::deliver(const Message& req, Bytes frame, Outcome outcome, C
     w_.stats().inc(Counter::downstream_rq_reply_overflow);
     spdlog::debug("reply to {} -> {} dropped: {} bytes queued", source_.str(), orig_.str(), queued);
     reply_error(req, ErrorKind::kOverLimit,
-                "metanode: reply dropped: the client is not reading its replies", stats);
+                "metanode: reply dropped: the client is not reading its replies", start, flags::kOverload);
     return;
   }
-  if (stats) stats->by_outcome[outcome]->fetch_add(1, std::memory_order_relaxed);
+  record(start, code, flags::kNone, frame.size());
   w_.stats().inc(Counter::responses);
   queue(std::move(frame));
   request_done();
 }
 
 void DownstreamConn::reply_error(const Message& req, ErrorKind kind, const std::string& text,
-                                 ClusterStats* stats) {
-  if (stats) stats->by_outcome[kLocalError]->fetch_add(1, std::memory_order_relaxed);
+                                 const RequestStart& start, const char* flag) {
   w_.stats().inc(Counter::upstream_rq_error_reply);
   spdlog::debug("local reply to {} -> {}: {}", source_.str(), orig_.str(), text);
   Bytes out;
   codec_->encode_error(req, kind, text, out);
+  record(start, codec_->error_code(kind), flag ? flag : flags::of(kind), out.size());
   queue(std::move(out));
   request_done();
+}
+
+void DownstreamConn::record(const RequestStart& start, const std::string& code, const char* flag,
+                            size_t reply_bytes) {
+  StatsShard& shard = w_.stats();
+  RequestSeries* s = nullptr;
+  if (start.stats) {
+    s = start.stats->series_for(shard, code, flag);
+  } else {
+    // No cluster chosen (no route, rate limited): the service the client
+    // dialled, by its listener when there is one.
+    const xds::Listener* l = current_listener();
+    s = shard.request_series({l ? l->service_host : orig_.str(), "unknown", std::string(codec_->protocol()),
+                              code, flag});
+  }
+  s->record(Clock::now() - start.at, start.bytes, reply_bytes);
 }
 
 void DownstreamConn::queue(Bytes b) {

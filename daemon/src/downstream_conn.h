@@ -42,9 +42,12 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   }
   // A reply for `req` (its id the client's): queued, or replaced by an
   // error when the client's queued replies are over the limit.
-  void deliver(const codecs::Message& req, codecs::Bytes frame, Outcome outcome, ClusterStats* stats);
+  // `code`: the reply's response_code (Codec::response_code).
+  void deliver(const codecs::Message& req, codecs::Bytes frame, const std::string& code,
+               const RequestStart& start);
+  // `flag`: the response flag, when not the one of `kind` (flags::of).
   void reply_error(const codecs::Message& req, codecs::ErrorKind kind, const std::string& text,
-                   ClusterStats* stats);
+                   const RequestStart& start, const char* flag = nullptr);
   bool open() const { return !closed_; }
 
   // From the worker's sweep: closes the connection when one of its
@@ -78,6 +81,8 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   void do_write();
   void write_some();
   bool unread_bytes();
+  // Istio's request metrics for one answered request.
+  void record(const RequestStart& start, const std::string& code, const char* flag, size_t reply_bytes);
   void close(const char* why);
   void request_done();
   // Closes once nothing is in flight and every queued byte is written.

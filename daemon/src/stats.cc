@@ -42,37 +42,105 @@ std::string escape(const std::string& v) {
 const char* counter_name(Counter c) { return kCounterNames[int(c)]; }
 const char* gauge_name(Gauge g) { return kGaugeNames[int(g)]; }
 
-std::atomic<uint64_t>* StatsShard::request_counter(const RequestLabels& l) {
+void Histogram::observe_milli(uint64_t v) {
+  size_t i = 0;
+  while (i < std::size(kHistogramBounds) && double(v) > kHistogramBounds[i] * 1000) ++i;
+  bucket[i].fetch_add(1, std::memory_order_relaxed);
+  sum_milli.fetch_add(v, std::memory_order_relaxed);
+}
+
+void RequestSeries::record(Clock::duration took, size_t req, size_t resp) {
+  requests.fetch_add(1, std::memory_order_relaxed);
+  duration_ms.observe_milli(uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(took).count()));
+  request_bytes.observe_milli(uint64_t(req) * 1000);
+  response_bytes.observe_milli(uint64_t(resp) * 1000);
+}
+
+RequestSeries* StatsShard::request_series(const RequestLabels& l) {
   std::lock_guard<std::mutex> g(mu_);
   auto& p = requests_[l];
-  if (!p) p = std::make_unique<std::atomic<uint64_t>>(0);
+  if (!p) p = std::make_unique<RequestSeries>();
   return p.get();
 }
 
-std::map<RequestLabels, uint64_t> StatsShard::request_counts() const {
+std::vector<std::pair<RequestLabels, const RequestSeries*>> StatsShard::all_request_series() const {
   std::lock_guard<std::mutex> g(mu_);
-  std::map<RequestLabels, uint64_t> out;
-  for (const auto& [k, v] : requests_) out[k] = v->load(std::memory_order_relaxed);
+  std::vector<std::pair<RequestLabels, const RequestSeries*>> out;
+  for (const auto& [k, v] : requests_) out.emplace_back(k, v.get());
   return out;
 }
+
+namespace {
+// A series summed over the shards, for one scrape.
+struct SeriesSum {
+  uint64_t requests = 0;
+  struct H {
+    uint64_t bucket[kHistogramBuckets] = {};
+    uint64_t sum_milli = 0;
+  } hist[3];
+};
+
+void add(SeriesSum::H& into, const Histogram& h) {
+  for (size_t i = 0; i < kHistogramBuckets; ++i) into.bucket[i] += h.bucket[i].load(std::memory_order_relaxed);
+  into.sum_milli += h.sum_milli.load(std::memory_order_relaxed);
+}
+
+// Istio's labels, in Istio's names; what metanode cannot know yet is
+// "unknown", as Istio writes it.
+std::string istio_labels(const RequestLabels& l) {
+  const std::string& host = l.destination_service;
+  auto dot = host.find('.');
+  auto dot2 = dot == std::string::npos ? dot : host.find('.', dot + 1);
+  std::string name = host.substr(0, dot);
+  std::string ns = dot == std::string::npos ? "unknown" : host.substr(dot + 1, dot2 - dot - 1);
+  return "reporter=\"source\",source_workload=\"unknown\",source_workload_namespace=\"unknown\","
+         "source_principal=\"unknown\",source_app=\"unknown\",source_version=\"unknown\","
+         "destination_workload=\"unknown\",destination_workload_namespace=\"" + escape(ns) +
+         "\",destination_service=\"" + escape(host) + "\",destination_service_name=\"" + escape(name) +
+         "\",destination_service_namespace=\"" + escape(ns) + "\",destination_version=\"" +
+         escape(l.destination_version) + "\",request_protocol=\"" + escape(l.protocol) +
+         "\",response_code=\"" + escape(l.response_code) + "\",response_flags=\"" +
+         escape(l.response_flags) + "\"";
+}
+
+void histogram(std::ostringstream& o, const char* name, const char* help, const std::map<RequestLabels, SeriesSum>& all,
+               int which) {
+  o << "# HELP " << name << " " << help << "\n# TYPE " << name << " histogram\n";
+  for (const auto& [l, s] : all) {
+    std::string labels = istio_labels(l);
+    const auto& h = s.hist[which];
+    uint64_t cum = 0;
+    for (size_t i = 0; i < kHistogramBuckets; ++i) {
+      cum += h.bucket[i];
+      o << name << "_bucket{" << labels << ",le=\"";
+      if (i < std::size(kHistogramBounds)) o << kHistogramBounds[i];
+      else o << "+Inf";
+      o << "\"} " << cum << "\n";
+    }
+    o << name << "_sum{" << labels << "} " << double(h.sum_milli) / 1000 << "\n"
+      << name << "_count{" << labels << "} " << cum << "\n";
+  }
+}
+}  // namespace
 
 std::string render_prometheus(const std::vector<const StatsShard*>& shards,
                               const std::string& extra) {
   std::ostringstream o;
-  std::map<RequestLabels, uint64_t> req;
+  std::map<RequestLabels, SeriesSum> req;
   for (const auto* s : shards)
-    for (const auto& [k, v] : s->request_counts()) req[k] += v;
-  o << "# HELP istio_requests_total Requests by destination, Istio labels\n"
+    for (const auto& [k, v] : s->all_request_series()) {
+      auto& sum = req[k];
+      sum.requests += v->requests.load(std::memory_order_relaxed);
+      add(sum.hist[0], v->duration_ms);
+      add(sum.hist[1], v->request_bytes);
+      add(sum.hist[2], v->response_bytes);
+    }
+  o << "# HELP istio_requests_total Requests, Istio's standard metric\n"
        "# TYPE istio_requests_total counter\n";
-  for (const auto& [l, v] : req) {
-    o << "istio_requests_total{reporter=\"source\",destination_service=\""
-      << escape(l.destination_service) << "\",destination_service_name=\""
-      << escape(l.destination_service.substr(0, l.destination_service.find('.')))
-      << "\",destination_version=\"" << escape(l.destination_version)
-      << "\",destination_cluster_name=\"" << escape(l.destination_cluster)
-      << "\",request_protocol=\"" << escape(l.protocol) << "\",response_code=\""
-      << escape(l.response) << "\"} " << v << "\n";
-  }
+  for (const auto& [l, s] : req) o << "istio_requests_total{" << istio_labels(l) << "} " << s.requests << "\n";
+  histogram(o, "istio_request_duration_milliseconds", "From the request decoded to its reply queued", req, 0);
+  histogram(o, "istio_request_bytes", "Request message sizes, framing included", req, 1);
+  histogram(o, "istio_response_bytes", "Reply message sizes, framing included", req, 2);
   for (int i = 0; i < int(Counter::kCount); ++i) {
     uint64_t sum = 0;
     for (const auto* s : shards) sum += s->get(Counter(i));

@@ -238,13 +238,25 @@ void DubboCodec::encode_status(uint64_t id, uint8_t serialization, uint8_t statu
   out.insert(out.end(), body.begin(), body.end());
 }
 
+namespace {
+// A rate limit answers like an overloaded provider: Dubbo consumers treat
+// THREADPOOL_EXHAUSTED as "try later or elsewhere", not as a bug.
+uint8_t error_status(ErrorKind kind) {
+  return kind == ErrorKind::kRouteNotFound ? kServiceNotFound
+         : kind == ErrorKind::kNoUpstream  ? kServiceError
+         : kind == ErrorKind::kOverLimit   ? kServerThreadpoolExhausted
+                                           : kServerError;
+}
+}  // namespace
+
+std::string DubboCodec::response_code(const Message& reply) const {
+  return std::to_string(wire_status(reply.wire));
+}
+
+std::string DubboCodec::error_code(ErrorKind kind) const { return std::to_string(error_status(kind)); }
+
 void DubboCodec::encode_error(const Message& req, ErrorKind kind, std::string_view text, Bytes& out) {
-  // A rate limit answers like an overloaded provider: Dubbo consumers treat
-  // THREADPOOL_EXHAUSTED as "try later or elsewhere", not as a bug.
-  uint8_t status = kind == ErrorKind::kRouteNotFound ? kServiceNotFound
-                   : kind == ErrorKind::kNoUpstream  ? kServiceError
-                   : kind == ErrorKind::kOverLimit   ? kServerThreadpoolExhausted
-                                                     : kServerError;
+  uint8_t status = error_status(kind);
   uint8_t ser = wire_flags(req.wire) & kSerializationMask;
   encode_status(req.request_id, ser ? ser : kHessian2, status, text, out);
 }

@@ -168,6 +168,15 @@ TEST(DubboCodec, ErrorRepliesUseDubboStatuses) {
     Message m;
     ASSERT_EQ(DubboCodec().decode(out, m).status, DecodeStatus::kDone);
     EXPECT_EQ(wire_status(m.wire), c.status);
+    // Istio's response_code: the status, the same for the reply seen and
+    // for the error the daemon says it sent, through AutoCodec too.
+    EXPECT_EQ(DubboCodec().response_code(m), std::to_string(c.status));
+    EXPECT_EQ(DubboCodec().error_code(c.kind), std::to_string(c.status));
+    auto detected = make_codec("auto");
+    Message again;
+    ASSERT_EQ(detected->decode(out, again).status, DecodeStatus::kDone);
+    EXPECT_EQ(detected->response_code(again), std::to_string(c.status));
+    EXPECT_EQ(detected->error_code(c.kind), std::to_string(c.status));
     EXPECT_EQ(m.request_id, 44u);
     EXPECT_EQ(m.kind, MessageKind::kException);
     // The body is exactly the message string, like the Java status-60 capture.

@@ -106,6 +106,17 @@ class Codec {
   virtual void encode_error(const Message& req, ErrorKind kind, std::string_view text,
                             Bytes& out) = 0;
 
+  // Istio's response_code for a reply (decoded by this codec), and for the
+  // error reply encode_error() writes for `kind`: the protocol's own status
+  // where it has one (Dubbo's status byte), else "ok" or "exception".
+  virtual std::string response_code(const Message& reply) const {
+    return reply.kind == MessageKind::kException ? "exception" : "ok";
+  }
+  virtual std::string error_code(ErrorKind kind) const {
+    (void)kind;
+    return "exception";
+  }
+
   // Appends the reply to a heartbeat request; false when the protocol has
   // none or the request wants no reply.
   virtual bool encode_heartbeat_reply(const Message& req, Bytes& out) {

@@ -51,6 +51,8 @@ class DubboCodec final : public Codec {
   DecodeResult decode(std::span<const uint8_t> in, Message& out) override;
   bool set_request_id(Bytes& frame, Message& msg, uint64_t id) override;
   void encode_error(const Message& req, ErrorKind kind, std::string_view text, Bytes& out) override;
+  std::string response_code(const Message& reply) const override;
+  std::string error_code(ErrorKind kind) const override;
   bool encode_heartbeat_reply(const Message& req, Bytes& out) override;
   bool mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>& set) override;
   // Status 40 (bad request) for a two-way request whose header is intact.

@@ -7,10 +7,12 @@
 #include <chrono>
 #include <type_traits>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace metanode::core {
@@ -90,18 +92,40 @@ enum class Gauge : int {
       kCount
 };
 
-// Requests per destination, labelled like Istio's istio_requests_total.
+// The label set of Istio's standard request metrics (istio_requests_total,
+// istio_request_duration_milliseconds, istio_request_bytes,
+// istio_response_bytes) that varies per request; the source_* labels are
+// "unknown" until pods are known by identity (docs/XDS.md).
 struct RequestLabels {
-  std::string destination_service;  // host
-  std::string destination_version;  // subset, or "unknown"
-  std::string destination_cluster;  // full cluster name
-  std::string protocol;
-  std::string response;  // "ok", "exception", or the local error kind
+  std::string destination_service;  // the service host; the dialled address without a listener
+  std::string destination_version;  // the subset, or "unknown"
+  std::string protocol;             // request_protocol: thrift, dubbo
+  std::string response_code;        // Codec::response_code / error_code
+  std::string response_flags;       // Envoy's: "-", NR, UH, UF, UO, UT, RL, OM
   bool operator<(const RequestLabels& o) const {
-    return std::tie(destination_service, destination_version, destination_cluster, protocol,
-                    response) < std::tie(o.destination_service, o.destination_version,
-                                         o.destination_cluster, o.protocol, o.response);
+    return std::tie(destination_service, destination_version, protocol, response_code, response_flags) <
+           std::tie(o.destination_service, o.destination_version, o.protocol, o.response_code,
+                    o.response_flags);
   }
+};
+
+// Envoy's default histogram bounds, which Istio's metrics use.
+inline constexpr double kHistogramBounds[] = {0.5,  1,     5,     10,     25,     50,     100,
+                                              250,  500,   1000,  2500,   5000,   10000,  30000,
+                                              60000, 300000, 600000, 1800000, 3600000};
+inline constexpr size_t kHistogramBuckets = std::size(kHistogramBounds) + 1;  // and +Inf
+
+struct Histogram {
+  std::atomic<uint64_t> bucket[kHistogramBuckets] = {};  // per bucket, not cumulative
+  std::atomic<uint64_t> sum_milli{0};                    // thousandths of the unit
+  void observe_milli(uint64_t v);
+};
+
+// One label set's series; stable in memory once created.
+struct RequestSeries {
+  std::atomic<uint64_t> requests{0};
+  Histogram duration_ms, request_bytes, response_bytes;
+  void record(Clock::duration took, size_t request_bytes, size_t response_bytes);
 };
 
 class StatsShard {
@@ -111,15 +135,16 @@ class StatsShard {
   uint64_t get(Counter c) const { return counters_[int(c)].load(std::memory_order_relaxed); }
   int64_t get(Gauge g) const { return gauges_[int(g)].load(std::memory_order_relaxed); }
 
-  // Returns a stable counter for a label set; callers cache the pointer.
-  std::atomic<uint64_t>* request_counter(const RequestLabels& l);
-  std::map<RequestLabels, uint64_t> request_counts() const;
+  // Returns the stable series of a label set; callers cache the pointer.
+  RequestSeries* request_series(const RequestLabels& l);
+  // For the scrape: every series (read with relaxed loads).
+  std::vector<std::pair<RequestLabels, const RequestSeries*>> all_request_series() const;
 
  private:
   std::atomic<uint64_t> counters_[int(Counter::kCount)] = {};
   std::atomic<int64_t> gauges_[int(Gauge::kCount)] = {};
   mutable std::mutex mu_;  // guards the map's structure only
-  std::map<RequestLabels, std::unique_ptr<std::atomic<uint64_t>>> requests_;
+  std::map<RequestLabels, std::unique_ptr<RequestSeries>> requests_;
 };
 
 const char* counter_name(Counter c);
