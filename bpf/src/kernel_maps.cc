@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/magic.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -17,7 +18,6 @@
 #include <bpf/libbpf.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -26,6 +26,7 @@
 
 #include "metanode.skel.h"
 #include "metanode/bpf/maps.h"
+#include "metanode/sys.h"
 #include "metanode_abi.h"
 
 namespace metanode::bpf {
@@ -382,16 +383,8 @@ Features probe_features() {
   // A refused program load looks like an unsupported type to libbpf's
   // probes: tell the two apart by what this process may do (CAP_BPF, or
   // CAP_SYS_ADMIN before 5.8; and CAP_NET_ADMIN for these program types).
-  {
-    std::ifstream st("/proc/self/status");
-    std::string line;
-    while (std::getline(st, line))
-      if (line.rfind("CapEff:", 0) == 0) {
-        uint64_t eff = std::strtoull(line.c_str() + 7, nullptr, 16);
-        auto has = [eff](int cap) { return (eff >> cap) & 1; };
-        constexpr int kNetAdmin = 12, kSysAdmin = 21, kBpf = 39;
-        f.denied = !has(kNetAdmin) || !(has(kBpf) || has(kSysAdmin));
-      }
+  if (sys::Capabilities c; sys::capabilities(c)) {
+    f.denied = !c.has(CAP_NET_ADMIN) || !(c.has(CAP_BPF) || c.has(CAP_SYS_ADMIN));
   }
   f.cgroup_sock_addr = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, nullptr) > 0;
   f.sock_ops = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, nullptr) > 0;

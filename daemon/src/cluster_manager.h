@@ -30,7 +30,6 @@ namespace metanode::core {
 
 class UpstreamConn;
 
-
 // Node-wide state behind connectionPool limits, shared by every worker.
 struct ClusterShared {
   std::atomic<uint32_t> active{0};   // requests in flight

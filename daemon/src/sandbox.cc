@@ -1,5 +1,7 @@
 #include "sandbox.h"
 
+#include "metanode/sys.h"
+
 #include <linux/audit.h>
 #include <linux/bpf.h>
 #include <linux/capability.h>
@@ -18,19 +20,6 @@ namespace metanode::core {
 namespace {
 
 constexpr uint64_t bit(int cap) { return uint64_t(1) << cap; }
-
-struct Caps {
-  uint64_t effective = 0, permitted = 0;
-};
-
-bool get_caps(Caps& c) {
-  __user_cap_header_struct h{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct d[2]{};
-  if (syscall(SYS_capget, &h, d) != 0) return false;
-  c.effective = uint64_t(d[1].effective) << 32 | d[0].effective;
-  c.permitted = uint64_t(d[1].permitted) << 32 | d[0].permitted;
-  return true;
-}
 
 // Inheritable always empty: nothing this process could exec keeps a capability.
 bool set_caps(uint64_t effective, uint64_t permitted) {
@@ -156,8 +145,8 @@ Result<std::string> enter_sandbox(const SandboxOptions& o) {
   // No exec'd program, setuid or file capability can ever add privileges.
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Error::errno_error("PR_SET_NO_NEW_PRIVS");
   prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-  Caps now;
-  if (!get_caps(now)) return Error::errno_error("capget");
+  sys::Capabilities now;
+  if (!sys::capabilities(now)) return Error::errno_error("capget");
   uint64_t keep = bit(CAP_NET_BIND_SERVICE);  // listeners of new configuration (--no-bpf)
   if (o.intercept) keep |= bit(CAP_NET_ADMIN);  // SO_MARK: our own connects are never redirected
   if (o.enter_netns) keep |= bit(CAP_SYS_ADMIN);  // setns() to read a pod's netns cookie
