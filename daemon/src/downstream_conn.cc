@@ -141,12 +141,20 @@ void DownstreamConn::do_read() {
                           if (self->closed_) return;
                           if (ec == asio::error::operation_aborted && self->parking_) {
                             self->parking_ = false;
+                            if (self->drain_after_read_ && !self->unread_bytes()) {
+                              self->closing_ = true;  // draining, and nothing more was sent
+                              return self->close_when_done();
+                            }
                             self->parked_ = true;
                             self->stream_.release_buffer();
                             self->do_read();
                             return;
                           }
                           self->parking_ = false;
+                          if (ec == asio::error::operation_aborted && self->drain_after_read_) {
+                            self->closing_ = true;  // cancelled by drain(): its calls in flight finish
+                            return self->close_when_done();
+                          }
                           if (ec) return self->close(nullptr);
                           self->on_read(n);
                         });
@@ -508,6 +516,15 @@ void DownstreamConn::drain() {
   if (decode_pending_ || unread_bytes()) {
     drain_after_read_ = true;
     if (!paused_) do_read();
+    return;
+  }
+  if (reading_ && !parked_) {
+    // asio reads as the read starts: a read in flight may already hold
+    // requests that are no longer in the socket. It completes with them
+    // (answered, then closed by on_read) or, cancelled, with nothing.
+    drain_after_read_ = true;
+    boost::system::error_code ec;
+    if (!writing_ && !parking_) sock_.cancel(ec);  // a cancel would abort the write too
     return;
   }
   closing_ = true;
