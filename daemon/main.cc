@@ -52,11 +52,21 @@ void usage(FILE* f) {
                "  --no-bpf                  no interception: listen on each service address\n"
                "  --no-skmsg                keep pod<->daemon bytes on the TCP path\n"
                "  --skmsg-upstream          also daemon<->upstream socket-to-socket for local pods\n"
-               "  --pods all|listed|netns-dir=DIR[:PREFIX]\n"
+               "  --pods all|listed|netns-dir=DIR[:PREFIX]|kubernetes\n"
                "                            which namespaces are pods: every non-host netns\n"
                "                            (default), those registered with `metanodectl pod\n"
-               "                            add`, or every netns file DIR/PREFIX* (containerd,\n"
-               "                            CRI-O: /var/run/netns:cni-), rescanned every second\n"
+               "                            add`, every netns file DIR/PREFIX* (containerd,\n"
+               "                            CRI-O: /var/run/netns:cni-), rescanned every second,\n"
+               "                            or this node's pods from the Kubernetes API enrolled\n"
+               "                            by the label istio.io/dataplane-mode=metanode on the\n"
+               "                            pod or its namespace (=none on a pod opts it out)\n"
+               "  --node-name NAME          this node, for --pods kubernetes (default: NODE_NAME)\n"
+               "  --kube-api URL            API server (default: in-cluster, KUBERNETES_SERVICE_HOST)\n"
+               "  --kube-token-file FILE    bearer token, re-read per request (default: the service\n"
+               "                            account's, /var/run/secrets/kubernetes.io/serviceaccount)\n"
+               "  --kube-ca-file FILE       CA of the API server (default: the service account's)\n"
+               "  --netns-dir DIR[:PREFIX]  where --pods kubernetes finds pod sandboxes' netns files,\n"
+               "                            matched to pods by IP (default /var/run/netns:cni-)\n"
                "  --exclude-ports P,P,...   destination ports never intercepted\n"
                "  --manage-host-netns       also intercept processes in the host netns\n"
                "  --workers N               event loops (default: one per core)\n"
@@ -100,7 +110,8 @@ int main(int argc, char** argv) {
          kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
          kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
          kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
-         kSourceConns, kSourcePending, kSourceRps, kAdminRemote, kMetrics, kReadiness };
+         kSourceConns, kSourcePending, kSourceRps, kAdminRemote, kMetrics, kReadiness,
+         kNodeName, kKubeApi, kKubeToken, kKubeCa, kNetnsDir };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -144,6 +155,11 @@ int main(int argc, char** argv) {
       {"source-max-connections", required_argument, nullptr, kSourceConns},
       {"source-max-pending", required_argument, nullptr, kSourcePending},
       {"source-max-rps", required_argument, nullptr, kSourceRps},
+      {"node-name", required_argument, nullptr, kNodeName},
+      {"kube-api", required_argument, nullptr, kKubeApi},
+      {"kube-token-file", required_argument, nullptr, kKubeToken},
+      {"kube-ca-file", required_argument, nullptr, kKubeCa},
+      {"netns-dir", required_argument, nullptr, kNetnsDir},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -217,10 +233,24 @@ int main(int argc, char** argv) {
           o.pod_mode_all = false;
         } else if (v == "all" || v == "listed") {
           o.pod_mode_all = v == "all";
+        } else if (v == "kubernetes") {
+          o.pods_kubernetes = true;
+          o.pod_mode_all = false;
         } else {
-          std::fprintf(stderr, "--pods: all, listed or netns-dir=DIR[:PREFIX]\n");
+          std::fprintf(stderr, "--pods: all, listed, netns-dir=DIR[:PREFIX] or kubernetes\n");
           return 2;
         }
+        break;
+      }
+      case kNodeName: node.node_name = optarg; break;
+      case kKubeApi: o.kube_api = optarg; break;
+      case kKubeToken: o.kube_token_file = optarg; break;
+      case kKubeCa: o.kube_ca_file = optarg; break;
+      case kNetnsDir: {
+        std::string d = optarg;
+        auto colon = d.find(':');
+        o.kube_netns_dir = d.substr(0, colon);
+        o.kube_netns_prefix = colon == std::string::npos ? "" : d.substr(colon + 1);
         break;
       }
       case kExclude: {
@@ -343,6 +373,11 @@ int main(int argc, char** argv) {
                  "--admin-address %s is not a loopback address: add --admin-allow-remote to "
                  "serve the admin endpoint there, or use --metrics-address and --readiness-address\n",
                  o.admin.str().c_str());
+    return 2;
+  }
+  if (!o.pods_kubernetes && (!o.kube_api.empty() || !o.kube_token_file.empty() || !o.kube_ca_file.empty() ||
+                             o.kube_netns_dir != "/var/run/netns")) {
+    std::fprintf(stderr, "--kube-api, --kube-token-file, --kube-ca-file and --netns-dir go with --pods kubernetes\n");
     return 2;
   }
   if (o.config_dir.empty() == o.xds_address.empty()) {

@@ -35,6 +35,17 @@ render --set xds.address=istiod.istio-system.svc:15012,xds.aerakiAddress=aeraki.
   > "$tmp/cluster.yaml"
 "$validate" "$tmp/cluster.yaml"
 grep -q -- '--xds-cluster aeraki-xds=aeraki.istio-system:15010' "$tmp/cluster.yaml"
+# The default (pods.mode kubernetes): the role it reads with, bound to its account.
+grep -q -- '--pods kubernetes' "$tmp/default.yaml"
+grep -q -- '--netns-dir /var/run/netns:cni-' "$tmp/default.yaml"
+grep -q '^kind: ClusterRoleBinding' "$tmp/default.yaml"
+grep -q 'automountServiceAccountToken: true' "$tmp/default.yaml"
+render --set pods.mode=all > "$tmp/all.yaml"
+"$validate" "$tmp/all.yaml"
+if grep -q '^kind: ClusterRole' "$tmp/all.yaml"; then
+  echo "FAIL: a role is bound without pods.mode kubernetes" >&2
+  exit 1
+fi
 render --set pods.mode=netns-dir,privileged=true,bpffs.mountIfMissing=false > "$tmp/netns.yaml"
 "$validate" "$tmp/netns.yaml"
 grep -q -- '--pods netns-dir=/var/run/netns:cni-' "$tmp/netns.yaml"

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <linux/capability.h>
 #include <linux/magic.h>
 #include <sys/mount.h>
@@ -515,8 +516,8 @@ Result<std::unique_ptr<Maps>> open_pinned(const std::string& pin_dir) {
   return std::unique_ptr<Maps>(std::make_unique<KernelMaps>(nullptr, std::move(f)));
 }
 
-Result<uint64_t> netns_cookie(const std::string& netns_path) {
-  Result<uint64_t> out = Error::invalid("netns cookie: not computed");
+Result<NetnsInfo> netns_info(const std::string& netns_path) {
+  Result<NetnsInfo> out = Error::invalid("netns cookie: not computed");
   // setns() affects only the calling thread: do it on a thread of its own.
   std::thread t([&] {
     Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -525,16 +526,34 @@ Result<uint64_t> netns_cookie(const std::string& netns_path) {
       return;
     }
     Fd s(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    uint64_t cookie = 0;
-    socklen_t len = sizeof(cookie);
-    if (s.get() < 0 || getsockopt(s.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) {
+    NetnsInfo info;
+    socklen_t len = sizeof(info.cookie);
+    if (s.get() < 0 || getsockopt(s.get(), SOL_SOCKET, SO_NETNS_COOKIE, &info.cookie, &len) != 0) {
       out = Error::errno_error("SO_NETNS_COOKIE in " + netns_path);
       return;
     }
-    out = cookie;
+    // getifaddrs' netlink socket is created in this thread's namespace.
+    ifaddrs* ifs = nullptr;
+    if (getifaddrs(&ifs) != 0) {
+      out = Error::errno_error("addresses in " + netns_path);
+      return;
+    }
+    for (auto* i = ifs; i; i = i->ifa_next) {
+      if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
+      uint32_t a = ntohl(reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr.s_addr);
+      if ((a >> 24) != 127) info.ipv4.push_back(a);
+    }
+    freeifaddrs(ifs);
+    out = std::move(info);
   });
   t.join();
   return out;
+}
+
+Result<uint64_t> netns_cookie(const std::string& netns_path) {
+  auto info = netns_info(netns_path);
+  if (!info) return info.error();
+  return info->cookie;
 }
 
 Result<void> uninstall_kernel(const std::string& pin_dir_in) {

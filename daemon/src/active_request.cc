@@ -123,7 +123,11 @@ void ActiveRequest::attempt() {
     // No reply will come: the attempt ends when it is handed over.
     --h->active;
     // Counted as handed over: no reply will say more.
-    if (stats) stats->series_for(w.stats(), "-", flags::kNone)->record(Clock::now() - started, request_bytes, 0);
+    if (stats) {
+      auto d = down.lock();
+      stats->series_for(w.stats(), d ? d->peer() : nullptr, "-", flags::kNone)
+          ->record(Clock::now() - started, request_bytes, 0);
+    }
     finish();
   }
 }

@@ -74,18 +74,22 @@ ClusterStats* ClusterManager::stats_for(const xds::Cluster& c, std::string_view 
   auto it = cluster_stats_.find(c.name);
   if (it != cluster_stats_.end()) return &it->second;
   ClusterStats cs;
-  cs.destination = {c.service_host, c.subset.empty() ? "unknown" : c.subset, std::string(protocol), {}, {}};
+  cs.destination.destination_service = c.service_host;
+  cs.destination.destination_version = c.subset.empty() ? "unknown" : c.subset;
+  cs.destination.protocol = std::string(protocol);
   cs.shared = limits_.cluster(c.name);
   return &cluster_stats_.emplace(c.name, cs).first->second;
 }
 
-RequestSeries* ClusterStats::series_for(StatsShard& shard, const std::string& code, const char* flags) {
+RequestSeries* ClusterStats::series_for(StatsShard& shard, const std::shared_ptr<const PeerIdentity>& source,
+                                        const std::string& code, const char* flags) {
   for (const auto& e : series)
-    if (e.flags == flags && e.code == code) return e.series;
+    if (e.source == source && e.flags == flags && e.code == code) return e.series;
   RequestLabels l = destination;
   l.response_code = code;
   l.response_flags = flags;
-  series.push_back({code, flags, shard.request_series(l)});
+  l.set_source(source.get());
+  series.push_back({source, code, flags, shard.request_series(l)});
   return series.back().series;
 }
 

@@ -72,16 +72,19 @@ class SharedLimits {
 // Per cluster name, stable across snapshots (requests keep a pointer).
 struct ClusterStats {
   RequestLabels destination;  // service, version, protocol; code and flags vary
-  // This worker's series of the cluster by (response code, flags): created
-  // once through the shard's lock, then found without one.
+  // This worker's series of the cluster by (client, response code, flags):
+  // created once through the shard's lock, then found without one. The
+  // entry holds the identity, so its address is never reused for another.
   struct Entry {
+    std::shared_ptr<const PeerIdentity> source;
     std::string code;
     const char* flags;
     RequestSeries* series;
   };
   std::vector<Entry> series;
   std::shared_ptr<ClusterShared> shared;
-  RequestSeries* series_for(StatsShard& shard, const std::string& code, const char* flags);
+  RequestSeries* series_for(StatsShard& shard, const std::shared_ptr<const PeerIdentity>& source,
+                            const std::string& code, const char* flags);
 };
 
 // Envoy's response flags, as Istio's response_flags label carries them;

@@ -16,6 +16,7 @@
 #include "metanode/core/config_applier.h"
 #include "metanode/core/pod_watcher.h"
 #include "metanode/core/server.h"
+#include "kube_pods.h"
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/manifest_source.h"
 #include "metanode/xds/xds_client.h"
@@ -150,7 +151,7 @@ int run_daemon(const DaemonOptions& opts) {
   // is the only thread, so every thread started later inherits the sandbox.
   SandboxOptions sb;
   sb.intercept = opts.intercept;
-  sb.enter_netns = opts.intercept && !opts.pods_netns_dir.empty();
+  sb.enter_netns = opts.intercept && (!opts.pods_netns_dir.empty() || opts.pods_kubernetes);
   sb.seccomp = opts.seccomp;
   if (maps) sb.bpf_works_without_cap = [&] { return bool(maps->counters()); };
   auto sandbox = enter_sandbox(sb);
@@ -215,16 +216,47 @@ int run_daemon(const DaemonOptions& opts) {
     return fail(1);
   }
 
+  // The node's pods from the Kubernetes API, on the main loop.
+  asio::io_context io;
+  std::unique_ptr<KubePods> kube;
+  if (opts.pods_kubernetes) {
+    KubePodsOptions ko;
+    auto api = opts.kube_api.empty() ? kube::ApiConfig::in_cluster() : kube::ApiConfig::from_url(opts.kube_api);
+    if (!api) {
+      spdlog::critical("--pods kubernetes: {}", api.error().message());
+      source->stop();
+      server.stop();
+      return fail(2);
+    }
+    ko.api = std::move(*api);
+    if (!opts.kube_token_file.empty()) ko.api.token_file = opts.kube_token_file;
+    if (!opts.kube_ca_file.empty()) ko.api.ca_file = opts.kube_ca_file;
+    ko.node_name = opts.node.node_name;
+    ko.trust_domain = opts.trust_domain;
+    ko.netns_dir = opts.kube_netns_dir;
+    ko.netns_prefix = opts.kube_netns_prefix;
+    kube = std::make_unique<KubePods>(io, std::move(ko), maps.get(), server);
+    if (auto r = kube->start(); !r) {
+      spdlog::critical("--pods kubernetes: {}", r.error().message());
+      source->stop();
+      server.stop();
+      return fail(2);
+    }
+  }
+
   auto ready = [&] {
     if (!server.ready()) return AdminResponse{503, "text/plain", "not ready: data plane stopped or draining\n"};
     if (!source->synced())
       return AdminResponse{503, "text/plain", "not ready: waiting for " + source->waiting_for() + "\n"};
+    if (kube && !kube->synced())
+      return AdminResponse{503, "text/plain",
+                           "not ready: waiting for pods from the Kubernetes API: " + kube->waiting_for() + "\n"};
     return AdminResponse{200, "text/plain", "ready\n"};
   };
   auto metrics = [&] {
     return AdminResponse{200, "text/plain; version=0.0.4",
-                         render_prometheus(server.shards(),
-                                           bpf_counters_text(maps.get()) + source->metrics_text())};
+                         render_prometheus(server.shards(), bpf_counters_text(maps.get()) + source->metrics_text() +
+                                                                (kube ? kube->metrics_text() : ""))};
   };
   auto get_only = [](const std::string& method) {
     return method == "GET" ? std::nullopt
@@ -276,7 +308,6 @@ int run_daemon(const DaemonOptions& opts) {
     spdlog::info("pods from {}/{}*: {} managed", opts.pods_netns_dir, opts.pods_netns_prefix, ch.added);
   }
 
-  asio::io_context io;
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code&, int sig) {
     spdlog::info("signal {}: shutting down", sig);
@@ -307,6 +338,16 @@ int run_daemon(const DaemonOptions& opts) {
     });
   };
   if (pods) pod_scan();
+  asio::steady_timer kube_timer(io);
+  std::function<void()> kube_scan = [&] {
+    kube_timer.expires_after(opts.watch_interval);
+    kube_timer.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      kube->rescan();
+      kube_scan();
+    });
+  };
+  if (kube) kube_scan();
 
   io.run();
 
@@ -321,6 +362,7 @@ int run_daemon(const DaemonOptions& opts) {
   if (readiness_srv) readiness_srv->stop();
   if (metrics_srv) metrics_srv->stop();
   admin.stop();
+  if (kube) kube->stop();
   source->stop();
   if (ca) ca->stop();
   server.stop();

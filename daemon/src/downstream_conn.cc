@@ -22,11 +22,13 @@ constexpr auto kParkAfter = std::chrono::seconds(1);
 }  // namespace
 
 DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net::Endpoint source,
-                               std::shared_ptr<SourceShare> share, const std::string& protocol)
+                               std::shared_ptr<SourceShare> share, const std::string& protocol,
+                               std::shared_ptr<const PeerIdentity> peer)
     : w_(w),
       sock_(std::move(s)),
       orig_(orig),
       source_(source),
+      peer_(std::move(peer)),
       share_(std::move(share)),
       codec_(codecs::make_codec(protocol, w.opts().limits)),
       stream_(w.opts().limits.max_message_bytes, &w.buffers()),
@@ -438,13 +440,19 @@ void DownstreamConn::record(const RequestStart& start, const std::string& code, 
   StatsShard& shard = w_.stats();
   RequestSeries* s = nullptr;
   if (start.stats) {
-    s = start.stats->series_for(shard, code, flag);
+    s = start.stats->series_for(shard, peer_, code, flag);
   } else {
     // No cluster chosen (no route, rate limited): the service the client
     // dialled, by its listener when there is one.
     const xds::Listener* l = current_listener();
-    s = shard.request_series({l ? l->service_host : orig_.str(), "unknown", std::string(codec_->protocol()),
-                              code, flag});
+    RequestLabels labels;
+    labels.destination_service = l ? l->service_host : orig_.str();
+    labels.destination_version = "unknown";
+    labels.protocol = std::string(codec_->protocol());
+    labels.response_code = code;
+    labels.response_flags = flag;
+    labels.set_source(peer_.get());
+    s = shard.request_series(labels);
   }
   s->record(Clock::now() - start.at, start.bytes, reply_bytes);
 }

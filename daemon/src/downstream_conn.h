@@ -33,9 +33,10 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   // the connection gives the count back when it closes.
   DownstreamConn(Worker& w, boost::asio::ip::tcp::socket s, net::Endpoint orig,
                  net::Endpoint source, std::shared_ptr<SourceShare> share,
-                 const std::string& protocol);
+                 const std::string& protocol, std::shared_ptr<const PeerIdentity> peer);
   ~DownstreamConn();
   void start() { do_read(); }
+  const std::shared_ptr<const PeerIdentity>& peer() const { return peer_; }
   // Reads again if the limits that paused them allow it now.
   void resume() {
     if (paused_) do_read();
@@ -93,6 +94,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   boost::asio::ip::tcp::socket sock_;
   net::Endpoint orig_;
   net::Endpoint source_;
+  std::shared_ptr<const PeerIdentity> peer_;  // the client pod, when known
   std::shared_ptr<SourceShare> share_;  // the client source's node-wide counts
   std::unique_ptr<codecs::Codec> codec_;
   MessageStream stream_;

@@ -8,57 +8,72 @@
 
 namespace metanode::core {
 
-PodWatcher::PodWatcher(bpf::Maps& maps, std::string dir, std::string prefix, CookieFn cookie)
-    : maps_(maps), dir_(std::move(dir)), prefix_(std::move(prefix)), cookie_(std::move(cookie)) {}
+PodWatcher::PodWatcher(bpf::Maps& maps, std::string dir, std::string prefix, ProbeFn probe,
+                       PolicyFn policy)
+    : maps_(maps), dir_(std::move(dir)), prefix_(std::move(prefix)), probe_(std::move(probe)),
+      policy_(std::move(policy)) {}
+
+// Opted-out entries belong to whoever opted them out.
+bool PodWatcher::set_managed(Entry& e, bool want) {
+  if (e.managed == want) return false;
+  auto pods = maps_.pods();
+  auto it = pods ? pods->find(e.info.cookie) : std::map<uint64_t, uint32_t>::iterator();
+  bool opted_out = pods && it != pods->end() && (it->second & bpf::kPodOptOut);
+  if (want) {
+    if (opted_out) return false;
+    if (auto r = maps_.set_pod(e.info.cookie, bpf::kPodManaged); !r) {
+      spdlog::warn("pod {}: {}", e.path, r.error().message());
+      return false;
+    }
+  } else if (!opted_out) {
+    (void)maps_.remove_pod(e.info.cookie);
+  }
+  e.managed = want;
+  return true;
+}
 
 PodWatcher::Change PodWatcher::sync() {
   Change ch;
   std::set<std::string> seen;
   if (DIR* d = opendir(dir_.c_str())) {
-    while (dirent* e = readdir(d)) {
-      std::string name = e->d_name;
+    while (dirent* de = readdir(d)) {
+      std::string name = de->d_name;
       if (name == "." || name == ".." || name.rfind(prefix_, 0) != 0) continue;
       std::string path = dir_ + "/" + name;
       struct stat st {};
       if (stat(path.c_str(), &st) != 0) continue;
       // The inode tells a recreated namespace of the same name apart.
       std::string id = name + ":" + std::to_string(st.st_ino);
-      seen.insert(id);
-      if (by_file_.count(id)) continue;
-      auto cookie = cookie_(path);
-      if (!cookie) {
-        ++ch.failed;  // not a namespace (yet): try again next pass
-        seen.erase(id);
-        continue;
-      }
-      auto pods = maps_.pods();
-      auto existing = pods ? pods->find(*cookie) : std::map<uint64_t, uint32_t>::iterator();
-      bool opted_out = pods && existing != pods->end() && (existing->second & bpf::kPodOptOut);
-      if (!opted_out) {
-        if (auto r = maps_.set_pod(*cookie, bpf::kPodManaged); !r) {
-          spdlog::warn("pod {}: {}", path, r.error().message());
-          ++ch.failed;
-          seen.erase(id);
+      auto it = by_file_.find(id);
+      // A sandbox's addresses come a moment after its file (CNI): probed
+      // again while it has none and a policy wants to see them.
+      if (it == by_file_.end() || (policy_ && it->second.info.ipv4.empty())) {
+        auto info = probe_(path);
+        if (!info) {
+          ++ch.failed;  // not a namespace (yet): try again next pass
           continue;
         }
+        if (it == by_file_.end()) it = by_file_.emplace(id, Entry{path, std::move(*info), false}).first;
+        else it->second.info.ipv4 = std::move(info->ipv4);
       }
-      by_file_[id] = *cookie;
-      ++ch.added;
-      spdlog::info("pod {} (netns cookie {}) {}", path, *cookie, opted_out ? "opted out" : "managed");
+      seen.insert(id);
     }
     closedir(d);
   }
   for (auto it = by_file_.begin(); it != by_file_.end();) {
-    if (seen.count(it->first)) {
-      ++it;
+    Entry& e = it->second;
+    if (!seen.count(it->first)) {
+      if (set_managed(e, false)) ++ch.removed;
+      spdlog::info("pod netns {} gone", e.path);
+      it = by_file_.erase(it);
       continue;
     }
-    auto pods = maps_.pods();
-    bool opted_out = pods && pods->count(it->second) && ((*pods)[it->second] & bpf::kPodOptOut);
-    if (!opted_out) (void)maps_.remove_pod(it->second);
-    spdlog::info("pod {} gone", it->first);
-    it = by_file_.erase(it);
-    ++ch.removed;
+    bool want = !policy_ || policy_(e.info);
+    if (set_managed(e, want)) {
+      ++(want ? ch.added : ch.removed);
+      spdlog::info("pod netns {} (cookie {}) {}", e.path, e.info.cookie, want ? "managed" : "no longer managed");
+    }
+    ++it;
   }
   return ch;
 }

@@ -57,6 +57,11 @@ std::shared_ptr<const xds::Snapshot> Server::snapshot() const {
   return impl_->snap;
 }
 
+void Server::set_peers(std::shared_ptr<const PeerTable> peers) {
+  std::lock_guard<std::mutex> l(impl_->peers_mu);
+  impl_->peer_table = std::move(peers);
+}
+
 Result<void> Server::start() {
   if (impl_->started.exchange(true)) return Ok();
   // Bind synchronously so start() can report a port that is taken: with

@@ -85,16 +85,19 @@ void add(SeriesSum::H& into, const Histogram& h) {
   into.sum_milli += h.sum_milli.load(std::memory_order_relaxed);
 }
 
-// Istio's labels, in Istio's names; what metanode cannot know yet is
-// "unknown", as Istio writes it.
+// Istio's labels, in Istio's names; what metanode does not know (no pod
+// identity without --pods kubernetes) is "unknown", as Istio writes it.
 std::string istio_labels(const RequestLabels& l) {
   const std::string& host = l.destination_service;
   auto dot = host.find('.');
   auto dot2 = dot == std::string::npos ? dot : host.find('.', dot + 1);
   std::string name = host.substr(0, dot);
   std::string ns = dot == std::string::npos ? "unknown" : host.substr(dot + 1, dot2 - dot - 1);
-  return "reporter=\"source\",source_workload=\"unknown\",source_workload_namespace=\"unknown\","
-         "source_principal=\"unknown\",source_app=\"unknown\",source_version=\"unknown\","
+  auto known = [](const std::string& v) { return escape(v.empty() ? std::string("unknown") : v); };
+  return "reporter=\"source\",source_workload=\"" + known(l.source_workload) +
+         "\",source_workload_namespace=\"" + known(l.source_namespace) + "\",source_principal=\"" +
+         known(l.source_principal) + "\",source_app=\"" + known(l.source_app) + "\",source_version=\"" +
+         known(l.source_version) + "\","
          "destination_workload=\"unknown\",destination_workload_namespace=\"" + escape(ns) +
          "\",destination_service=\"" + escape(host) + "\",destination_service_name=\"" + escape(name) +
          "\",destination_service_namespace=\"" + escape(ns) + "\",destination_version=\"" +

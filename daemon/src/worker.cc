@@ -214,6 +214,7 @@ void Worker::on_accept(tcp::socket s) {
   s.set_option(tcp::no_delay(true), ec);
   net::Endpoint source = to_endpoint(s.remote_endpoint(ec));
   net::Endpoint orig;
+  uint64_t netns = 0;  // the client pod's namespace, as the kernel saw its connect
   if (opts().intercept) {
     auto od = maps() ? maps()->original_dst(s.native_handle())
                      : Result<bpf::OrigDst>(Error::invalid("no BPF maps"));
@@ -223,6 +224,7 @@ void Worker::on_accept(tcp::socket s) {
       return;
     }
     orig = od->dst;
+    netns = od->pod_netns;
   } else {
     orig = to_endpoint(s.local_endpoint(ec));
   }
@@ -256,8 +258,10 @@ void Worker::on_accept(tcp::socket s) {
     }
     return;
   }
+  std::shared_ptr<const PeerIdentity> peer;
+  if (auto peers = srv_.peers()) peer = peers->find(netns, source.addr);
   auto conn = std::make_shared<DownstreamConn>(*this, std::move(s), orig, source, std::move(share),
-                                               l->protocol);
+                                               l->protocol, std::move(peer));
   conn->start();
   // Accepted after the drain went over this worker's connections (the
   // acceptor's queued completion): answered, then closed like them.

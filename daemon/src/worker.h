@@ -118,6 +118,13 @@ struct Server::Impl {
   mutable std::mutex snap_mu;
   std::shared_ptr<const xds::Snapshot> snap;
   std::atomic<uint64_t> gen{0};
+  // Who the clients are (--pods kubernetes): read once per accepted connection.
+  mutable std::mutex peers_mu;
+  std::shared_ptr<const PeerTable> peer_table;
+  std::shared_ptr<const PeerTable> peers() const {
+    std::lock_guard<std::mutex> l(peers_mu);
+    return peer_table;
+  }
   SharedLimits limits;  // before the workers, which refer to it
   std::vector<std::unique_ptr<Worker>> workers;
   // After the workers: destroyed first, waiting for calls in flight, whose

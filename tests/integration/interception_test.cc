@@ -14,6 +14,8 @@
 #include <sstream>
 #include <thread>
 
+#include <boost/json.hpp>
+
 #include "local_daemon.h"
 #include "metanode/bpf/maps.h"
 #include "root_guard.h"
@@ -22,6 +24,7 @@
 namespace metanode::testbed {
 namespace {
 
+namespace json = boost::json;
 constexpr char kVip[] = "10.96.0.10";
 constexpr int kClient = 10, kOptOut = 13, kServer = 11;
 
@@ -189,6 +192,71 @@ TEST_F(Interception, PodsLearnedFromTheRuntimesNetnsFiles) {
   EXPECT_TRUE(intercepted(probe(client_ns_, vip(9090)))) << "client pod learned at start";
   std::string out = probe(optout_ns_, vip(9090));
   EXPECT_TRUE(direct_from(out, tb_->pod_ip(kOptOut))) << "not matching the prefix: " << out;
+}
+
+// A pod object as `kubectl get pod -o json` prints it (the kubectl fixture),
+// renamed into `ns` on node-a with `ip` and, when given, the enrollment label.
+std::string kube_pod(const std::string& name, const std::string& ns, const std::string& ip,
+                     const std::string& mode = "") {
+  json::value v = json::parse(slurp(METANODE_KUBE_DATA "/pod.json"));
+  auto& meta = v.as_object()["metadata"].as_object();
+  meta["name"] = name;
+  meta["namespace"] = ns;
+  meta.erase("uid");
+  if (!mode.empty()) meta["labels"].as_object()["istio.io/dataplane-mode"] = mode;
+  v.as_object()["spec"].as_object()["nodeName"] = "node-a";
+  v.as_object()["status"].as_object()["podIP"] = ip;
+  v.as_object()["status"].as_object()["podIPs"] = json::array{json::object{{"ip", ip}}};
+  return json::serialize(v);
+}
+
+// In a cluster: this node's pods from the API server (tests/peers/kube, the
+// protocol of kube-apiserver, in the node's namespace), enrolled by label,
+// found on the node as the runtime's netns file that holds the pod's IP.
+TEST_F(Interception, PodsFromTheKubernetesApiAreEnrolledByLabelAndLeaveWhenDeleted) {
+  stop_daemon(SIGTERM);
+  std::string w = tb_->work_dir();
+  std::ofstream(w + "/token") << "node-token\n";
+  ASSERT_TRUE(tb_->spawn({METANODE_KUBE_API_PEER, "--tls-dir", w, "--token-file", w + "/token", "--addr-file",
+                          w + "/api.addr"},
+                         tb_->node_ns(), "", w + "/kubeapi.log"));
+  ASSERT_TRUE(eventually([&] { return !slurp(w + "/api.addr").empty(); })) << slurp(w + "/kubeapi.log");
+  std::istringstream addrs(slurp(w + "/api.addr"));
+  std::string api, control;
+  addrs >> api >> control;
+  auto apply = [&](const std::string& obj) {
+    int status = 0;
+    auto r = http_request(tb_->node_ns(), control, "POST", "/control/apply", obj, &status);
+    ASSERT_EQ(status, 200) << r.value_or("no answer");
+  };
+  apply(R"({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"apps","labels":{"istio.io/dataplane-mode":"metanode"}}})");
+  apply(R"({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"plain"}})");
+  apply(kube_pod("client", "apps", tb_->pod_ip(kClient)));
+  apply(kube_pod("optout", "apps", tb_->pod_ip(kOptOut), "none"));
+  start_daemon({"--pods", "kubernetes", "--kube-api", "https://" + api, "--kube-token-file", w + "/token",
+                "--kube-ca-file", w + "/ca.crt", "--node-name", "node-a", "--netns-dir",
+                "/run/netns:" + tb_->tag() + "-"});
+  EXPECT_TRUE(intercepted(probe(client_ns_, vip(9090)))) << "enrolled by its namespace's label";
+  std::string out = probe(optout_ns_, vip(9090));
+  EXPECT_TRUE(direct_from(out, tb_->pod_ip(kOptOut))) << "opted out by its own label: " << out;
+  auto metrics = [&] { return http_get(tb_->node_ns(), "127.0.0.1:15000", "/stats/prometheus").value_or(""); };
+  EXPECT_EQ(metric(metrics(), "metanode_pod_netns{state=\"managed\"}"), 1u) << metrics();
+
+  // Deleted (a watch event): its namespace leaves mn_pods, connects go direct.
+  int status = 0;
+  http_request(tb_->node_ns(), control, "POST", "/control/delete?kind=Pod&namespace=apps&name=client", "", &status);
+  ASSERT_EQ(status, 200);
+  EXPECT_TRUE(eventually([&] { return direct_from(probe(client_ns_, vip(9090)), tb_->pod_ip(kClient)); }));
+  // Back in a namespace without the label: not enrolled until the pod has it.
+  apply(kube_pod("client", "plain", tb_->pod_ip(kClient)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  out = probe(client_ns_, vip(9090));
+  EXPECT_TRUE(direct_from(out, tb_->pod_ip(kClient))) << out;
+  apply(kube_pod("client", "plain", tb_->pod_ip(kClient), "metanode"));
+  EXPECT_TRUE(eventually([&] { return intercepted(probe(client_ns_, vip(9090))); }));
+  EXPECT_NE(slurp(w + "/metanoded-" + std::to_string(daemons_) + ".log")
+                .find("pod plain/client enrolled: pod label istio.io/dataplane-mode=metanode"),
+            std::string::npos);
 }
 
 // The daemon's upstream connects carry SO_MARK: even to a mesh VIP they are

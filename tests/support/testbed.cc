@@ -340,6 +340,12 @@ int ProcessGroup::wait(pid_t pid, int timeout_ms) {
 
 std::optional<std::string> http_get(const std::string& netns, const std::string& host_port,
                                     const std::string& path, int* status) {
+  return http_request(netns, host_port, "GET", path, "", status);
+}
+
+std::optional<std::string> http_request(const std::string& netns, const std::string& host_port,
+                                        const std::string& method, const std::string& path,
+                                        const std::string& body_out, int* status) {
   std::optional<std::string> result;
   // setns() applies to the calling thread only: do the request on a thread
   // of its own so the test's namespace never changes.
@@ -361,7 +367,10 @@ std::optional<std::string> http_get(const std::string& netns, const std::string&
       close(fd);
       return;
     }
-    std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    if (!body_out.empty() || method != "GET")
+      req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body_out.size()) + "\r\n";
+    req += "\r\n" + body_out;
     if (write(fd, req.data(), req.size()) != ssize_t(req.size())) {
       close(fd);
       return;

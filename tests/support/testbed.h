@@ -40,6 +40,10 @@ RunResult run(const std::vector<std::string>& argv, const std::string& netns = "
 // e.g. the admin port, which lives in the node namespace. Body, or nullopt.
 std::optional<std::string> http_get(const std::string& netns, const std::string& host_port,
                                     const std::string& path, int* status = nullptr);
+// Any method, with a JSON body (bodies with Content-Length only, no chunks).
+std::optional<std::string> http_request(const std::string& netns, const std::string& host_port,
+                                        const std::string& method, const std::string& path,
+                                        const std::string& body, int* status = nullptr);
 
 // Removes namespaces, cgroups and pin directories of earlier runs whose
 // owning process is gone.

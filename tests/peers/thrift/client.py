@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 import time
 
@@ -27,6 +28,21 @@ from thrift.Thrift import TApplicationException  # noqa: E402
 from hello import SayHello  # noqa: E402
 
 SERVER_RE = re.compile(r"response from ([^/]+)/")
+
+
+class BoundSocket(TSocket.TSocket):
+    """A TSocket whose connections leave from a chosen local address."""
+
+    def __init__(self, host, port, source):
+        super().__init__(host, port)
+        self._source = source
+
+    def open(self):
+        try:
+            self.handle = socket.create_connection((self.host, self.port), timeout=self._timeout,
+                                                   source_address=(self._source, 0))
+        except OSError as e:
+            raise TTransport.TTransportException(TTransport.TTransportException.NOT_OPEN, str(e))
 
 
 def main():
@@ -47,9 +63,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: after --calls)")
     ap.add_argument("--reconnect", action="store_true",
                     help="on a broken connection, connect again and go on (framed or buffered)")
+    ap.add_argument("--source", help="connect from this local address (a pod's IP on loopback)")
     a = ap.parse_args()
 
-    sock = TSocket.TSocket(a.host, a.port)
+    sock = BoundSocket(a.host, a.port, a.source) if a.source else TSocket.TSocket(a.host, a.port)
     sock.setTimeout(10000)
     if a.transport == "header":
         trans = TTransport.TBufferedTransport(sock)

@@ -77,6 +77,14 @@ class Maps {
 // The cookie of the network namespace at `netns_path` (e.g. /run/netns/X or
 // /proc/PID/ns/net), as bpf_get_netns_cookie() reports it.
 Result<uint64_t> netns_cookie(const std::string& netns_path);
+// The same, with the IPv4 addresses the namespace's interfaces hold (host
+// order; loopback left out): how a pod from the Kubernetes API, known by
+// its IP, is matched to its sandbox's namespace.
+struct NetnsInfo {
+  uint64_t cookie = 0;
+  std::vector<uint32_t> ipv4;
+};
+Result<NetnsInfo> netns_info(const std::string& netns_path);
 
 // Makes mn_services hold exactly `wanted` (id = position + 1), touching only
 // the differences so live entries never blink.

@@ -38,6 +38,11 @@ struct DaemonOptions {
   bool pod_mode_all = true;     // every non-host netns is a pod; false: only mn_pods entries
   std::string pods_netns_dir;   // learn pods from netns files here (implies !pod_mode_all)
   std::string pods_netns_prefix;
+  // --pods kubernetes: the node's pods (node.node_name) from the API server
+  // (kube_api; empty: in-cluster), matched by IP to the runtime's netns files.
+  bool pods_kubernetes = false;
+  std::string kube_api, kube_token_file, kube_ca_file;  // empty: the service account's
+  std::string kube_netns_dir = "/var/run/netns", kube_netns_prefix = "cni-";
   bool manage_host_netns = false;
   std::vector<uint16_t> exclude_ports;  // never intercepted, for every pod
   std::chrono::milliseconds request_timeout{30000};

@@ -12,6 +12,7 @@
 
 #include "metanode/bpf/maps.h"
 #include "metanode/codecs/codec.h"
+#include "metanode/core/peers.h"
 #include "metanode/core/stats.h"
 #include "metanode/net.h"
 #include "metanode/result.h"
@@ -74,6 +75,8 @@ class Server {
   // (the rest of the configuration is live regardless).
   Result<void> publish(std::shared_ptr<const xds::Snapshot> snap);
   std::shared_ptr<const xds::Snapshot> snapshot() const;
+  // Publishes who the clients are; connections accepted from now on use it.
+  void set_peers(std::shared_ptr<const PeerTable> peers);
 
   Result<void> start();
   // Graceful stop, first half: accept no more connections, close idle

@@ -15,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "metanode/core/peers.h"
+
 namespace metanode::core {
 
 using Clock = std::chrono::steady_clock;
@@ -102,10 +104,20 @@ struct RequestLabels {
   std::string protocol;             // request_protocol: thrift, dubbo
   std::string response_code;        // Codec::response_code / error_code
   std::string response_flags;       // Envoy's: "-", NR, UH, UF, UO, UT, RL, OM
-  bool operator<(const RequestLabels& o) const {
-    return std::tie(destination_service, destination_version, protocol, response_code, response_flags) <
-           std::tie(o.destination_service, o.destination_version, o.protocol, o.response_code,
-                    o.response_flags);
+  // The client pod (PeerIdentity); "" is written "unknown".
+  std::string source_workload, source_namespace, source_principal, source_app, source_version;
+  auto key() const {
+    return std::tie(destination_service, destination_version, protocol, response_code, response_flags,
+                    source_workload, source_namespace, source_principal, source_app, source_version);
+  }
+  bool operator<(const RequestLabels& o) const { return key() < o.key(); }
+  void set_source(const PeerIdentity* p) {
+    if (!p) return;
+    source_workload = p->workload;
+    source_namespace = p->namespace_;
+    source_principal = p->principal;
+    source_app = p->app;
+    source_version = p->version;
   }
 };
 

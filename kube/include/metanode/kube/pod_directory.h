@@ -1,0 +1,39 @@
+// The node's pods and the cluster's namespaces as the API server last told
+// us, fed by two reflectors. Everything else (which network namespaces are
+// managed, who a client is) is computed from it.
+#pragma once
+
+#include <boost/json/value.hpp>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "metanode/kube/objects.h"
+#include "metanode/kube/reflector.h"
+
+namespace metanode::kube {
+
+class PodDirectory {
+ public:
+  // The reflectors' handlers.
+  ReflectorHandler pod_handler();
+  ReflectorHandler namespace_handler();
+
+  const std::map<std::string, Pod>& pods() const { return pods_; }  // key: namespace/name
+  const Namespace* find_namespace(const std::string& name) const;
+  Enrollment enrollment(const Pod& p) const { return kube::enrollment(p, find_namespace(p.meta.namespace_)); }
+
+  uint64_t generation() const { return generation_; }  // bumped by every change
+  uint64_t rejected() const { return rejected_; }      // objects that did not parse
+  std::function<void()> on_change;                     // after every change
+
+ private:
+  void changed();
+  std::map<std::string, Pod> pods_;
+  std::map<std::string, Namespace> namespaces_;
+  uint64_t generation_ = 0, rejected_ = 0;
+};
+
+}  // namespace metanode::kube
