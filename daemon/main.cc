@@ -86,6 +86,11 @@ void usage(FILE* f) {
                "  --source-max-connections N connections beyond N are closed at accept (4096)\n"
                "  --source-max-pending N     requests awaiting replies; its reads pause beyond (1024)\n"
                "  --source-max-rps N         requests per second; beyond, its reads wait (off)\n"
+               "  --access-log PATH         one line per answered request (- : standard output)\n"
+               "  --access-log-format text|json\n"
+               "                            Envoy-like text (default) or one JSON object per line\n"
+               "  --access-log-sample R     log this share of requests, 0 < R <= 1 (1)\n"
+               "  --access-log-max-rate N   at most N lines a second; the rest are counted (no cap)\n"
                "  --log-level LEVEL         trace|debug|info|warn|error (info)\n"
                "  --uninstall               remove pinned programs and maps, then exit\n");
 }
@@ -111,7 +116,8 @@ int main(int argc, char** argv) {
          kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
          kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
          kSourceConns, kSourcePending, kSourceRps, kAdminRemote, kMetrics, kReadiness,
-         kNodeName, kKubeApi, kKubeToken, kKubeCa, kNetnsDir };
+         kNodeName, kKubeApi, kKubeToken, kKubeCa, kNetnsDir, kAccessLog, kAccessLogFormat,
+         kAccessLogSample, kAccessLogRate };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -160,6 +166,10 @@ int main(int argc, char** argv) {
       {"kube-token-file", required_argument, nullptr, kKubeToken},
       {"kube-ca-file", required_argument, nullptr, kKubeCa},
       {"netns-dir", required_argument, nullptr, kNetnsDir},
+      {"access-log", required_argument, nullptr, kAccessLog},
+      {"access-log-format", required_argument, nullptr, kAccessLogFormat},
+      {"access-log-sample", required_argument, nullptr, kAccessLogSample},
+      {"access-log-max-rate", required_argument, nullptr, kAccessLogRate},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -192,6 +202,8 @@ int main(int argc, char** argv) {
   };
   unsigned long long n = 0;
   auto& dl = o.downstream;
+  metanode::core::AccessLogOptions access_log;
+  bool access_log_flags = false;
   while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
     switch (c) {
       case kConfigDir: o.config_dir = optarg; break;
@@ -243,6 +255,31 @@ int main(int argc, char** argv) {
         break;
       }
       case kNodeName: node.node_name = optarg; break;
+      case kAccessLog: access_log.path = optarg; break;
+      case kAccessLogFormat:
+        if (std::string(optarg) != "text" && std::string(optarg) != "json") {
+          std::fprintf(stderr, "--access-log-format: text or json\n");
+          return 2;
+        }
+        access_log.json = std::string(optarg) == "json";
+        access_log_flags = true;
+        break;
+      case kAccessLogSample: {
+        char* end = nullptr;
+        double v = std::strtod(optarg, &end);
+        if (*end || !(v > 0 && v <= 1)) {
+          std::fprintf(stderr, "--access-log-sample: '%s' is not a share in (0, 1]\n", optarg);
+          return 2;
+        }
+        access_log.sample = v;
+        access_log_flags = true;
+        break;
+      }
+      case kAccessLogRate:
+        if (!number("access-log-max-rate", optarg, n)) return 2;
+        access_log.max_lines_per_second = uint32_t(std::min<unsigned long long>(n, UINT32_MAX));
+        access_log_flags = true;
+        break;
       case kKubeApi: o.kube_api = optarg; break;
       case kKubeToken: o.kube_token_file = optarg; break;
       case kKubeCa: o.kube_ca_file = optarg; break;
@@ -375,6 +412,11 @@ int main(int argc, char** argv) {
                  o.admin.str().c_str());
     return 2;
   }
+  if (access_log_flags && access_log.path.empty()) {
+    std::fprintf(stderr, "--access-log-format, --access-log-sample and --access-log-max-rate go with --access-log\n");
+    return 2;
+  }
+  if (!access_log.path.empty()) o.access_log = access_log;
   if (!o.pods_kubernetes && (!o.kube_api.empty() || !o.kube_token_file.empty() || !o.kube_ca_file.empty() ||
                              o.kube_netns_dir != "/var/run/netns")) {
     std::fprintf(stderr, "--kube-api, --kube-token-file, --kube-ca-file and --netns-dir go with --pods kubernetes\n");

@@ -75,7 +75,7 @@ struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
   bool may_retry(codecs::ErrorKind kind, Clock::time_point now) const;
   void retry();
   void fail(codecs::ErrorKind kind, const std::string& text, const char* flag = nullptr);
-  RequestStart start_info() { return {started, request_bytes, stats}; }
+  RequestStart start_info() { return {started, request_bytes, stats, this}; }
   void finish();
 
   bool retrying_ = false;  // counted in the cluster's retries

@@ -111,11 +111,14 @@ constexpr const char* of(codecs::ErrorKind k) {
 }
 }  // namespace flags
 
-// What a reply's metrics need of its request.
+struct ActiveRequest;
+
+// What a reply's metrics and access log need of its request.
 struct RequestStart {
   Clock::time_point at;
   size_t bytes = 0;               // the request on the wire
   ClusterStats* stats = nullptr;  // null: answered before a cluster was chosen
+  const ActiveRequest* request = nullptr;  // route, cluster, host, attempts; null as stats
 };
 
 // Per endpoint address, shared with the admin thread (summed over workers).

@@ -16,6 +16,7 @@
 #include "metanode/core/config_applier.h"
 #include "metanode/core/pod_watcher.h"
 #include "metanode/core/server.h"
+#include "explain.h"
 #include "kube_pods.h"
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/manifest_source.h"
@@ -162,6 +163,18 @@ int run_daemon(const DaemonOptions& opts) {
   }
   spdlog::info("{}", *sandbox);
 
+  // The access log's writer thread starts inside the sandbox like the rest.
+  std::unique_ptr<AccessLog> access_log;
+  if (opts.access_log) {
+    auto l = AccessLog::open(*opts.access_log);
+    if (!l) {
+      spdlog::critical("{}", l.error().message());
+      return fail(2);
+    }
+    access_log = std::move(*l);
+    so.access_log = access_log.get();
+  }
+
   // Listen first (with interception: on the redirect address, so no pod is
   // ever redirected to nothing), then let configuration in.
   Server server(so, maps.get());
@@ -256,22 +269,52 @@ int run_daemon(const DaemonOptions& opts) {
   auto metrics = [&] {
     return AdminResponse{200, "text/plain; version=0.0.4",
                          render_prometheus(server.shards(), bpf_counters_text(maps.get()) + source->metrics_text() +
-                                                                (kube ? kube->metrics_text() : ""))};
+                                                                (kube ? kube->metrics_text() : "") +
+                                                                (access_log ? access_log->metrics_text() : ""))};
   };
   auto get_only = [](const std::string& method) {
     return method == "GET" ? std::nullopt
                            : std::optional<AdminResponse>(AdminResponse{405, "text/plain", "GET only\n"});
   };
   const AdminResponse not_found{404, "text/plain", "not found\n"};
+  // /explain?dst=VIP:PORT[&src=POD_IP][&attr.NAME=VALUE...][&format=json]
+  auto explain = [&](const std::string& query) {
+    auto q = parse_explain_query(query);
+    if (!q) return AdminResponse{400, "text/plain", "explain: " + q.error().message() + "\n"};
+    KernelView k;
+    k.intercepting = maps != nullptr;
+    k.all_pods = opts.pod_mode_all;
+    if (maps) {
+      if (auto s = maps->services()) k.services = std::move(*s);
+      if (auto p = maps->pods()) k.pods = std::move(*p);
+      if (auto x = maps->excluded_ports()) k.excluded = std::move(*x);
+    }
+    // The source pod's namespace: its identity by address, then the
+    // namespace holding that identity.
+    if (auto peers = server.peers(); peers && q->src) {
+      if (auto id = peers->find(0, *q->src)) {
+        k.src_pod = id->pod;
+        for (const auto& [cookie, other] : peers->by_netns)
+          if (other == id) k.src_netns = cookie;
+      }
+    }
+    auto snap = server.snapshot();
+    bool json = query.find("format=json") != std::string::npos;
+    return json ? AdminResponse{200, "application/json", explain_json(*q, snap.get(), k)}
+                : AdminResponse{200, "text/plain", explain_text(*q, snap.get(), k)};
+  };
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
     if (auto r = get_only(method)) return *r;
     if (path == "/ready" || path == "/healthz/ready") return ready();
     if (path == "/config_dump") return AdminResponse{200, "application/json", config_dump(server, *source)};
     if (path == "/clusters") return AdminResponse{200, "text/plain", server.clusters_text()};
     if (path == "/stats/prometheus" || path == "/stats") return metrics();
+    if (path == "/explain" || path.rfind("/explain?", 0) == 0)
+      return explain(path.size() > 9 ? path.substr(9) : std::string());
     if (path == "/")
       return AdminResponse{200, "text/plain",
-                           "/ready\n/config_dump\n/clusters\n/stats/prometheus\n"};
+                           "/ready\n/config_dump\n/clusters\n/stats/prometheus\n"
+                           "/explain?dst=IP:PORT[&src=IP][&attr.NAME=VALUE...][&format=json]\n"};
     return not_found;
   });
   // What a scraper and the kubelet may reach on the node's address: the

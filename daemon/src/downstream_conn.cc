@@ -1,5 +1,7 @@
 #include "downstream_conn.h"
 
+#include "metanode/core/access_log.h"
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -418,7 +420,7 @@ void DownstreamConn::deliver(const Message& req, Bytes frame, const std::string&
                 "metanode: reply dropped: the client is not reading its replies", start, flags::kOverload);
     return;
   }
-  record(start, code, flags::kNone, frame.size());
+  record(req, start, code, flags::kNone, frame.size());
   w_.stats().inc(Counter::responses);
   queue(std::move(frame));
   request_done();
@@ -430,13 +432,16 @@ void DownstreamConn::reply_error(const Message& req, ErrorKind kind, const std::
   spdlog::debug("local reply to {} -> {}: {}", source_.str(), orig_.str(), text);
   Bytes out;
   codec_->encode_error(req, kind, text, out);
-  record(start, codec_->error_code(kind), flag ? flag : flags::of(kind), out.size());
+  record(req, start, codec_->error_code(kind), flag ? flag : flags::of(kind), out.size());
   queue(std::move(out));
   request_done();
 }
 
-void DownstreamConn::record(const RequestStart& start, const std::string& code, const char* flag,
-                            size_t reply_bytes) {
+void DownstreamConn::record(const Message& req, const RequestStart& start, const std::string& code,
+                            const char* flag, size_t reply_bytes) {
+  auto now = Clock::now();
+  if (AccessLog* log = w_.opts().access_log)
+    if (log->admit(double(w_.rng().next() >> 11) * 0x1p-53)) access_log(req, start, code, flag, reply_bytes, now);
   StatsShard& shard = w_.stats();
   RequestSeries* s = nullptr;
   if (start.stats) {
@@ -454,7 +459,42 @@ void DownstreamConn::record(const RequestStart& start, const std::string& code, 
     labels.set_source(peer_.get());
     s = shard.request_series(labels);
   }
-  s->record(Clock::now() - start.at, start.bytes, reply_bytes);
+  s->record(now - start.at, start.bytes, reply_bytes);
+}
+
+void DownstreamConn::access_log(const Message& req, const RequestStart& start, const std::string& code,
+                                const char* flag, size_t reply_bytes, Clock::time_point now) {
+  AccessLogEntry e;
+  e.start = std::chrono::system_clock::now() -
+            std::chrono::duration_cast<std::chrono::system_clock::duration>(now - start.at);
+  e.protocol = codec_->protocol();
+  auto attr = [&req](const char* k) {
+    const std::string* v = req.metadata.get(k);
+    return v ? std::string_view(*v) : std::string_view();
+  };
+  e.method = attr("method");
+  e.interface = attr("interface");
+  if (e.interface.empty()) e.interface = attr("service");  // a multiplexed Thrift service
+  e.response_code = code;
+  e.response_flags = flag;
+  e.duration_ms = std::chrono::duration<double, std::milli>(now - start.at).count();
+  e.bytes_received = start.bytes;
+  e.bytes_sent = reply_bytes;
+  std::string host, remote = source_.str(), local = orig_.str();
+  if (const ActiveRequest* r = start.request) {
+    if (r->cluster) e.upstream_cluster = r->cluster->name;
+    if (r->host) host = r->host->address.str();
+    if (r->route) e.route_name = r->route->name;
+    e.attempts = r->attempts;
+  }
+  e.upstream_host = host;
+  e.downstream_remote = remote;
+  e.downstream_local = local;
+  if (peer_) {
+    e.source_workload = peer_->workload;
+    e.source_namespace = peer_->namespace_;
+  }
+  w_.opts().access_log->write(e);
 }
 
 void DownstreamConn::queue(Bytes b) {

@@ -83,7 +83,11 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   void write_some();
   bool unread_bytes();
   // Istio's request metrics for one answered request.
-  void record(const RequestStart& start, const std::string& code, const char* flag, size_t reply_bytes);
+  // Metrics and access log of one answered request.
+  void record(const codecs::Message& req, const RequestStart& start, const std::string& code, const char* flag,
+              size_t reply_bytes);
+  void access_log(const codecs::Message& req, const RequestStart& start, const std::string& code,
+                  const char* flag, size_t reply_bytes, Clock::time_point now);
   void close(const char* why);
   void request_done();
   // Closes once nothing is in flight and every queued byte is written.

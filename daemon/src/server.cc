@@ -62,6 +62,8 @@ void Server::set_peers(std::shared_ptr<const PeerTable> peers) {
   impl_->peer_table = std::move(peers);
 }
 
+std::shared_ptr<const PeerTable> Server::peers() const { return impl_->peers(); }
+
 Result<void> Server::start() {
   if (impl_->started.exchange(true)) return Ok();
   // Bind synchronously so start() can report a port that is taken: with

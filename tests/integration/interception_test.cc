@@ -241,6 +241,16 @@ TEST_F(Interception, PodsFromTheKubernetesApiAreEnrolledByLabelAndLeaveWhenDelet
   EXPECT_TRUE(direct_from(out, tb_->pod_ip(kOptOut))) << "opted out by its own label: " << out;
   auto metrics = [&] { return http_get(tb_->node_ns(), "127.0.0.1:15000", "/stats/prometheus").value_or(""); };
   EXPECT_EQ(metric(metrics(), "metanode_pod_netns{state=\"managed\"}"), 1u) << metrics();
+  // /explain knows the pod behind an address and what the kernel does with it.
+  auto explain = [&](const std::string& src) {
+    return http_get(tb_->node_ns(), "127.0.0.1:15000", "/explain?dst=" + vip(9090) + "&src=" + src).value_or("");
+  };
+  std::string why = explain(tb_->pod_ip(kClient));
+  EXPECT_NE(why.find("redirected to the daemon: " + vip(9090) + " is a mesh service and pod apps/client (netns cookie"),
+            std::string::npos) << why;
+  why = explain(tb_->pod_ip(kOptOut));
+  EXPECT_NE(why.find("pod apps/optout (netns cookie"), std::string::npos) << why;
+  EXPECT_NE(why.find("is not managed (not enrolled"), std::string::npos) << why;
 
   // Deleted (a watch event): its namespace leaves mn_pods, connects go direct.
   int status = 0;

@@ -19,8 +19,6 @@ namespace metanode::testbed {
 namespace {
 namespace json = boost::json;
 
-constexpr char kHost[] = "thrift-sample-server.meta-thrift.svc.cluster.local";
-
 class KubePods : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -36,18 +34,10 @@ class KubePods : public ::testing::Test {
     std::istringstream addrs(slurp(dir + "/api.addr"));
     addrs >> api_ >> control_;
     // The upstream, and the service in front of it on a loopback "VIP".
-    upstream_ = free_port();
-    ASSERT_TRUE(d_.start_peer({"/usr/bin/python3", sample_options_from_build().peers_dir + "/server.py", "--host",
-                               "127.0.0.1", "--port", std::to_string(upstream_), "--name", "server-v1"},
-                              "server"));
-    vip_port_ = free_port();
-    d_.write_config("svc.yaml",
-                    "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
-                    "metadata: {name: thrift-sample-server, namespace: meta-thrift}\n"
-                    "spec:\n  hosts: [" + std::string(kHost) + "]\n  addresses: [127.0.0.1]\n"
-                    "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-thrift-hello}]\n"
-                    "  endpoints: [{address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-hello: " +
-                    std::to_string(upstream_) + "}}]\n");
+    auto svc = d_.serve_thrift_sample();
+    ASSERT_NE(svc.upstream, 0);
+    upstream_ = svc.upstream;
+    vip_port_ = svc.vip;
     apply(R"({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"meta-thrift",
               "labels":{"istio.io/dataplane-mode":"metanode","kubernetes.io/metadata.name":"meta-thrift"}}})");
     // The fixture pod on this node at 127.0.0.21; a pod of another node at .22.

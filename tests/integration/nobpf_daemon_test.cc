@@ -6,7 +6,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+
 #include <chrono>
+#include <sstream>
 #include <thread>
 
 #include "local_daemon.h"
@@ -190,6 +194,137 @@ TEST(NoBpfDaemonStart, MetricsAndReadinessHaveTheirOwnPortsAndAdminStaysLocal) {
                           " --admin-address 0.0.0.0:0 2>&1"});
   EXPECT_EQ(refused.status, 2);
   EXPECT_NE(refused.out.find("not a loopback address"), std::string::npos) << refused.out;
+}
+
+}  // namespace
+}  // namespace metanode::testbed
+
+namespace metanode::testbed {
+namespace {
+
+// The access log: one line per answered request, with what an operator
+// looks for (call, status, flags, sizes, duration, cluster, endpoint,
+// client and the address it dialled, route).
+class AccessLogged : public ::testing::Test {
+ protected:
+  void start(const std::vector<std::string>& flags) {
+    auto svc = d_.serve_thrift_sample(
+        "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+        "metadata: {name: r, namespace: meta-thrift}\nspec:\n  hosts: [" + std::string(kHost) + "]\n"
+        "  routes:\n  - name: hello-only\n    match:\n      attributes:\n        method: {exact: sayHello}\n"
+        "    route:\n    - destination: {host: " + std::string(kHost) + "}\n");
+    ASSERT_NE(svc.upstream, 0) << d_.log();
+    upstream_ = svc.upstream;
+    vip_port_ = svc.vip;
+    std::vector<std::string> args = {"--access-log", log_path()};
+    args.insert(args.end(), flags.begin(), flags.end());
+    ASSERT_TRUE(d_.start(args)) << d_.log();
+  }
+  std::string log_path() { return d_.dir() + "/access.log"; }
+  ClientSummary calls(int n, const std::string& method = "sayHello") {
+    return d_.run_client({"/usr/bin/python3", sample_options_from_build().peers_dir + "/client.py", "--host",
+                          "127.0.0.1", "--port", std::to_string(vip_port_), "--calls", std::to_string(n),
+                          "--method", method, "--quiet"});
+  }
+  std::vector<std::string> lines() {
+    std::vector<std::string> out;
+    std::istringstream in(slurp(log_path()));
+    for (std::string l; std::getline(in, l);) out.push_back(l);
+    return out;
+  }
+  LocalDaemon d_;
+  int upstream_ = 0, vip_port_ = 0;
+};
+
+TEST_F(AccessLogged, JsonLinePerRequestWithItsRouteClusterAndEndpoint) {
+  start({"--access-log-format", "json"});
+  ASSERT_EQ(calls(3).ok, 3);
+  ASSERT_EQ(calls(1, "sayGoodbye").errors, 1) << "no route for it";
+  ASSERT_TRUE(eventually([&] { return lines().size() == 4; })) << slurp(log_path());
+  auto l = lines();
+  std::string ep = "127.0.0.1:" + std::to_string(upstream_), vip = "127.0.0.1:" + std::to_string(vip_port_);
+  for (int i = 0; i < 3; ++i) {
+    google::protobuf::Struct st;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(l[i], &st).ok()) << l[i];
+    const auto& f = st.fields();
+    EXPECT_EQ(f.at("protocol").string_value(), "thrift");
+    EXPECT_EQ(f.at("method").string_value(), "sayHello");
+    EXPECT_EQ(f.at("response_code").string_value(), "ok");
+    EXPECT_EQ(f.at("response_flags").string_value(), "-");
+    EXPECT_EQ(f.at("route_name").string_value(), "hello-only");
+    EXPECT_EQ(f.at("upstream_cluster").string_value(), "outbound|" + std::to_string(vip_port_) + "||" + kHost);
+    EXPECT_EQ(f.at("upstream_host").string_value(), ep);
+    EXPECT_EQ(f.at("downstream_local_address").string_value(), vip);
+    EXPECT_EQ(f.at("downstream_remote_address").string_value().rfind("127.0.0.1:", 0), 0u);
+    EXPECT_EQ(f.at("upstream_request_attempt_count").number_value(), 1);
+    EXPECT_GT(f.at("bytes_received").number_value(), 20);
+    EXPECT_GT(f.at("bytes_sent").number_value(), 20);
+    EXPECT_GE(f.at("duration").number_value(), 0);
+    EXPECT_EQ(f.at("start_time").string_value().size(), 24u) << "2026-12-03T10:00:00.000Z";
+  }
+  EXPECT_NE(l[3].find("\"method\":\"sayGoodbye\",\"interface\":\"\",\"response_code\":\"exception\",\"response_flags\":\"NR\""),
+            std::string::npos)
+      << l[3];
+  EXPECT_NE(l[3].find("\"upstream_cluster\":\"\",\"upstream_host\":\"\""), std::string::npos) << l[3];
+  EXPECT_EQ(testbed::metric(d_.admin("/stats/prometheus"), "metanode_access_log_lines_total"), 4u);
+}
+
+TEST_F(AccessLogged, TextLinesAreCappedPerSecondAndCounted) {
+  start({"--access-log-max-rate", "5"});
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(calls(60).ok, 60);
+  int seconds = int(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - t0).count());
+  ASSERT_TRUE(eventually([&] {
+    auto m = d_.admin("/stats/prometheus");
+    return testbed::metric(m, "metanode_access_log_lines_total") +
+               testbed::metric(m, "metanode_access_log_dropped_total{reason=\"rate\"}") == 60;
+  })) << d_.admin("/stats/prometheus");
+  auto l = lines();
+  EXPECT_GE(l.size(), 5u);
+  EXPECT_LE(l.size(), size_t(5 * (seconds + 2))) << "5 a second";
+  EXPECT_EQ(l[0].rfind("[20", 0), 0u) << l[0];
+  EXPECT_NE(l[0].find("] \"thrift sayHello\" ok - "), std::string::npos) << l[0];
+  EXPECT_NE(l[0].find(" 127.0.0.1:" + std::to_string(upstream_) + " 127.0.0.1:"), std::string::npos) << l[0];
+  EXPECT_NE(l[0].find(" route=hello-only source=- attempts=1"), std::string::npos) << l[0];
+}
+
+TEST_F(AccessLogged, SampledShareOfRequests) {
+  start({"--access-log-sample", "0.5", "--access-log-format", "json"});
+  ASSERT_EQ(calls(400).ok, 400);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto n = lines().size();
+  // Binomial(400, 0.5): outside [140, 260] with probability below 1e-9.
+  EXPECT_GE(n, 140u);
+  EXPECT_LE(n, 260u);
+}
+
+// /explain on the running daemon agrees with what the access log shows.
+TEST_F(AccessLogged, ExplainSaysWhichRouteAndWhyNot) {
+  start({});
+  std::string vip = "127.0.0.1:" + std::to_string(vip_port_);
+  std::string t = d_.admin("/explain?dst=" + vip + "&attr.method=sayHello");
+  EXPECT_NE(t.find("kernel:   no interception (--no-bpf)"), std::string::npos) << t;
+  EXPECT_NE(t.find("route:    hello-only: matches"), std::string::npos) << t;
+  EXPECT_NE(t.find("  endpoint 127.0.0.1:" + std::to_string(upstream_) + " weight 1"), std::string::npos) << t;
+  t = d_.admin("/explain?dst=" + vip + "&attr.method=sayGoodbye&format=json");
+  EXPECT_NE(t.find("\"why\":\"attribute method: wants exact 'sayHello', request has 'sayGoodbye'\""),
+            std::string::npos) << t;
+  EXPECT_NE(t.find("no route (response flag NR)"), std::string::npos) << t;
+  int status = 0;
+  auto bad = http_get("", "127.0.0.1:" + d_.admin_port_str(), "/explain?dst=x", &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(bad.value_or(""), "explain: dst: 'x' is not IPv4:PORT\n");
+}
+
+TEST(AccessLogFlags, OptionsWithoutTheLogAreRefused) {
+  LocalDaemon d;
+  auto bin = sample_options_from_build().metanoded;
+  auto r = run({"/bin/sh", "-c", bin + " --no-bpf --config-dir " + d.config_dir() + " --access-log-sample 0.1 2>&1"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("go with --access-log"), std::string::npos) << r.out;
+  r = run({"/bin/sh", "-c", bin + " --no-bpf --config-dir " + d.config_dir() + " --access-log - --access-log-sample 2 2>&1"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("not a share in (0, 1]"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -140,6 +140,23 @@ pid_t LocalDaemon::start_peer(const std::vector<std::string>& argv, const std::s
   return 0;
 }
 
+LocalDaemon::LoopbackService LocalDaemon::serve_thrift_sample(const std::string& more_yaml) {
+  LoopbackService s{free_port(), free_port()};
+  if (!start_peer({"/usr/bin/python3", sample_options_from_build().peers_dir + "/server.py", "--host", "127.0.0.1",
+                   "--port", std::to_string(s.upstream), "--name", "server-v1"},
+                  "server"))
+    return {};
+  std::string host = ThriftSample::kHost;
+  write_config("svc.yaml",
+               "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+               "metadata: {name: thrift-sample-server, namespace: meta-thrift}\n"
+               "spec:\n  hosts: [" + host + "]\n  addresses: [127.0.0.1]\n"
+               "  ports: [{number: " + std::to_string(s.vip) + ", name: tcp-metaprotocol-thrift-hello}]\n"
+               "  endpoints: [{address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-hello: " +
+               std::to_string(s.upstream) + "}}]\n" + (more_yaml.empty() ? "" : "---\n" + more_yaml));
+  return s;
+}
+
 bool LocalDaemon::start(const std::vector<std::string>& extra, bool manifests) {
   admin_port_ = free_port();
   std::vector<std::string> argv = {sample_options_from_build().metanoded, "--no-bpf", "--admin-address",

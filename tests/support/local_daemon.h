@@ -40,6 +40,13 @@ class LocalDaemon {
   // 0 on failure.
   pid_t start_peer(const std::vector<std::string>& argv, const std::string& log,
                   const std::string& ready = "listening");
+  // One python3-thrift sample server on loopback and, in svc.yaml, the
+  // sample ServiceEntry in front of it on a loopback "VIP" port, followed by
+  // `more_yaml` (e.g. a MetaRouter). Ports 0 on failure.
+  struct LoopbackService {
+    int upstream = 0, vip = 0;
+  };
+  LoopbackService serve_thrift_sample(const std::string& more_yaml = "");
   // Starts metanoded --no-bpf on config_dir() (or, with `manifests` false,
   // on whatever source `extra_args` names) and waits for /ready.
   bool start(const std::vector<std::string>& extra_args = {}, bool manifests = true);
@@ -48,6 +55,7 @@ class LocalDaemon {
   ClientSummary run_client(const std::vector<std::string>& argv, int timeout_ms = 60000);
 
   std::string admin(const std::string& path);
+  std::string admin_port_str() const { return std::to_string(admin_port_); }
   uint64_t metric(const std::string& name) { return testbed::metric(admin("/stats/prometheus"), name); }
   std::string log() const { return slurp(dir_ + "/daemon.log"); }
   ProcessGroup& processes() { return procs_; }

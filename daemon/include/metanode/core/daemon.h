@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "metanode/core/access_log.h"
 #include "metanode/core/server.h"
 #include "metanode/net.h"
 #include "metanode/xds/xds_client.h"
@@ -49,6 +50,7 @@ struct DaemonOptions {
   DownstreamLimits downstream;  // per client connection
   std::chrono::milliseconds drain_timeout{5000};
   bool seccomp = true;  // the system call allow-list after start (docs/SECURITY.md)
+  std::optional<AccessLogOptions> access_log;  // --access-log
   std::chrono::milliseconds watch_interval{1000};
 };
 

@@ -20,6 +20,8 @@
 
 namespace metanode::core {
 
+class AccessLog;
+
 // What one client connection may hold and how long it may take. One daemon
 // serves every pod on the node: each bound keeps one client from growing the
 // daemon or pinning its resources at the others' expense.
@@ -60,6 +62,7 @@ struct ServerOptions {
   size_t max_upstream_conns = 2;      // per endpoint per worker
   DownstreamLimits downstream;
   codecs::Limits limits;
+  AccessLog* access_log = nullptr;  // one line per answered request when set (owned by the caller)
 };
 
 class Server {
@@ -77,6 +80,7 @@ class Server {
   std::shared_ptr<const xds::Snapshot> snapshot() const;
   // Publishes who the clients are; connections accepted from now on use it.
   void set_peers(std::shared_ptr<const PeerTable> peers);
+  std::shared_ptr<const PeerTable> peers() const;
 
   Result<void> start();
   // Graceful stop, first half: accept no more connections, close idle
