@@ -3,6 +3,7 @@
 //   metanodectl bpf [--pin-dir DIR]
 //   metanodectl pod add|del NETNS [--opt-out] [--pin-dir DIR]
 //   metanodectl exclude add|del PORT [--netns NETNS] [--pin-dir DIR]
+//   metanodectl status | explain VIP:PORT | clusters | config   (the running daemon's admin endpoint)
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "metanode/bpf/maps.h"
+#include "ctl_admin.h"
 #include "metanode/codecs/inspect.h"
 
 namespace {
@@ -28,7 +30,18 @@ int usage() {
                "      manage (or opt out) the pod whose network namespace is NETNS\n"
                "      (/run/netns/NAME or /proc/PID/ns/net); see metanoded --pods listed\n"
                "  metanodectl exclude add|del PORT [--netns NETNS] [--pin-dir DIR]\n"
-               "      never intercept connects to PORT (from NETNS, or from every pod)\n");
+               "      never intercept connects to PORT (from NETNS, or from every pod)\n"
+               "From the running daemon (--admin IP:PORT, default 127.0.0.1:15000):\n"
+               "  metanodectl status [-o json]\n"
+               "      ready or why not, requests, connections, rejected reloads, pods;\n"
+               "      exit 3 when not ready\n"
+               "  metanodectl explain VIP:PORT [--src POD_IP] [--attr KEY=VALUE]... [-o json]\n"
+               "      what a connect and a request with these attributes would meet: the\n"
+               "      kernel's decision, listener, each route's verdict, clusters, endpoints\n"
+               "  metanodectl clusters\n"
+               "      every cluster, its endpoints and their request counts\n"
+               "  metanodectl config\n"
+               "      the live configuration (JSON, as /config_dump)\n");
   return 2;
 }
 
@@ -174,5 +187,9 @@ int main(int argc, char** argv) {
   if (!std::strcmp(argv[1], "bpf")) return bpf(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "pod")) return pod(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "exclude")) return exclude(argc - 2, argv + 2);
+  if (!std::strcmp(argv[1], "status")) return metanode::ctl::status(argc - 2, argv + 2);
+  if (!std::strcmp(argv[1], "explain")) return metanode::ctl::explain(argc - 2, argv + 2);
+  if (!std::strcmp(argv[1], "clusters")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/clusters");
+  if (!std::strcmp(argv[1], "config")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/config_dump");
   return usage();
 }

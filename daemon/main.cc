@@ -11,6 +11,7 @@
 
 #include "metanode/bpf/maps.h"
 #include "metanode/core/daemon.h"
+#include "metanode/core/log_format.h"
 
 namespace {
 void usage(FILE* f) {
@@ -92,6 +93,8 @@ void usage(FILE* f) {
                "  --access-log-sample R     log this share of requests, 0 < R <= 1 (1)\n"
                "  --access-log-max-rate N   at most N lines a second; the rest are counted (no cap)\n"
                "  --log-level LEVEL         trace|debug|info|warn|error (info)\n"
+               "  --log-format text|json    the daemon's log lines: text (UTC times) or one JSON\n"
+               "                            object per line (time, level, msg)\n"
                "  --uninstall               remove pinned programs and maps, then exit\n");
 }
 
@@ -117,7 +120,7 @@ int main(int argc, char** argv) {
          kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
          kSourceConns, kSourcePending, kSourceRps, kAdminRemote, kMetrics, kReadiness,
          kNodeName, kKubeApi, kKubeToken, kKubeCa, kNetnsDir, kAccessLog, kAccessLogFormat,
-         kAccessLogSample, kAccessLogRate };
+         kAccessLogSample, kAccessLogRate, kLogFormat };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, kConfigDir},
       {"cgroup", required_argument, nullptr, kCgroup},
@@ -170,6 +173,7 @@ int main(int argc, char** argv) {
       {"access-log-format", required_argument, nullptr, kAccessLogFormat},
       {"access-log-sample", required_argument, nullptr, kAccessLogSample},
       {"access-log-max-rate", required_argument, nullptr, kAccessLogRate},
+      {"log-format", required_argument, nullptr, kLogFormat},
       {nullptr, 0, nullptr, 0}};
   // Node identity as istio-agent takes it from the downward API.
   auto env = [](const char* k, const char* dflt = "") {
@@ -204,6 +208,7 @@ int main(int argc, char** argv) {
   auto& dl = o.downstream;
   metanode::core::AccessLogOptions access_log;
   bool access_log_flags = false;
+  bool log_json = false;
   while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
     switch (c) {
       case kConfigDir: o.config_dir = optarg; break;
@@ -256,6 +261,13 @@ int main(int argc, char** argv) {
       }
       case kNodeName: node.node_name = optarg; break;
       case kAccessLog: access_log.path = optarg; break;
+      case kLogFormat:
+        if (std::string(optarg) != "text" && std::string(optarg) != "json") {
+          std::fprintf(stderr, "--log-format: text or json\n");
+          return 2;
+        }
+        log_json = std::string(optarg) == "json";
+        break;
       case kAccessLogFormat:
         if (std::string(optarg) != "text" && std::string(optarg) != "json") {
           std::fprintf(stderr, "--access-log-format: text or json\n");
@@ -393,7 +405,7 @@ int main(int argc, char** argv) {
       default: usage(stderr); return 2;
     }
   }
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  metanode::core::set_log_format(log_json);
   if (uninstall) {
     auto r = metanode::bpf::uninstall_kernel(o.pin_dir);
     if (!r) {

@@ -40,6 +40,14 @@ grep -q -- '--pods kubernetes' "$tmp/default.yaml"
 grep -q -- '--netns-dir /var/run/netns:cni-' "$tmp/default.yaml"
 grep -q '^kind: ClusterRoleBinding' "$tmp/default.yaml"
 grep -q 'automountServiceAccountToken: true' "$tmp/default.yaml"
+render --set accessLog.path=- > "$tmp/access.yaml"
+"$validate" "$tmp/access.yaml"
+grep -q -- '--access-log "-"' "$tmp/access.yaml"
+grep -q -- '--access-log-max-rate 1000' "$tmp/access.yaml"
+if grep -q -- '--access-log' "$tmp/default.yaml"; then
+  echo "FAIL: the access log is on by default" >&2
+  exit 1
+fi
 render --set pods.mode=all > "$tmp/all.yaml"
 "$validate" "$tmp/all.yaml"
 if grep -q '^kind: ClusterRole' "$tmp/all.yaml"; then

@@ -131,6 +131,9 @@ TEST_F(KubePods, ClientsRequestsCarryTheirPodsIdentity) {
   EXPECT_NE(d_.log().find("pod meta-thrift/thrift-sample-server-v2-7c9d5b8f6d-x2k8q enrolled: namespace label"),
             std::string::npos)
       << d_.log();
+  auto st = run({"/bin/sh", "-c", std::string(METANODE_CTL) + " status --admin 127.0.0.1:" + d_.admin_port_str()});
+  EXPECT_EQ(st.status, 0) << st.out;
+  EXPECT_NE(st.out.find("pods         1 enrolled (Kubernetes API)"), std::string::npos) << st.out;
 }
 
 // The API server forgets old versions (etcd compaction) while the watch is

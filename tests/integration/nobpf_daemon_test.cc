@@ -316,6 +316,57 @@ TEST_F(AccessLogged, ExplainSaysWhichRouteAndWhyNot) {
   EXPECT_EQ(bad.value_or(""), "explain: dst: 'x' is not IPv4:PORT\n");
 }
 
+// metanodectl's views of the running daemon, through its admin endpoint.
+TEST_F(AccessLogged, MetanodectlStatusExplainAndClusters) {
+  start({});
+  ASSERT_EQ(calls(4).ok, 4);
+  ASSERT_EQ(calls(1, "sayGoodbye").errors, 1);
+  std::string ctl = METANODE_CTL, admin = " --admin 127.0.0.1:" + d_.admin_port_str();
+  auto r = run({"/bin/sh", "-c", ctl + " status" + admin + " 2>&1"});
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("ready        yes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("requests     5 answered, 1 with a response flag"), std::string::npos) << r.out;
+  r = run({"/bin/sh", "-c", ctl + " status -o json" + admin});
+  EXPECT_EQ(r.status, 0);
+  google::protobuf::Struct st;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &st).ok()) << r.out;
+  EXPECT_TRUE(st.fields().at("ready").bool_value());
+  EXPECT_EQ(st.fields().at("requests").number_value(), 5);
+  EXPECT_EQ(st.fields().count("pods_enrolled"), 0u) << "no --pods kubernetes";
+  std::string vip = "127.0.0.1:" + std::to_string(vip_port_);
+  r = run({"/bin/sh", "-c", ctl + " explain " + vip + " --attr method=sayGoodbye" + admin});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, d_.admin("/explain?dst=" + vip + "&attr.method=sayGoodbye")) << "the same answer";
+  EXPECT_NE(r.out.find("no route (response flag NR)"), std::string::npos) << r.out;
+  r = run({"/bin/sh", "-c", ctl + " clusters" + admin});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.out.find("127.0.0.1:" + std::to_string(upstream_)), std::string::npos) << r.out;
+  r = run({"/bin/sh", "-c", ctl + " status --admin 127.0.0.1:1 2>&1"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("cannot reach metanoded's admin endpoint at 127.0.0.1:1"), std::string::npos) << r.out;
+}
+
+// --log-format json: every line of the daemon's log is one JSON object.
+TEST(NoBpfDaemonStart, JsonLogLinesAreOneObjectEach) {
+  LocalDaemon d;
+  auto svc = d.serve_thrift_sample();
+  ASSERT_NE(svc.vip, 0);
+  ASSERT_TRUE(d.start({"--log-format", "json"})) << d.log();
+  std::istringstream in(d.log());
+  int lines = 0;
+  bool ready = false;
+  for (std::string l; std::getline(in, l); ++lines) {
+    google::protobuf::Struct st;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(l, &st).ok()) << l;
+    const auto& f = st.fields();
+    EXPECT_EQ(f.at("time").string_value().size(), 24u) << l;
+    EXPECT_FALSE(f.at("level").string_value().empty()) << l;
+    ready = ready || f.at("msg").string_value().rfind("metanoded ready", 0) == 0;
+  }
+  EXPECT_GT(lines, 2);
+  EXPECT_TRUE(ready) << d.log();
+}
+
 TEST(AccessLogFlags, OptionsWithoutTheLogAreRefused) {
   LocalDaemon d;
   auto bin = sample_options_from_build().metanoded;

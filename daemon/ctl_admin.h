@@ -1,0 +1,15 @@
+// metanodectl subcommands that ask a running metanoded (its admin endpoint)
+// rather than the pinned maps. Each returns the process exit code.
+#pragma once
+
+namespace metanode::ctl {
+
+// status [--admin ADDR] [-o json]: ready or why not, requests, connections,
+// rejected reloads, pods (--pods kubernetes). Exit 3 when not ready.
+int status(int argc, char** argv);
+// explain VIP:PORT [--src POD_IP] [--attr KEY=VALUE]... [--admin ADDR] [-o json]
+int explain(int argc, char** argv);
+// The admin endpoint's `path`, as it answers (clusters, config).
+int passthrough(int argc, char** argv, const char* path);
+
+}  // namespace metanode::ctl
