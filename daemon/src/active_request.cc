@@ -125,7 +125,7 @@ void ActiveRequest::attempt() {
     // Counted as handed over: no reply will say more.
     if (stats) {
       auto d = down.lock();
-      stats->series_for(w.stats(), d ? d->peer() : nullptr, "-", flags::kNone)
+      stats->series_for(w.stats(), d ? d->peer() : nullptr, h->workload, "-", flags::kNone)
           ->record(Clock::now() - started, request_bytes, 0);
     }
     finish();

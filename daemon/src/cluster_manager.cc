@@ -34,6 +34,17 @@ std::shared_ptr<HostState> ClusterManager::host(net::Endpoint addr) {
   return h;
 }
 
+void ClusterManager::set_workload(HostState& h, const xds::Endpoint& e) {
+  if (e.workload.empty()) {
+    h.workload.reset();
+  } else if (!h.workload || h.workload->workload != e.workload || h.workload->namespace_ != e.workload_namespace) {
+    auto w = std::make_shared<PeerIdentity>();
+    w->workload = e.workload;
+    w->namespace_ = e.workload_namespace;
+    h.workload = std::move(w);
+  }
+}
+
 void ClusterManager::apply(const xds::Snapshot& snap) {
   std::unordered_map<const xds::Cluster*, ClusterState> next;
   std::unordered_map<uint64_t, std::shared_ptr<HostState>> keep;
@@ -50,6 +61,7 @@ void ClusterManager::apply(const xds::Snapshot& snap) {
     for (const auto& e : c->endpoints) {
       auto h = host(e.address);
       keep[key_of(e.address)] = h;
+      set_workload(*h, e);
       cs.hosts.push_back(h);
       lb_hosts.push_back({e.weight, lb::mix64(key_of(e.address))});
     }
@@ -82,14 +94,19 @@ ClusterStats* ClusterManager::stats_for(const xds::Cluster& c, std::string_view 
 }
 
 RequestSeries* ClusterStats::series_for(StatsShard& shard, const std::shared_ptr<const PeerIdentity>& source,
-                                        const std::string& code, const char* flags) {
+                                        const std::shared_ptr<const PeerIdentity>& dest, const std::string& code,
+                                        const char* flags) {
   for (const auto& e : series)
-    if (e.source == source && e.flags == flags && e.code == code) return e.series;
+    if (e.source == source && e.destination == dest && e.flags == flags && e.code == code) return e.series;
   RequestLabels l = destination;
   l.response_code = code;
   l.response_flags = flags;
   l.set_source(source.get());
-  series.push_back({source, code, flags, shard.request_series(l)});
+  if (dest) {
+    l.destination_workload = dest->workload;
+    l.destination_workload_namespace = dest->namespace_;
+  }
+  series.push_back({source, dest, code, flags, shard.request_series(l)});
   return series.back().series;
 }
 

@@ -72,11 +72,12 @@ class SharedLimits {
 // Per cluster name, stable across snapshots (requests keep a pointer).
 struct ClusterStats {
   RequestLabels destination;  // service, version, protocol; code and flags vary
-  // This worker's series of the cluster by (client, response code, flags):
+  // This worker's series of the cluster by (client, endpoint workload,
+  // response code, flags):
   // created once through the shard's lock, then found without one. The
   // entry holds the identity, so its address is never reused for another.
   struct Entry {
-    std::shared_ptr<const PeerIdentity> source;
+    std::shared_ptr<const PeerIdentity> source, destination;
     std::string code;
     const char* flags;
     RequestSeries* series;
@@ -84,7 +85,8 @@ struct ClusterStats {
   std::vector<Entry> series;
   std::shared_ptr<ClusterShared> shared;
   RequestSeries* series_for(StatsShard& shard, const std::shared_ptr<const PeerIdentity>& source,
-                            const std::string& code, const char* flags);
+                            const std::shared_ptr<const PeerIdentity>& destination, const std::string& code,
+                            const char* flags);
 };
 
 // Envoy's response flags, as Istio's response_flags label carries them;
@@ -142,6 +144,10 @@ struct HostState {
   };
   std::vector<Pool> pools;  // one per protocol ("auto" ports may carry two)
   bool removed = false;     // no longer in any cluster: drain
+  // The workload behind this address (istiod's endpoint metadata), for the
+  // destination_workload labels; null when not told. Replaced, not edited,
+  // when a snapshot says otherwise: metric caches hold the old one.
+  std::shared_ptr<const PeerIdentity> workload;
   // Connect backoff: after a failed connect, no new connection to this host
   // before connect_retry_at (doubling per failure, reset by a success).
   uint32_t connect_failures = 0;
@@ -214,6 +220,7 @@ class ClusterManager {
 
  private:
   std::shared_ptr<HostState> host(net::Endpoint addr);
+  static void set_workload(HostState& h, const xds::Endpoint& e);
   void mark_backoff(HostState& h, bool on);
 
   StatsShard& stats_;

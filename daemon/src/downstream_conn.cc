@@ -445,7 +445,9 @@ void DownstreamConn::record(const Message& req, const RequestStart& start, const
   StatsShard& shard = w_.stats();
   RequestSeries* s = nullptr;
   if (start.stats) {
-    s = start.stats->series_for(shard, peer_, code, flag);
+    static const std::shared_ptr<const PeerIdentity> kUnknown;
+    const auto& dest = start.request && start.request->host ? start.request->host->workload : kUnknown;
+    s = start.stats->series_for(shard, peer_, dest, code, flag);
   } else {
     // No cluster chosen (no route, rate limited): the service the client
     // dialled, by its listener when there is one.

@@ -98,7 +98,8 @@ std::string istio_labels(const RequestLabels& l) {
          "\",source_workload_namespace=\"" + known(l.source_namespace) + "\",source_principal=\"" +
          known(l.source_principal) + "\",source_app=\"" + known(l.source_app) + "\",source_version=\"" +
          known(l.source_version) + "\","
-         "destination_workload=\"unknown\",destination_workload_namespace=\"" + escape(ns) +
+         "destination_workload=\"" + known(l.destination_workload) + "\",destination_workload_namespace=\"" +
+         escape(l.destination_workload_namespace.empty() ? ns : l.destination_workload_namespace) +
          "\",destination_service=\"" + escape(host) + "\",destination_service_name=\"" + escape(name) +
          "\",destination_service_namespace=\"" + escape(ns) + "\",destination_version=\"" +
          escape(l.destination_version) + "\",request_protocol=\"" + escape(l.protocol) +

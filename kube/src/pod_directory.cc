@@ -11,7 +11,7 @@ std::string key(const ObjectMeta& m) { return m.namespace_ + "/" + m.name; }
 
 // The same steps for both kinds: parse, then replace or apply the event.
 template <class T, class Parse>
-ReflectorHandler handler(std::map<std::string, T>& store, uint64_t& rejected, Parse parse,
+ReflectorHandler handler(std::map<std::string, T>& store, size_t max, uint64_t& rejected, Parse parse,
                          std::function<void()> changed, const char* kind) {
   auto parse_one = [&rejected, parse, kind](const boost::json::value& v) -> std::optional<T> {
     auto r = parse(v);
@@ -21,21 +21,28 @@ ReflectorHandler handler(std::map<std::string, T>& store, uint64_t& rejected, Pa
     return std::nullopt;
   };
   ReflectorHandler h;
-  h.replace = [&store, parse_one, changed](const std::vector<boost::json::value>& items) {
+  auto full = [&rejected, max, kind](const std::map<std::string, T>& m, const std::string& k) {
+    if (m.size() < max || m.count(k)) return false;
+    if (rejected++ % 1000 == 0) spdlog::warn("more than {} {}s from the API server: the rest ignored", max, kind);
+    return true;
+  };
+  h.replace = [&store, parse_one, changed, full](const std::vector<boost::json::value>& items) {
     std::map<std::string, T> next;
     for (const auto& v : items)
       if (auto o = parse_one(v)) {
         std::string k = key(o->meta);
-        next.insert_or_assign(std::move(k), std::move(*o));
+        if (!full(next, k)) next.insert_or_assign(std::move(k), std::move(*o));
       }
     store = std::move(next);
     changed();
   };
-  h.event = [&store, parse_one, changed](EventType t, const boost::json::value& v) {
+  h.event = [&store, parse_one, changed, full](EventType t, const boost::json::value& v) {
     auto o = parse_one(v);
     if (!o) return;
-    if (t == EventType::kDeleted) store.erase(key(o->meta));
-    else store.insert_or_assign(key(o->meta), std::move(*o));
+    std::string k = key(o->meta);
+    if (t == EventType::kDeleted) store.erase(k);
+    else if (!full(store, k)) store.insert_or_assign(std::move(k), std::move(*o));
+    else return;
     changed();
   };
   return h;
@@ -48,11 +55,11 @@ void PodDirectory::changed() {
 }
 
 ReflectorHandler PodDirectory::pod_handler() {
-  return handler(pods_, rejected_, parse_pod, [this] { changed(); }, "pod");
+  return handler(pods_, max_pods_, rejected_, parse_pod, [this] { changed(); }, "pod");
 }
 
 ReflectorHandler PodDirectory::namespace_handler() {
-  return handler(namespaces_, rejected_, parse_namespace, [this] { changed(); }, "namespace");
+  return handler(namespaces_, max_namespaces_, rejected_, parse_namespace, [this] { changed(); }, "namespace");
 }
 
 const Namespace* PodDirectory::find_namespace(const std::string& name) const {

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -63,11 +64,14 @@ class DataPlane : public ::testing::Test {
     if (server_) server_->stop();
   }
 
-  void configure(const std::vector<std::string>& docs) {
+  // `edit`: changes to the translated resources (what only xDS carries).
+  void configure(const std::vector<std::string>& docs,
+                 const std::function<void(xds::Resources&)>& edit = nullptr) {
     std::vector<xds::ManifestFile> files;
     for (size_t i = 0; i < docs.size(); ++i) files.push_back({"f" + std::to_string(i) + ".yaml", docs[i]});
     auto res = xds::translate_manifests(files);
     ASSERT_TRUE(res) << res.error().message();
+    if (edit) edit(res.value());
     auto snap = xds::build_snapshot(std::move(res.value()));
     ASSERT_TRUE(snap) << snap.error().message();
     if (!server_) {

@@ -163,6 +163,16 @@ Result<std::vector<Endpoint>> endpoints_of(
       if (md != lbe.metadata().filter_metadata().end())
         for (const auto& [k, v] : md->second.fields())
           if (v.has_string_value()) e.labels[k] = v.string_value();
+      auto istio = lbe.metadata().filter_metadata().find("istio");
+      if (istio != lbe.metadata().filter_metadata().end()) {
+        auto w = istio->second.fields().find("workload");
+        if (w != istio->second.fields().end() && w->second.has_string_value()) {
+          const std::string& s = w->second.string_value();
+          auto semi = s.find(';');
+          e.workload = s.substr(0, semi);
+          if (semi != std::string::npos) e.workload_namespace = s.substr(semi + 1, s.find(';', semi + 1) - semi - 1);
+        }
+      }
       out.push_back(std::move(e));
     }
   }

@@ -137,6 +137,38 @@ TEST_F(DataPlane, IstioMetricsCountEveryRequestWithItsSizesAndFlags) {
   EXPECT_EQ(metric_value(text, "istio_requests_total", nr), 3) << text;
 }
 
+// istiod names the workload behind each endpoint in its metadata; the
+// metrics carry it as destination_workload, per endpoint.
+TEST_F(DataPlane, DestinationWorkloadComesFromIstiodsEndpointMetadata) {
+  FakeUpstream a("a"), b("b");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}, {b.port(), "v2"}}), rule_yaml("")},
+            [&](xds::Resources& r) {
+              auto tag = [&](envoy::config::endpoint::v3::ClusterLoadAssignment& cla) {
+                for (auto& loc : *cla.mutable_endpoints())
+                  for (auto& lbe : *loc.mutable_lb_endpoints()) {
+                    uint32_t port = lbe.endpoint().address().socket_address().port_value();
+                    if (port != uint32_t(a.port())) continue;  // b's stays untold
+                    (*(*lbe.mutable_metadata()->mutable_filter_metadata())["istio"].mutable_fields())["workload"]
+                        .set_string_value("svc-v1;ns-apps;svc;v1;Kubernetes");
+                  }
+              };
+              for (auto& cla : r.endpoints) tag(cla);
+              for (auto& c : r.clusters) tag(*c.mutable_load_assignment());
+            });
+  auto seen = calls(10, "get");
+  ASSERT_EQ(seen["a"] + seen["b"], 10);
+  std::string text = render_prometheus(server_->shards(), "");
+  EXPECT_EQ(metric_value(text, "istio_requests_total",
+                         {"destination_workload=\"svc-v1\"", "destination_workload_namespace=\"ns-apps\"",
+                          "destination_version=\"unknown\""}),
+            seen["a"])
+      << text;
+  EXPECT_EQ(metric_value(text, "istio_requests_total",
+                         {"destination_workload=\"unknown\"", "destination_workload_namespace=\"ns\""}),
+            seen["b"])
+      << "untold: unknown, the service's namespace\n" << text;
+}
+
 TEST_F(DataPlane, MirrorCopiesEveryRequestAndNeverDelaysTheCall) {
   FakeUpstream v1("v1");
   // The mirror never answers: if its reply were awaited, every call would time out.

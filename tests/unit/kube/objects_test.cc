@@ -130,3 +130,40 @@ TEST(KubeObjects, WorkloadNamesAsIstioDerivesThem) {
 
 }  // namespace
 }  // namespace metanode::kube
+
+#include "metanode/kube/pod_directory.h"
+
+namespace metanode::kube {
+namespace {
+
+// Bounded: beyond its cap a directory refuses new objects (counted), keeps
+// updating and deleting the ones it has.
+TEST(PodDirectory, KeepsAtMostItsCapAndCountsTheRest) {
+  PodDirectory d(2, 10);
+  int changes = 0;
+  d.on_change = [&] { ++changes; };
+  auto pod = [](const std::string& name, const std::string& ip) {
+    return json::parse(R"({"metadata":{"name":")" + name + R"(","namespace":"n"},"status":{"podIP":")" + ip + R"("}})");
+  };
+  auto h = d.pod_handler();
+  h.replace({pod("a", "10.0.0.1"), pod("b", "10.0.0.2"), pod("c", "10.0.0.3")});
+  EXPECT_EQ(d.pods().size(), 2u);
+  EXPECT_EQ(d.rejected(), 1u);
+  h.event(EventType::kAdded, pod("d", "10.0.0.4"));
+  EXPECT_EQ(d.pods().size(), 2u);
+  EXPECT_EQ(d.rejected(), 2u);
+  EXPECT_EQ(changes, 1) << "a refused object changes nothing";
+  h.event(EventType::kModified, pod("a", "10.0.0.9"));
+  EXPECT_EQ(net::ipv4_str(d.pods().at("n/a").ipv4.at(0)), "10.0.0.9");
+  h.event(EventType::kDeleted, pod("b", "10.0.0.2"));
+  h.event(EventType::kAdded, pod("d", "10.0.0.4"));
+  EXPECT_EQ(d.pods().count("n/d"), 1u) << "room again";
+  auto ns = d.namespace_handler();
+  ns.replace({json::parse(R"({"metadata":{"name":"n","labels":{"istio.io/dataplane-mode":"metanode"}}})")});
+  ASSERT_NE(d.find_namespace("n"), nullptr);
+  EXPECT_TRUE(d.enrollment(d.pods().at("n/a")).enrolled);
+  EXPECT_EQ(d.find_namespace("other"), nullptr);
+}
+
+}  // namespace
+}  // namespace metanode::kube

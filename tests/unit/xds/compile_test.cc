@@ -301,6 +301,28 @@ TEST(Compile, BadResourcesAreNamedAndTheRestApplies) {
   EXPECT_EQ(s.resources.routes.size(), 1u);
 }
 
+// istiod's endpoint metadata names the workload: "NAME;NAMESPACE;...".
+TEST(Compile, EndpointWorkloadFromIstioMetadata) {
+  Resources r = tutorial();
+  auto set = [&](const std::string& subset, const std::string& value) {
+    for (auto& cla : r.endpoints)
+      if (cla.cluster_name() == "outbound|9090|" + subset + "|" + kHost)
+        (*(*cla.mutable_endpoints(0)->mutable_lb_endpoints(0)->mutable_metadata()->mutable_filter_metadata())["istio"]
+              .mutable_fields())["workload"]
+            .set_string_value(value);
+  };
+  set("v1", "thrift-sample-server-v1;meta-thrift;thrift-sample-server;v1;Kubernetes");
+  set("v2", "bare-name");
+  auto s = build_snapshot(std::move(r));
+  ASSERT_TRUE(s) << s.error().message();
+  const auto& v1 = (*s)->find_cluster(std::string("outbound|9090|v1|") + kHost)->endpoints.at(0);
+  EXPECT_EQ(v1.workload, "thrift-sample-server-v1");
+  EXPECT_EQ(v1.workload_namespace, "meta-thrift");
+  const auto& v2 = (*s)->find_cluster(std::string("outbound|9090|v2|") + kHost)->endpoints.at(0);
+  EXPECT_EQ(v2.workload, "bare-name");
+  EXPECT_EQ(v2.workload_namespace, "");
+}
+
 TEST(Compile, BuildSnapshotIsAllOrNothing) {
   Resources r = tutorial();
   r.routes[0].mutable_virtual_hosts(0)->mutable_routes(0)->clear_route();

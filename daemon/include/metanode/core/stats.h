@@ -106,9 +106,13 @@ struct RequestLabels {
   std::string response_flags;       // Envoy's: "-", NR, UH, UF, UO, UT, RL, OM
   // The client pod (PeerIdentity); "" is written "unknown".
   std::string source_workload, source_namespace, source_principal, source_app, source_version;
+  // The endpoint's workload (istiod's endpoint metadata); "": unknown, and
+  // the namespace is then the service's.
+  std::string destination_workload, destination_workload_namespace;
   auto key() const {
     return std::tie(destination_service, destination_version, protocol, response_code, response_flags,
-                    source_workload, source_namespace, source_principal, source_app, source_version);
+                    source_workload, source_namespace, source_principal, source_app, source_version,
+                    destination_workload, destination_workload_namespace);
   }
   bool operator<(const RequestLabels& o) const { return key() < o.key(); }
   void set_source(const PeerIdentity* p) {

@@ -17,6 +17,12 @@ namespace metanode::kube {
 
 class PodDirectory {
  public:
+  // At most this many objects of each kind are kept; more (a node has ~110
+  // pods, a cluster thousands of namespaces) are refused and counted as
+  // rejected, so a broken API server cannot grow the daemon without bound.
+  explicit PodDirectory(size_t max_pods = 5000, size_t max_namespaces = 100000)
+      : max_pods_(max_pods), max_namespaces_(max_namespaces) {}
+
   // The reflectors' handlers.
   ReflectorHandler pod_handler();
   ReflectorHandler namespace_handler();
@@ -33,6 +39,7 @@ class PodDirectory {
   void changed();
   std::map<std::string, Pod> pods_;
   std::map<std::string, Namespace> namespaces_;
+  size_t max_pods_, max_namespaces_;
   uint64_t generation_ = 0, rejected_ = 0;
 };
 

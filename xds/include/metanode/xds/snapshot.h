@@ -34,6 +34,10 @@ struct Endpoint {
   net::Endpoint address;
   std::map<std::string, std::string> labels;
   uint32_t weight = 1;
+  // The workload behind it, as istiod tells its proxies (filter metadata
+  // "istio", field "workload": "NAME;NAMESPACE;CANONICAL;REVISION;CLUSTER"),
+  // for the destination_workload labels; empty when not told.
+  std::string workload, workload_namespace;
 };
 
 // Passive health checking (Envoy's OutlierDetection, Istio's DestinationRule
