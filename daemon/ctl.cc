@@ -3,7 +3,7 @@
 //   metanodectl bpf [--pin-dir DIR]
 //   metanodectl pod add|del NETNS [--opt-out] [--pin-dir DIR]
 //   metanodectl exclude add|del PORT [--netns NETNS] [--pin-dir DIR]
-//   metanodectl status | explain VIP:PORT | clusters | config   (the running daemon's admin endpoint)
+//   metanodectl status | explain VIP:PORT | routes | clusters | config   (the running daemon's admin endpoint)
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -38,6 +38,9 @@ int usage() {
                "  metanodectl explain VIP:PORT [--src POD_IP] [--attr KEY=VALUE]... [-o json]\n"
                "      what a connect and a request with these attributes would meet: the\n"
                "      kernel's decision, listener, each route's verdict, clusters, endpoints\n"
+               "  metanodectl routes [-o json]\n"
+               "      every listener's routes as executed: matchers, weighted clusters,\n"
+               "      mirrors, timeouts, retries\n"
                "  metanodectl clusters\n"
                "      every cluster, its endpoints and their request counts\n"
                "  metanodectl config\n"
@@ -190,6 +193,7 @@ int main(int argc, char** argv) {
   if (!std::strcmp(argv[1], "status")) return metanode::ctl::status(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "explain")) return metanode::ctl::explain(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "clusters")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/clusters");
+  if (!std::strcmp(argv[1], "routes")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/routes");
   if (!std::strcmp(argv[1], "config")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/config_dump");
   return usage();
 }

@@ -203,7 +203,8 @@ int passthrough(int argc, char** argv, const char* path) {
   Options o = parse(argc, argv);
   if (!o.error.empty() || !o.positional.empty()) return fail(o.error.empty() ? "no argument expected" : o.error);
   std::string err;
-  auto r = get(o.admin, path, err);
+  bool json_view = std::string(path) == "/routes" && o.json;
+  auto r = get(o.admin, json_view ? std::string(path) + "?format=json" : std::string(path), err);
   if (!r) return fail(err);
   std::fputs(r->body.c_str(), r->status == 200 ? stdout : stderr);
   return r->status == 200 ? 0 : 1;

@@ -18,6 +18,7 @@
 #include "metanode/core/server.h"
 #include "explain.h"
 #include "kube_pods.h"
+#include "route_view.h"
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/manifest_source.h"
 #include "metanode/xds/xds_client.h"
@@ -74,12 +75,11 @@ std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts, const 
   return std::make_unique<xds::XdsClient>(std::move(xo));
 }
 
-// /config_dump: the live resources, then the source's per-type state.
-std::string config_dump(const Server& server, const xds::ConfigSource& source) {
+// /config_dump: the live resources in Envoy's ConfigDump shape.
+std::string config_dump(const Server& server) {
   auto s = server.snapshot();
-  std::string body = s ? xds::resources_to_json(s->resources) : "{\"version\":\"\"}";
-  body.pop_back();
-  return body + ",\"source\":" + source.status_json() + "}\n";
+  return s ? xds::config_dump_json(s->resources, s->compiled_at)
+           : xds::config_dump_json({}, std::chrono::system_clock::now());
 }
 
 // One daemon holds a connection per pod connection and per upstream: the
@@ -306,14 +306,21 @@ int run_daemon(const DaemonOptions& opts) {
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
     if (auto r = get_only(method)) return *r;
     if (path == "/ready" || path == "/healthz/ready") return ready();
-    if (path == "/config_dump") return AdminResponse{200, "application/json", config_dump(server, *source)};
+    if (path == "/config_dump") return AdminResponse{200, "application/json", config_dump(server)};
+    // Where the configuration comes from and how it is going: per stream and
+    // type, version, nonce, last update, last NACK (not Envoy's: its own path).
+    if (path == "/config_source") return AdminResponse{200, "application/json", source->status_json() + "\n"};
     if (path == "/clusters") return AdminResponse{200, "text/plain", server.clusters_text()};
     if (path == "/stats/prometheus" || path == "/stats") return metrics();
+    if (path == "/routes") return AdminResponse{200, "text/plain", routes_text(server.snapshot().get())};
+    if (path == "/routes?format=json")
+      return AdminResponse{200, "application/json", routes_json(server.snapshot().get())};
     if (path == "/explain" || path.rfind("/explain?", 0) == 0)
       return explain(path.size() > 9 ? path.substr(9) : std::string());
     if (path == "/")
       return AdminResponse{200, "text/plain",
-                           "/ready\n/config_dump\n/clusters\n/stats/prometheus\n"
+                           "/ready\n/config_dump\n/config_source\n/clusters\n/routes[?format=json]\n"
+                           "/stats/prometheus\n"
                            "/explain?dst=IP:PORT[&src=IP][&attr.NAME=VALUE...][&format=json]\n"};
     return not_found;
   });

@@ -7,6 +7,7 @@
 #include "metanode/core/router.h"
 #include "metanode/json.h"
 #include "metanode/lb/load_balancer.h"
+#include "route_view.h"
 
 namespace metanode::core {
 namespace {
@@ -25,18 +26,6 @@ std::string url_decode(const std::string& s) {
     }
   }
   return out;
-}
-
-const char* kind_name(xds::AttributeMatcher::Kind k) {
-  switch (k) {
-    case xds::AttributeMatcher::Kind::kExact: return "exact";
-    case xds::AttributeMatcher::Kind::kPrefix: return "prefix";
-    case xds::AttributeMatcher::Kind::kSuffix: return "suffix";
-    case xds::AttributeMatcher::Kind::kContains: return "contains";
-    case xds::AttributeMatcher::Kind::kRegex: return "regex";
-    case xds::AttributeMatcher::Kind::kPresent: return "present";
-  }
-  return "?";
 }
 
 // The decision and its reasons, rendered as text or JSON below.
@@ -65,8 +54,7 @@ std::string failing_matcher(const xds::Route& r, const codecs::Metadata& md) {
   for (const auto& m : r.match) {
     const std::string* v = md.get(m.name);
     if (m.matches(v)) continue;
-    std::string want = std::string(m.invert ? "not " : "") + kind_name(m.kind) +
-                       (m.kind == xds::AttributeMatcher::Kind::kPresent ? "" : " '" + m.value + "'");
+    std::string want = describe(m).substr(m.name.size() + 1);
     return "attribute " + m.name + ": wants " + want + ", request has " + (v ? "'" + *v + "'" : "none");
   }
   return {};

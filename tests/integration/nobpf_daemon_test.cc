@@ -338,6 +338,13 @@ TEST_F(AccessLogged, MetanodectlStatusExplainAndClusters) {
   EXPECT_EQ(r.status, 0);
   EXPECT_EQ(r.out, d_.admin("/explain?dst=" + vip + "&attr.method=sayGoodbye")) << "the same answer";
   EXPECT_NE(r.out.find("no route (response flag NR)"), std::string::npos) << r.out;
+  r = run({"/bin/sh", "-c", ctl + " routes" + admin});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.out.find("  hello-only: method exact 'sayHello'\n    -> outbound|" + std::to_string(vip_port_) + "||" +
+                       std::string(kHost) + "\n"),
+            std::string::npos) << r.out;
+  r = run({"/bin/sh", "-c", ctl + " routes -o json" + admin});
+  EXPECT_NE(r.out.find("\"match\":[\"method exact 'sayHello'\"]"), std::string::npos) << r.out;
   r = run({"/bin/sh", "-c", ctl + " clusters" + admin});
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.out.find("127.0.0.1:" + std::to_string(upstream_)), std::string::npos) << r.out;

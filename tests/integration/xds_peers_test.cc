@@ -207,9 +207,14 @@ TEST_F(XdsPeers, GoControlPlaneFeedsTheDaemon) {
                         "listener.v3.Listener v1", "route.v3.RouteConfiguration v1"})
     EXPECT_TRUE(contains(out, std::string("ACK type.googleapis.com/envoy.config.") + t)) << t << "\n" << out;
   EXPECT_FALSE(contains(out, "NACK")) << out;
-  auto dump = d_.admin("/config_dump");
+  auto dump = d_.admin("/config_source");
   EXPECT_TRUE(contains(dump, "\"stream\":\"rds:aeraki-xds\",\"target\":\"127.0.0.1:" + std::to_string(port)))
       << dump;
+  // /config_dump is Envoy's ConfigDump: the real Go types decode it strictly.
+  std::ofstream(d_.dir() + "/config_dump.json") << d_.admin("/config_dump");
+  auto decoded = run({METANODE_XDS_CLIENT_PEER, "-config-dump", d_.dir() + "/config_dump.json"});
+  EXPECT_EQ(decoded.status, 0) << decoded.out;
+  EXPECT_TRUE(contains(decoded.out, "listeners=1 routes=1")) << decoded.out;
   auto m = d_.admin("/stats/prometheus");
   EXPECT_EQ(labelled(m, "metanode_xds_connected{stream=\"ads\"}"), 1u) << m;
   EXPECT_EQ(labelled(m, "metanode_xds_updates_total{type=\"RouteConfiguration\",stream=\"rds:aeraki-xds\"}"), 1u);
@@ -241,7 +246,7 @@ TEST_F(XdsPeers, GoControlPlaneDeltaFeedsTheDaemon) {
     EXPECT_TRUE(contains(out, std::string("DELTA-ACK type.googleapis.com/envoy.config.") + t)) << t << "\n" << out;
   EXPECT_TRUE(contains(out, "DELTA-SUBSCRIBE type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment "))
       << out;
-  EXPECT_TRUE(contains(d_.admin("/config_dump"), "\"variant\":\"delta\""));
+  EXPECT_TRUE(contains(d_.admin("/config_source"), "\"variant\":\"delta\""));
 
   // A change and a removal in one push: the split applies, the second
   // service's resources are removed.
@@ -302,7 +307,7 @@ TEST_F(XdsPeers, OneBadResourceIsNackedTheRestApplies) {
   EXPECT_GE(rejects, 1u);
   EXPECT_LE(rejects, 10u)
       << m;
-  EXPECT_TRUE(contains(d_.admin("/config_dump"), "bad regex"));
+  EXPECT_TRUE(contains(d_.admin("/config_source"), "bad regex"));
 }
 
 // The control plane goes away: traffic goes on with the last good

@@ -209,9 +209,9 @@ std::string ThriftSample::admin(const std::string& path) {
 
 std::string ThriftSample::config_version() {
   std::string dump = admin("/config_dump");
-  auto p = dump.find("\"version\":\"");
+  auto p = dump.find("\"version_info\":\"");
   if (p == std::string::npos) return "";
-  p += 11;
+  p += 16;
   return dump.substr(p, dump.find('"', p) - p);
 }
 

@@ -3,11 +3,16 @@
 // it sees only the compiled model in snapshot.h.
 #include "metanode/xds/snapshot.h"
 
+#include "metanode/json.h"
+
+#include <google/protobuf/any.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <re2/re2.h>
 
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
+#include <ctime>
 #include <optional>
 #include <set>
 
@@ -234,23 +239,44 @@ bool parse_cluster_name(std::string_view name, std::string& host, std::string& s
   return true;
 }
 
-std::string resources_to_json(const Resources& r) {
+std::string config_dump_json(const Resources& r, std::chrono::system_clock::time_point last_updated) {
   google::protobuf::util::JsonPrintOptions opt;
   opt.add_whitespace = false;
   opt.preserve_proto_field_names = true;
-  auto list = [&](const auto& items) {
-    std::string out = "[";
-    for (size_t i = 0; i < items.size(); ++i) {
-      std::string j;
-      if (!google::protobuf::util::MessageToJsonString(items[i], &j, opt).ok()) j = "null";
-      if (i) out += ",";
-      out += j;
-    }
-    return out + "]";
+  auto any_json = [&](const google::protobuf::Message& m) {
+    google::protobuf::Any a;
+    a.PackFrom(m);
+    std::string j;
+    if (!google::protobuf::util::MessageToJsonString(a, &j, opt).ok()) j = "null";
+    return j;
   };
-  return "{\"version\":\"" + r.version + "\",\"listeners\":" + list(r.listeners) +
-         ",\"clusters\":" + list(r.clusters) + ",\"endpoints\":" + list(r.endpoints) +
-         ",\"routes\":" + list(r.routes) + "}";
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(last_updated.time_since_epoch()).count();
+  time_t secs = time_t(ms / 1000);
+  tm utc{};
+  gmtime_r(&secs, &utc);
+  char when[64];
+  std::snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900, utc.tm_mon + 1,
+                utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, int(ms % 1000));
+  std::string v = json_string(r.version), at = std::string("\"") + when + "\"";
+  // One entry of a dynamic list: {"version_info", "<field>": Any, "last_updated"}.
+  auto entries = [&](const auto& items, const char* field) {
+    std::string out;
+    for (size_t i = 0; i < items.size(); ++i)
+      out += std::string(i ? "," : "") + "{\"version_info\":" + v + ",\"" + field + "\":" + any_json(items[i]) +
+             ",\"last_updated\":" + at + "}";
+    return out;
+  };
+  std::string listeners;
+  for (size_t i = 0; i < r.listeners.size(); ++i)
+    listeners += std::string(i ? "," : "") + "{\"name\":" + json_string(r.listeners[i].name()) +
+                 ",\"active_state\":{\"version_info\":" + v + ",\"listener\":" + any_json(r.listeners[i]) +
+                 ",\"last_updated\":" + at + "}}";
+  const std::string t = "\"@type\":\"type.googleapis.com/envoy.admin.v3.";
+  return "{\"configs\":[{" + t + "ClustersConfigDump\",\"version_info\":" + v +
+         ",\"dynamic_active_clusters\":[" + entries(r.clusters, "cluster") + "]},{" + t +
+         "EndpointsConfigDump\",\"dynamic_endpoint_configs\":[" + entries(r.endpoints, "endpoint_config") + "]},{" +
+         t + "ListenersConfigDump\",\"version_info\":" + v + ",\"dynamic_listeners\":[" + listeners + "]},{" + t +
+         "RoutesConfigDump\",\"dynamic_route_configs\":[" + entries(r.routes, "route_config") + "]}]}\n";
 }
 
 namespace {
@@ -693,6 +719,7 @@ std::string short_type(const std::string& type_url) {
 Compiled compile_snapshot(Resources res) {
   auto snap = std::make_shared<Snapshot>();
   snap->version = res.version;
+  snap->compiled_at = std::chrono::system_clock::now();
   Compiled out;
   Resources kept;
   kept.version = res.version;

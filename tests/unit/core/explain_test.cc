@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "explain.h"
+#include "route_view.h"
 #include "metanode/xds/k8s_config.h"
 
 namespace metanode::core {
@@ -120,6 +121,23 @@ TEST_F(Explain, KernelSaysWhyAConnectGoesDirect) {
   t = text("dst=127.0.0.1:1");
   EXPECT_NE(t.find("no interception (--no-bpf)"), std::string::npos) << t;
   EXPECT_NE(t.find("closed at accept: no listener for 127.0.0.1:1"), std::string::npos) << t;
+}
+
+TEST_F(Explain, RoutesViewListsEveryRouteAsExecuted) {
+  std::string t = routes_text(snap_.get());
+  EXPECT_NE(t.find("10.96.0.10_9090  thrift  hello.meta-thrift.svc.cluster.local  routes "), std::string::npos) << t;
+  EXPECT_NE(t.find("  goodbye-to-v1: method exact 'sayGoodbye'\n"
+                   "    -> outbound|9090|v1|hello.meta-thrift.svc.cluster.local\n"),
+            std::string::npos) << t;
+  EXPECT_NE(t.find("  hello-split: method prefix 'sayHe'\n"
+                   "    -> outbound|9090|v1|hello.meta-thrift.svc.cluster.local weight 20\n"
+                   "    -> outbound|9090|v2|hello.meta-thrift.svc.cluster.local weight 80\n"),
+            std::string::npos) << t;
+  std::string j = routes_json(snap_.get());
+  EXPECT_NE(j.find("{\"name\":\"hello-split\",\"match\":[\"method prefix 'sayHe'\"],\"clusters\":["
+                   "{\"name\":\"outbound|9090|v1|hello.meta-thrift.svc.cluster.local\",\"weight\":20}"),
+            std::string::npos) << j;
+  EXPECT_EQ(routes_text(nullptr), "no listeners\n");
 }
 
 TEST(ExplainQuery, ParametersAreCheckedAndDecoded) {

@@ -158,10 +158,23 @@ TEST(K8sConfig, MetaRouterBecomesRoutesInOrder) {
   EXPECT_EQ(routes[1].clusters[1].weight, 80u);
 }
 
-TEST(K8sConfig, ResourcesRenderAsJson) {
+// /config_dump in Envoy's ConfigDump shape (tests/integration/xds_peers_test.cc
+// decodes it with the real Go types).
+TEST(K8sConfig, ResourcesRenderAsEnvoysConfigDump) {
   auto r = translate_manifests({{"svc.yaml", kService}, {"route.yaml", kRouter}});
   ASSERT_TRUE(r);
-  std::string j = resources_to_json(*r);
+  r->version = "v7";
+  std::string j = config_dump_json(*r, std::chrono::system_clock::time_point(std::chrono::seconds(1796292000)));
+  EXPECT_EQ(j.rfind("{\"configs\":[{\"@type\":\"type.googleapis.com/envoy.admin.v3.ClustersConfigDump\","
+                    "\"version_info\":\"v7\",\"dynamic_active_clusters\":[{\"version_info\":\"v7\",\"cluster\":"
+                    "{\"@type\":\"type.googleapis.com/envoy.config.cluster.v3.Cluster\"",
+                    0),
+            0u) << j;
+  EXPECT_NE(j.find("\"last_updated\":\"2026-12-03T10:00:00.000Z\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"dynamic_listeners\":[{\"name\":\"10.96.0.10_9090\",\"active_state\":{\"version_info\""),
+            std::string::npos) << j;
+  EXPECT_NE(j.find("\"route_config\":{\"@type\":\"type.googleapis.com/envoy.config.route.v3.RouteConfiguration\""),
+            std::string::npos) << j;
   EXPECT_NE(j.find("\"weighted_clusters\""), std::string::npos) << j;
   EXPECT_NE(j.find("aeraki.meta_protocol.codec.thrift"), std::string::npos);
 }

@@ -6,10 +6,16 @@
 // metanode's .proto files and JSON keys are field-compatible.
 //
 //	xds-client -server HOST:PORT -node ID [-nack TYPE] [-updates N] [-timeout 10s]
+//	xds-client -config-dump FILE
 //
 // Prints one line per response: "RESPONSE <stream> <type> <version> <names,...>",
 // "SYNCED" once all four types have arrived, and exits 0 after N more
 // responses (or 1 on any decode error or on the timeout).
+//
+// With -config-dump it decodes FILE (metanoded's /config_dump) strictly as
+// Envoy's envoy.admin.v3.ConfigDump, every resource in it with the real
+// types, prints "CONFIGDUMP clusters=N endpoints=N listeners=N routes=N"
+// and exits 0 (1 on any error).
 package main
 
 import (
@@ -29,6 +35,7 @@ import (
 
 	mpp "github.com/aeraki-mesh/meta-protocol-control-plane-api/aeraki/meta_protocol_proxy/v1alpha"
 	udpa "github.com/cncf/xds/go/udpa/type/v1"
+	admin "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -98,13 +105,68 @@ func decode(a *anypb.Any) (name, rds string) {
 	return "", ""
 }
 
+// configDump decodes an Envoy ConfigDump and each resource in it.
+func configDump(path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		fail("%v", err)
+	}
+	var cd admin.ConfigDump
+	if err := protojson.Unmarshal(data, &cd); err != nil {
+		fail("config dump: %v", err)
+	}
+	n := map[string]int{}
+	for _, c := range cd.Configs {
+		m, err := c.UnmarshalNew()
+		if err != nil {
+			fail("%s: %v", c.TypeUrl, err)
+		}
+		switch d := m.(type) {
+		case *admin.ClustersConfigDump:
+			for _, e := range d.DynamicActiveClusters {
+				decode(e.Cluster)
+				n["clusters"]++
+			}
+		case *admin.EndpointsConfigDump:
+			for _, e := range d.DynamicEndpointConfigs {
+				decode(e.EndpointConfig)
+				n["endpoints"]++
+			}
+		case *admin.ListenersConfigDump:
+			for _, e := range d.DynamicListeners {
+				if e.ActiveState == nil || e.Name == "" {
+					fail("listener entry without name or active_state")
+				}
+				if name, _ := decode(e.ActiveState.Listener); name != e.Name {
+					fail("listener %q dumped as %q", name, e.Name)
+				}
+				n["listeners"]++
+			}
+		case *admin.RoutesConfigDump:
+			for _, e := range d.DynamicRouteConfigs {
+				decode(e.RouteConfig)
+				n["routes"]++
+			}
+		default:
+			fail("unexpected config %s", c.TypeUrl)
+		}
+	}
+	fmt.Printf("CONFIGDUMP clusters=%d endpoints=%d listeners=%d routes=%d\n", n["clusters"], n["endpoints"],
+		n["listeners"], n["routes"])
+}
+
 func main() {
 	server := flag.String("server", "127.0.0.1:15010", "metanode-xds address")
+	dump := flag.String("config-dump", "", "decode this Envoy ConfigDump file and exit")
 	nodeID := flag.String("node", "xds-client~0.0.0.0~probe.default~default.svc.cluster.local", "node id")
 	nackType := flag.String("nack", "", "NACK the first response of this type URL")
 	updates := flag.Int("updates", 0, "responses to wait for after SYNCED")
 	timeout := flag.Duration("timeout", 10*time.Second, "give up after")
 	flag.Parse()
+	if *dump != "" {
+		configDump(*dump)
+		return
+	}
 
 	conn, err := grpc.NewClient(*server, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

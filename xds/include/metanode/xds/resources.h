@@ -2,6 +2,7 @@
 // Aeraki put them on the wire.
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -54,7 +55,10 @@ struct Reject {
 // "type.googleapis.com/envoy.config.listener.v3.Listener" -> "Listener".
 std::string short_type(const std::string& type_url);
 
-// JSON of every resource, grouped by type (the admin /config_dump body).
-std::string resources_to_json(const Resources& r);
+// The admin /config_dump body in Envoy's shape (envoy.admin.v3.ConfigDump):
+// Clusters, Endpoints, Listeners and Routes config dumps, each resource an
+// Any with its version and `last_updated` (RFC 3339), proto field names, so
+// tools that read Envoy's dumps read ours.
+std::string config_dump_json(const Resources& r, std::chrono::system_clock::time_point last_updated);
 
 }  // namespace metanode::xds

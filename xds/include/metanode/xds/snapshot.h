@@ -192,6 +192,7 @@ struct Listener {
 
 struct Snapshot {
   std::string version;
+  std::chrono::system_clock::time_point compiled_at;  // /config_dump's last_updated
   std::vector<Listener> listeners;
   std::map<net::Endpoint, size_t> listener_index;
   std::map<std::string, std::shared_ptr<const Cluster>, std::less<>> clusters;
