@@ -8,6 +8,8 @@
 // prints them (tests/unit/kube/data/pod.json).
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <boost/json.hpp>
 #include <fstream>
 #include <sstream>
@@ -176,6 +178,41 @@ TEST_F(KubePods, ReadinessWaitsForTheListsAndSaysWhatIsWrong) {
   write(d_.dir() + "/token", "token-one\n");
   EXPECT_TRUE(eventually([&] { return d_.admin("/ready") == "ready\n"; }, std::chrono::seconds(40)))
       << d_.admin("/ready");
+}
+
+// The API server is verified by name as well as by address; a server
+// whose certificate another CA signed, or that names other addresses, is
+// refused.
+TEST_F(KubePods, TlsChecksTheServersCaAndItsNameOrAddress) {
+  std::string port = api_.substr(api_.rfind(':') + 1);
+  ASSERT_TRUE(d_.start({"--pods", "kubernetes", "--kube-api", "https://localhost:" + port, "--kube-token-file",
+                        d_.dir() + "/token", "--kube-ca-file", d_.dir() + "/ca.crt", "--node-name", "node-a"}))
+      << "the certificate names localhost: " << d_.log();
+  // Another API server's CA does not vouch for this one.
+  std::string other = d_.dir() + "/other";
+  ASSERT_EQ(mkdir(other.c_str(), 0755), 0);
+  // It listens on 127.0.0.2, which its certificate does not name.
+  ASSERT_TRUE(d_.processes().spawn({METANODE_KUBE_API_PEER, "--tls-dir", other, "--addr-file", other + "/api.addr",
+                                    "--listen", "127.0.0.2:0"},
+                                   "", "", other + "/kubeapi.log"));
+  ASSERT_TRUE(eventually([&] { return !slurp(other + "/api.addr").empty(); }));
+  LocalDaemon d2;
+  d2.write_config("empty.yaml", "");
+  EXPECT_FALSE(d2.start({"--pods", "kubernetes", "--kube-api", "https://" + api_, "--kube-token-file",
+                         d_.dir() + "/token", "--kube-ca-file", other + "/ca.crt", "--node-name", "node-a"}));
+  auto ready = d2.admin("/ready");
+  EXPECT_NE(ready.find("TLS with https://127.0.0.1:" + port), std::string::npos) << ready;
+  EXPECT_NE(ready.find("certificate verify failed"), std::string::npos) << ready;
+  std::string other_api = slurp(other + "/api.addr");
+  other_api = other_api.substr(0, other_api.find(' '));
+  LocalDaemon d3;
+  d3.write_config("empty.yaml", "");
+  EXPECT_FALSE(d3.start({"--pods", "kubernetes", "--kube-api", "https://" + other_api, "--kube-token-file",
+                         d_.dir() + "/token", "--kube-ca-file", other + "/ca.crt", "--node-name", "node-a"}))
+      << "the right CA, but the certificate does not name " << other_api;
+  ready = d3.admin("/ready");
+  EXPECT_NE(ready.find("TLS with https://" + other_api), std::string::npos) << ready;
+  EXPECT_NE(ready.find("certificate verify failed"), std::string::npos) << ready;
 }
 
 TEST(KubePodsStart, WithoutANodeNameOrAnAPIServerItSaysWhatToPass) {
