@@ -6,24 +6,13 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <ctime>
 #include <sstream>
 
 #include "metanode/json.h"
+#include "metanode/utc_time.h"
 
 namespace metanode::core {
 namespace {
-
-std::string iso8601(std::chrono::system_clock::time_point t) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-  time_t secs = time_t(ms / 1000);
-  tm utc{};
-  gmtime_r(&secs, &utc);
-  char buf[64];  // room for any int the compiler imagines, not just real dates
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900, utc.tm_mon + 1,
-                utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, int(ms % 1000));
-  return buf;
-}
 
 std::string or_dash(std::string_view s) { return s.empty() ? "-" : std::string(s); }
 
@@ -41,7 +30,7 @@ std::string duration(double ms) {
 std::string format_text(const AccessLogEntry& e) {
   std::string call = e.interface.empty() ? or_dash(e.method) : std::string(e.interface) + "/" + or_dash(e.method);
   std::string src = e.source_workload.empty() ? "-" : or_dash(e.source_namespace) + "/" + std::string(e.source_workload);
-  return "[" + iso8601(e.start) + "] \"" + std::string(e.protocol) + " " + call + "\" " + or_dash(e.response_code) +
+  return "[" + utc_timestamp(e.start) + "] \"" + std::string(e.protocol) + " " + call + "\" " + or_dash(e.response_code) +
          " " + or_dash(e.response_flags) + " " + std::to_string(e.bytes_received) + " " +
          std::to_string(e.bytes_sent) + " " + duration(e.duration_ms) + " \"" + or_dash(e.upstream_cluster) +
          "\" " + or_dash(e.upstream_host) + " " + or_dash(e.downstream_remote) + " " +
@@ -51,7 +40,7 @@ std::string format_text(const AccessLogEntry& e) {
 
 std::string format_json(const AccessLogEntry& e) {
   auto s = [](std::string_view v) { return json_string(std::string(v)); };
-  return "{\"start_time\":\"" + iso8601(e.start) + "\",\"protocol\":" + s(e.protocol) + ",\"method\":" +
+  return "{\"start_time\":\"" + utc_timestamp(e.start) + "\",\"protocol\":" + s(e.protocol) + ",\"method\":" +
          s(e.method) + ",\"interface\":" + s(e.interface) + ",\"response_code\":" + s(e.response_code) +
          ",\"response_flags\":" + s(e.response_flags) + ",\"bytes_received\":" + std::to_string(e.bytes_received) +
          ",\"bytes_sent\":" + std::to_string(e.bytes_sent) + ",\"duration\":" + duration(e.duration_ms) +

@@ -4,10 +4,9 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 
-#include <cstdio>
-#include <ctime>
 
 #include "metanode/json.h"
+#include "metanode/utc_time.h"
 
 namespace metanode::core {
 namespace {
@@ -15,19 +14,11 @@ namespace {
 class JsonFormatter : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()).count();
-    time_t secs = time_t(ms / 1000);
-    tm utc{};
-    gmtime_r(&secs, &utc);
-    char head[96];
-    int n = std::snprintf(head, sizeof(head), "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\",\"level\":\"",
-                          utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
-                          int(ms % 1000));
-    dest.append(head, head + n);
     auto level = spdlog::level::to_string_view(msg.level);
-    dest.append(level.data(), level.data() + level.size());
-    std::string text = "\",\"msg\":" + json_string(std::string(msg.payload.data(), msg.payload.size())) + "}\n";
-    dest.append(text.data(), text.data() + text.size());
+    std::string line = "{\"time\":\"" + utc_timestamp(msg.time) + "\",\"level\":\"" +
+                       std::string(level.data(), level.size()) + "\",\"msg\":" +
+                       json_string(std::string(msg.payload.data(), msg.payload.size())) + "}\n";
+    dest.append(line.data(), line.data() + line.size());
   }
   std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JsonFormatter>(); }
 };

@@ -4,6 +4,7 @@
 #include "metanode/xds/snapshot.h"
 
 #include "metanode/json.h"
+#include "metanode/utc_time.h"
 
 #include <google/protobuf/any.pb.h>
 #include <google/protobuf/util/json_util.h>
@@ -11,8 +12,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstdio>
-#include <ctime>
 #include <optional>
 #include <set>
 
@@ -250,14 +249,7 @@ std::string config_dump_json(const Resources& r, std::chrono::system_clock::time
     if (!google::protobuf::util::MessageToJsonString(a, &j, opt).ok()) j = "null";
     return j;
   };
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(last_updated.time_since_epoch()).count();
-  time_t secs = time_t(ms / 1000);
-  tm utc{};
-  gmtime_r(&secs, &utc);
-  char when[64];
-  std::snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900, utc.tm_mon + 1,
-                utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, int(ms % 1000));
-  std::string v = json_string(r.version), at = std::string("\"") + when + "\"";
+  std::string v = json_string(r.version), at = "\"" + utc_timestamp(last_updated) + "\"";
   // One entry of a dynamic list: {"version_info", "<field>": Any, "last_updated"}.
   auto entries = [&](const auto& items, const char* field) {
     std::string out;
