@@ -80,17 +80,15 @@ bool AccessLog::admit(double draw) {
   if (!o_.max_lines_per_second) return true;
   int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::steady_clock::now().time_since_epoch()).count();
-  std::lock_guard<std::mutex> l(mu_);
-  if (now != window_) {
-    window_ = now;
-    in_window_ = 0;
-  }
-  if (in_window_ >= o_.max_lines_per_second) {
-    ++dropped_rate_;
-    return false;
-  }
-  ++in_window_;
-  return true;
+  // The first to see a new second resets the count. A line admitted by
+  // another worker between the two steps is not counted: the cap may be
+  // passed by a few at a second's turn, never more.
+  int64_t w = window_.load(std::memory_order_relaxed);
+  if (w != now && window_.compare_exchange_strong(w, now, std::memory_order_relaxed))
+    in_window_.store(0, std::memory_order_relaxed);
+  if (in_window_.fetch_add(1, std::memory_order_relaxed) < o_.max_lines_per_second) return true;
+  dropped_rate_.fetch_add(1, std::memory_order_relaxed);
+  return false;
 }
 
 void AccessLog::write(const AccessLogEntry& e) {
@@ -144,7 +142,7 @@ std::string AccessLog::metrics_text() const {
        "# TYPE metanode_access_log_lines_total counter\nmetanode_access_log_lines_total "
     << written_ << "\n# HELP metanode_access_log_dropped_total Access log lines not written: over the rate cap, "
        "or the writer behind by more than its queue\n# TYPE metanode_access_log_dropped_total counter\n"
-       "metanode_access_log_dropped_total{reason=\"rate\"} " << dropped_rate_
+       "metanode_access_log_dropped_total{reason=\"rate\"} " << dropped_rate_.load(std::memory_order_relaxed)
     << "\nmetanode_access_log_dropped_total{reason=\"queue_full\"} " << dropped_full_
     << "\n# HELP metanode_access_log_write_errors_total Failed writes of the access log\n"
        "# TYPE metanode_access_log_write_errors_total counter\nmetanode_access_log_write_errors_total "

@@ -5,6 +5,7 @@
 // (counted), it never stalls a worker or grows the daemon.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -65,9 +66,11 @@ class AccessLog {
   std::deque<std::string> queue_;
   size_t queued_bytes_ = 0;
   bool stopping_ = false;
-  int64_t window_ = 0;  // the second the rate cap is counting
-  uint32_t in_window_ = 0;
-  uint64_t written_ = 0, dropped_rate_ = 0, dropped_full_ = 0, write_errors_ = 0;
+  // The rate cap, without a lock: every worker asks per request.
+  std::atomic<int64_t> window_{0};  // the second being counted
+  std::atomic<uint32_t> in_window_{0};
+  std::atomic<uint64_t> dropped_rate_{0};
+  uint64_t written_ = 0, dropped_full_ = 0, write_errors_ = 0;  // guarded by mu_
   std::thread writer_;
 };
 
