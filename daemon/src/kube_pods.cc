@@ -85,8 +85,8 @@ std::string KubePods::metrics_text() const {
 
 void KubePods::rescan() {
   if (netns_ && lists_in()) {
-    netns_->sync();
-    publish_peers();  // a namespace found or probed again names its pod now
+    // A namespace found, gone or probed to its addresses names a pod now.
+    if (netns_->sync().seen) publish_peers();
   }
   refresh_status();  // the reflectors' counters move without changes too
 }

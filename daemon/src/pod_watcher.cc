@@ -53,8 +53,13 @@ PodWatcher::Change PodWatcher::sync() {
           ++ch.failed;  // not a namespace (yet): try again next pass
           continue;
         }
-        if (it == by_file_.end()) it = by_file_.emplace(id, Entry{path, std::move(*info), false}).first;
-        else it->second.info.ipv4 = std::move(info->ipv4);
+        if (it == by_file_.end()) {
+          it = by_file_.emplace(id, Entry{path, std::move(*info), false}).first;
+          ++ch.seen;
+        } else if (!info->ipv4.empty()) {
+          it->second.info.ipv4 = std::move(info->ipv4);
+          ++ch.seen;
+        }
       }
       seen.insert(id);
     }
@@ -63,6 +68,7 @@ PodWatcher::Change PodWatcher::sync() {
   for (auto it = by_file_.begin(); it != by_file_.end();) {
     Entry& e = it->second;
     if (!seen.count(it->first)) {
+      ++ch.seen;
       if (set_managed(e, false)) ++ch.removed;
       spdlog::info("pod netns {} gone", e.path);
       it = by_file_.erase(it);

@@ -76,17 +76,23 @@ TEST_F(PodWatcherTest, PolicyOnAddressesDecidesAndIsAppliedAgainOnEverySync) {
   touch("cni-b");
   addrs_["cni-b"] = {0x0a000002};
   enrolled = {0x0a000001, 0x0a000002};
-  EXPECT_EQ(w.sync().added, 1);
+  auto first = w.sync();
+  EXPECT_EQ(first.added, 1);
+  EXPECT_EQ(first.seen, 2) << "two namespaces found";
+  EXPECT_EQ(w.sync().seen, 0) << "a's address still unknown: nothing new";
   uint64_t a = *cookie(dir_ + "/cni-a"), b = *cookie(dir_ + "/cni-b");
   EXPECT_EQ(maps_.pods()->count(a), 0u);
   EXPECT_EQ(maps_.pods()->count(b), 1u);
   addrs_["cni-a"] = {0x0a000001};  // now it has one
-  EXPECT_EQ(w.sync().added, 1);
+  auto learned = w.sync();
+  EXPECT_EQ(learned.added, 1);
+  EXPECT_EQ(learned.seen, 1) << "a's address learned";
   EXPECT_EQ(maps_.pods()->count(a), 1u);
   enrolled.erase(0x0a000002);  // pod b's label removed
   auto ch = w.sync();
   EXPECT_EQ(ch.removed, 1);
   EXPECT_EQ(ch.added, 0);
+  EXPECT_EQ(ch.seen, 0) << "the policy changed, not the namespaces";
   EXPECT_EQ(maps_.pods()->count(b), 0u);
   EXPECT_EQ(maps_.pods()->count(a), 1u);
   ASSERT_EQ(w.entries().size(), 2u);

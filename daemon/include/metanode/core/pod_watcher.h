@@ -29,6 +29,7 @@ class PodWatcher {
   // namespace known: how many became managed and stopped being managed.
   struct Change {
     int added = 0, removed = 0, failed = 0;
+    int seen = 0;  // namespaces found, gone, or whose addresses were learned
   };
   Change sync();
 
