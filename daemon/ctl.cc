@@ -192,8 +192,10 @@ int main(int argc, char** argv) {
   if (!std::strcmp(argv[1], "exclude")) return exclude(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "status")) return metanode::ctl::status(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "explain")) return metanode::ctl::explain(argc - 2, argv + 2);
-  if (!std::strcmp(argv[1], "clusters")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/clusters");
-  if (!std::strcmp(argv[1], "routes")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/routes");
-  if (!std::strcmp(argv[1], "config")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/config_dump");
+  if (!std::strcmp(argv[1], "clusters")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/clusters", nullptr);
+  if (!std::strcmp(argv[1], "routes"))
+    return metanode::ctl::passthrough(argc - 2, argv + 2, "/routes", "/routes?format=json");
+  if (!std::strcmp(argv[1], "config"))
+    return metanode::ctl::passthrough(argc - 2, argv + 2, "/config_dump", "/config_dump");
   return usage();
 }

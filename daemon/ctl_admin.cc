@@ -199,12 +199,12 @@ int explain(int argc, char** argv) {
   return r->status == 200 ? 0 : 1;
 }
 
-int passthrough(int argc, char** argv, const char* path) {
+int passthrough(int argc, char** argv, const char* path, const char* json_path) {
   Options o = parse(argc, argv);
   if (!o.error.empty() || !o.positional.empty()) return fail(o.error.empty() ? "no argument expected" : o.error);
+  if (o.json && !json_path) return fail(std::string("-o json: ") + path + " has no JSON form");
   std::string err;
-  bool json_view = std::string(path) == "/routes" && o.json;
-  auto r = get(o.admin, json_view ? std::string(path) + "?format=json" : std::string(path), err);
+  auto r = get(o.admin, o.json ? json_path : path, err);
   if (!r) return fail(err);
   std::fputs(r->body.c_str(), r->status == 200 ? stdout : stderr);
   return r->status == 200 ? 0 : 1;

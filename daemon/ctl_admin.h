@@ -9,7 +9,8 @@ namespace metanode::ctl {
 int status(int argc, char** argv);
 // explain VIP:PORT [--src POD_IP] [--attr KEY=VALUE]... [--admin ADDR] [-o json]
 int explain(int argc, char** argv);
-// The admin endpoint's `path`, as it answers (clusters, config).
-int passthrough(int argc, char** argv, const char* path);
+// The admin endpoint's `path`, as it answers (routes, clusters, config);
+// with -o json, `json_path` (null: that view has no JSON form, refused).
+int passthrough(int argc, char** argv, const char* path, const char* json_path);
 
 }  // namespace metanode::ctl

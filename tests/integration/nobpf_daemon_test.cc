@@ -345,6 +345,9 @@ TEST_F(AccessLogged, MetanodectlStatusExplainAndClusters) {
             std::string::npos) << r.out;
   r = run({"/bin/sh", "-c", ctl + " routes -o json" + admin});
   EXPECT_NE(r.out.find("\"match\":[\"method exact 'sayHello'\"]"), std::string::npos) << r.out;
+  r = run({"/bin/sh", "-c", ctl + " clusters -o json" + admin + " 2>&1"});
+  EXPECT_EQ(r.status, 1) << "refused, not ignored: " << r.out;
+  EXPECT_NE(r.out.find("-o json: /clusters has no JSON form"), std::string::npos) << r.out;
   r = run({"/bin/sh", "-c", ctl + " clusters" + admin});
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.out.find("127.0.0.1:" + std::to_string(upstream_)), std::string::npos) << r.out;
