@@ -299,9 +299,8 @@ int run_daemon(const DaemonOptions& opts) {
       }
     }
     auto snap = server.snapshot();
-    bool json = query.find("format=json") != std::string::npos;
-    return json ? AdminResponse{200, "application/json", explain_json(*q, snap.get(), k)}
-                : AdminResponse{200, "text/plain", explain_text(*q, snap.get(), k)};
+    return q->json ? AdminResponse{200, "application/json", explain_json(*q, snap.get(), k)}
+           : AdminResponse{200, "text/plain", explain_text(*q, snap.get(), k)};
   };
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
     if (auto r = get_only(method)) return *r;

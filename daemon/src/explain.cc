@@ -147,7 +147,10 @@ Result<ExplainQuery> parse_explain_query(const std::string& query) {
       q.src = *a;
     } else if (k.rfind("attr.", 0) == 0 && k.size() > 5) {
       q.attrs.set(k.substr(5), v);
-    } else if (k != "format") {
+    } else if (k == "format") {
+      if (v != "json" && v != "text") return Error::invalid("format: '" + v + "' is not json or text");
+      q.json = v == "json";
+    } else {
       return Error::invalid("unknown parameter '" + k + "' (dst, src, attr.NAME, format)");
     }
   }

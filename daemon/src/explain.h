@@ -19,6 +19,7 @@ struct ExplainQuery {
   net::Endpoint dst;
   std::optional<uint32_t> src;  // a pod's address
   codecs::Metadata attrs;       // method, interface, attachments, ...
+  bool json = false;            // format=json (else text)
 };
 
 // What the kernel side knows, read by the caller (null pieces: --no-bpf).

@@ -146,6 +146,9 @@ TEST(ExplainQuery, ParametersAreCheckedAndDecoded) {
   EXPECT_EQ(*q->attrs.get("interface"), "org.apache.Demo$Inner");
   EXPECT_EQ(*q->attrs.get("x"), "a b");
   EXPECT_FALSE(q->src);
+  EXPECT_FALSE(q->json);
+  EXPECT_TRUE(parse_explain_query("dst=10.0.0.1:80&format=json")->json);
+  EXPECT_EQ(parse_explain_query("dst=10.0.0.1:80&format=xml").error().message(), "format: 'xml' is not json or text");
   EXPECT_EQ(parse_explain_query("src=10.0.0.1").error().message(), "dst=IP:PORT is required");
   EXPECT_EQ(parse_explain_query("dst=nope").error().message(), "dst: 'nope' is not IPv4:PORT");
   EXPECT_NE(parse_explain_query("dst=1.2.3.4:5&methd=x").error().message().find("unknown parameter 'methd'"),
