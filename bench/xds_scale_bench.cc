@@ -82,6 +82,8 @@ class TimedSink : public metanode::xds::ConfigSink {
     auto a = inner_.apply(std::move(r), origin, partial);
     std::lock_guard<std::mutex> l(mu_);
     last_apply_ms_ = duration<double, std::milli>(steady_clock::now() - t).count();
+    last_compiled_ = a.compiled;
+    last_reused_ = a.reused;
     last_ = a.snapshot;
     ++applies_;
     cv_.notify_all();
@@ -98,6 +100,14 @@ class TimedSink : public metanode::xds::ConfigSink {
     std::lock_guard<std::mutex> l(mu_);
     return last_apply_ms_;
   }
+  // "apply 12.3 ms: 5 compiled, 69995 unchanged"
+  std::string last_apply() {
+    std::lock_guard<std::mutex> l(mu_);
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "apply %.1f ms: %zu compiled, %zu unchanged", last_apply_ms_, last_compiled_,
+                  last_reused_);
+    return buf;
+  }
 
  private:
   metanode::xds::ConfigSink& inner_;
@@ -105,6 +115,7 @@ class TimedSink : public metanode::xds::ConfigSink {
   std::condition_variable cv_;
   std::shared_ptr<const metanode::xds::Snapshot> last_;
   double last_apply_ms_ = 0;
+  size_t last_compiled_ = 0, last_reused_ = 0;
   int applies_ = 0;
 };
 
@@ -172,13 +183,24 @@ int main(int argc, char** argv) {
   auto t_sync = sink.wait(all_routes);
   while (!client.synced()) std::this_thread::sleep_for(milliseconds(5));
   long rss1 = rss_kib();
-  double full_compile = sink.last_apply_ms();
+  std::string last_sync_apply = sink.last_apply();
+  // The whole state compiled from nothing, as at start-up (the applies
+  // above compile what each response changed).
+  double full_compile = 0;
+  {
+    auto live = server.snapshot();
+    auto t = steady_clock::now();
+    auto c = metanode::xds::compile_snapshot(live->resources);
+    full_compile = duration<double, std::milli>(steady_clock::now() - t).count();
+    if (!c.rejects.empty()) return 1;
+  }
   std::printf("services %d, endpoints %d (%d clusters, %d endpoint entries)\n", services,
               services * endpoints, services * 3, services * endpoints * 2);
   std::printf("daemon: first complete configuration %.2f s after it connected\n",
               duration<double>(t_sync - t_serving).count());
   std::printf("daemon side memory: %.1f MiB RSS (%.1f MiB before)\n", rss1 / 1024.0, rss0 / 1024.0);
-  std::printf("one apply (compile + publish) of the whole state: %.1f ms\n", full_compile);
+  std::printf("the whole state compiled from nothing: %.1f ms; the last apply of the sync: %s\n", full_compile,
+              last_sync_apply.c_str());
 
   // One MetaRouter edited.
   std::string target = "svc" + std::to_string(services / 2) + ".scale.svc.cluster.local_9090";
@@ -197,8 +219,8 @@ int main(int argc, char** argv) {
     return it != s.routes.end() && it->second->routes[0].clusters[0].weight == 70;
   });
   std::printf("applied at %s\n", wall().c_str());
-  std::printf("one MetaRouter edited -> applied: %.0f ms (apply %.1f ms)\n",
-              duration<double, std::milli>(t1 - t0).count(), sink.last_apply_ms());
+  std::printf("one MetaRouter edited -> applied: %.0f ms (%s)\n", duration<double, std::milli>(t1 - t0).count(),
+              sink.last_apply().c_str());
 
   // One endpoint's port edited.
   std::string cl = "outbound|9090|v1|svc" + std::to_string(services / 3) + ".scale.svc.cluster.local";
@@ -208,8 +230,8 @@ int main(int argc, char** argv) {
     auto* c = s.find_cluster(cl);
     return c && !c->endpoints.empty() && c->endpoints[0].address.port == 9191;
   });
-  std::printf("one endpoint edited -> applied: %.0f ms (apply %.1f ms)\n",
-              duration<double, std::milli>(t1 - t0).count(), sink.last_apply_ms());
+  std::printf("one endpoint edited -> applied: %.0f ms (%s)\n", duration<double, std::milli>(t1 - t0).count(),
+              sink.last_apply().c_str());
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   std::printf("daemon side max RSS %.1f MiB\n", ru.ru_maxrss / 1024.0);

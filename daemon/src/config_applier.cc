@@ -16,7 +16,7 @@ void restore_rejected(xds::Resources& into, const xds::Resources& live,
     for (const auto& r : rejects) {
       if (r.type_url != type) continue;
       for (const auto& m : from)
-        if (xds::resource_name(m) == r.name) list.push_back(m);
+        if (xds::resource_name(*m) == r.name) list.push_back(m);
     }
   };
   restore(xds::kListenerType, into.listeners, live.listeners);
@@ -46,7 +46,8 @@ xds::Applied ConfigApplier::apply(xds::Resources res, const std::string& origin,
   std::lock_guard<std::mutex> l(mu_);
   auto live = server_.snapshot();
   std::string version = res.version;
-  auto c = xds::compile_snapshot(std::move(res));
+  // Compiled against what is live: only what changed is compiled again.
+  auto c = xds::compile_snapshot(std::move(res), live.get());
   for (const auto& r : c.rejects) spdlog::error("configuration from {}: refused {}", origin, r.str());
   if (!c.rejects.empty()) {
     if (!partial) {
@@ -60,8 +61,9 @@ xds::Applied ConfigApplier::apply(xds::Resources res, const std::string& origin,
       xds::Resources again = c.snapshot->resources;
       again.version = version;
       restore_rejected(again, live->resources, c.rejects);
-      auto c2 = xds::compile_snapshot(std::move(again));
+      auto c2 = xds::compile_snapshot(std::move(again), c.snapshot.get());
       c.snapshot = std::move(c2.snapshot);
+      c.compiled += c2.compiled;  // the restored resources (the rest was reused)
     }
   }
   auto next = serving_addresses(*c.snapshot);
@@ -77,11 +79,12 @@ xds::Applied ConfigApplier::apply(xds::Resources res, const std::string& origin,
   }
   if (auto r = sync_vips(next); !r) spdlog::error("mn_services: {}", r.error().message());
   server_.control_stats().inc(Counter::config_reload_ok);
-  spdlog::info("configuration {} from {} applied: {} listeners, {} clusters, {} route tables{}",
+  spdlog::info("configuration {} from {} applied: {} listeners, {} clusters, {} route tables ({} compiled, "
+               "{} unchanged){}",
                version, origin, c.snapshot->listeners.size(), c.snapshot->clusters.size(),
-               c.snapshot->routes.size(),
+               c.snapshot->routes.size(), c.compiled, c.reused,
                c.rejects.empty() ? "" : ", " + std::to_string(c.rejects.size()) + " refused");
-  return {c.snapshot, std::move(c.rejects), true};
+  return {c.snapshot, std::move(c.rejects), true, c.compiled, c.reused};
 }
 
 void ConfigApplier::refused(const std::string& origin, const Error& why) {

@@ -19,6 +19,7 @@
 #include <functional>
 #include <thread>
 
+#include "edit_resource.h"
 #include "local_daemon.h"
 #include "metanode/xds/k8s_config.h"
 
@@ -130,10 +131,10 @@ class XdsPeers : public ::testing::Test {
       EXPECT_TRUE(google::protobuf::util::MessageToJsonString(a, &j).ok());
       out += (out.size() > 1 ? ",\n" : "") + j;
     };
-    for (const auto& m : r.clusters) add(m);
-    for (const auto& m : r.endpoints) add(m);
-    for (const auto& m : r.listeners) add(m);
-    for (const auto& m : r.routes) add(m);
+    for (const auto& m : r.clusters) add(*m);
+    for (const auto& m : r.endpoints) add(*m);
+    for (const auto& m : r.listeners) add(*m);
+    for (const auto& m : r.routes) add(*m);
     std::string tmp = resources_file() + ".tmp";
     std::ofstream(tmp) << out << "]\n";
     std::rename(tmp.c_str(), resources_file().c_str());
@@ -281,8 +282,8 @@ TEST_F(XdsPeers, OneBadResourceIsNackedTheRestApplies) {
   // route configuration with a regex that does not compile.
   auto next = translate({service("thrift-sample-server", vip_port_), service("second", vip2)});
   for (auto& rc : next.routes)
-    if (rc.name() == std::string(kHost) + "_" + std::to_string(vip_port_)) {
-      auto* h = rc.mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->add_headers();
+    if (rc->name() == std::string(kHost) + "_" + std::to_string(vip_port_)) {
+      auto* h = xds::edit(rc).mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->add_headers();
       h->set_name("method");
       h->mutable_safe_regex_match()->set_regex("(unclosed");
     }

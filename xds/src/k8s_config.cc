@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
+#include <atomic>
 #include <algorithm>
 #include <fstream>
 #include <cctype>
@@ -38,8 +39,17 @@ struct Origin {
   std::string kind;
   std::string ns;
   std::string name;
+  // A number no other parse of any object has: an object kept from an
+  // unchanged file keeps it, a file parsed again gets new ones. What a host
+  // generates is reused while its objects' serials are the same.
+  uint64_t serial = 0;
   std::string str() const { return file + ": " + kind + " " + ns + "/" + name; }
 };
+
+uint64_t next_serial() {
+  static std::atomic<uint64_t> n{0};
+  return ++n;
+}
 
 // Config parsing may throw (yaml-cpp does); the translator catches at its
 // boundary and turns this into an Error that names file, object and field.
@@ -332,6 +342,13 @@ struct Objects {
   std::vector<ServiceEntry> service_entries;
   std::vector<DestinationRule> destination_rules;
   std::vector<MetaRouter> meta_routers;
+};
+
+// Every file's objects, by reference (the translator keeps the objects).
+struct ObjectRefs {
+  std::vector<const ServiceEntry*> service_entries;
+  std::vector<const DestinationRule*> destination_rules;
+  std::vector<const MetaRouter*> meta_routers;
 };
 
 // "tcp-metaprotocol-thrift-hello" -> "thrift"; Aeraki splits on '-'.
@@ -812,7 +829,11 @@ void collect(const YAML::Node& doc, const std::string& file, Objects& objs) {
     return;
   }
   std::string api = doc["apiVersion"] ? doc["apiVersion"].as<std::string>() : "";
-  Origin o{file, kind, "default", ""};
+  Origin o;
+  o.file = file;
+  o.kind = kind;
+  o.ns = "default";
+  o.serial = next_serial();
   std::map<std::string, std::string> annotations;
   if (const YAML::Node md = doc["metadata"]; md && md.IsMap()) {
     if (md["namespace"]) o.ns = md["namespace"].as<std::string>();
@@ -964,6 +985,23 @@ struct Service {
   std::string host;
 };
 
+// What one host generated, and the serials of the objects it came from.
+struct HostOutput {
+  std::vector<uint64_t> from;
+  Resources resources;
+};
+using HostCache = std::map<std::string, HostOutput>;  // by host
+
+template <class T>
+void append(std::vector<T>& into, const std::vector<T>& from) {
+  into.insert(into.end(), from.begin(), from.end());
+}
+
+template <class T>
+void append_refs(std::vector<const T*>& into, const std::vector<T>& from) {
+  for (const auto& o : from) into.push_back(&o);
+}
+
 void add_cluster(Resources& out, const Service& svc, const std::string& subset,
                  const std::map<std::string, std::string>& want_labels, const TrafficPolicy& policy) {
   std::string name = cluster_name(svc.port->number, subset, svc.host);
@@ -991,8 +1029,8 @@ void add_cluster(Resources& out, const Service& svc, const std::string& subset,
     auto& fm = (*lbe->mutable_metadata()->mutable_filter_metadata())["envoy.lb"];
     for (const auto& [k, v] : e.labels) (*fm.mutable_fields())[k].set_string_value(v);
   }
-  out.clusters.push_back(std::move(c));
-  out.endpoints.push_back(std::move(cla));
+  out.clusters.push_back(share(std::move(c)));
+  out.endpoints.push_back(share(std::move(cla)));
 }
 
 envoy::config::route::v3::HeaderMatcher header_matcher(const std::string& key, const StringMatch& m) {
@@ -1064,10 +1102,11 @@ void add_global_rate_limit(aeraki::meta_protocol_proxy::v1alpha::MetaProtocolPro
 }
 
 template <class T>
-std::map<std::string, const T*> one_per_host(const std::vector<T>& objs, const char* field,
+std::map<std::string, const T*> one_per_host(const std::vector<const T*>& objs, const char* field,
                                              const char* kind) {
   std::map<std::string, const T*> out;
-  for (const auto& o : objs) {
+  for (const auto* p : objs) {
+    const T& o = *p;
     auto [it, fresh] = out.emplace(o.host, &o);
     if (!fresh)
       fail(o.origin, field,
@@ -1077,7 +1116,128 @@ std::map<std::string, const T*> one_per_host(const std::vector<T>& objs, const c
   return out;
 }
 
-Result<Resources> generate(const Objects& objs) {
+// The resources of one host's MetaProtocol ports: the service's and each
+// subset's cluster and assignment, a listener per VIP, the route table.
+// They depend on the host's ServiceEntries, DestinationRule and MetaRouter
+// only (other hosts are named, never read), which is what lets
+// ManifestTranslator reuse them while those objects are unchanged.
+void generate_host(Resources& out, const std::string& host, const std::vector<Service>& services,
+                   const DestinationRule* dr, const MetaRouter* mr) {
+  for (const auto& svc : services) {
+    uint32_t port = svc.port->number;
+    std::string route_name = host + "_" + std::to_string(port);
+
+    // Clusters: the whole service and each subset.
+    add_cluster(out, svc, "", {}, effective_policy(dr, "", port));
+    if (dr)
+      for (const auto& s : dr->subsets)
+        add_cluster(out, svc, s.name, s.labels, effective_policy(dr, s.name, port));
+
+    // Listener per VIP.
+    if (svc.se->addresses.empty()) continue;  // nothing to intercept by address
+    for (const auto& vip : svc.se->addresses) {
+      envoy::config::listener::v3::Listener l;
+      l.set_name(vip + "_" + std::to_string(port));
+      set_address(l.mutable_address(), vip, port);
+      l.set_traffic_direction(envoy::config::core::v3::OUTBOUND);
+      auto* f = l.add_filter_chains()->add_filters();
+      f->set_name(kMetaProtocolFilterName);
+      aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy mpp;
+      mpp.set_stat_prefix(cluster_name(port, "", host));
+      mpp.set_application_protocol(svc.port->protocol);
+      mpp.mutable_codec()->set_name("aeraki.meta_protocol.codec." + svc.port->protocol);
+      set_aeraki_rds(mpp.mutable_rds()->mutable_config_source());
+      mpp.mutable_rds()->set_route_config_name(route_name);
+      if (mr && mr->local_rate_limit) add_local_rate_limit(mpp, *mr->local_rate_limit, route_name);
+      if (mr && mr->global_rate_limit) add_global_rate_limit(mpp, *mr->global_rate_limit);
+      mpp.add_meta_protocol_filters()->set_name("aeraki.meta_protocol.filters.router");
+      pack_as_typed_struct(mpp, f->mutable_typed_config());
+      out.listeners.push_back(share(std::move(l)));
+    }
+
+    // Routes.
+    envoy::config::route::v3::RouteConfiguration rc;
+    rc.set_name(route_name);
+    auto* vh = rc.add_virtual_hosts();
+    vh->set_name("dummy");
+    vh->add_domains("*");
+    // Envoy hashes in the route, not the cluster: the hash policy of the
+    // (first) destination's cluster goes on the route.
+    auto hash = [&](envoy::config::route::v3::RouteAction* a, const std::string& subset) {
+      auto lb = effective_policy(dr, subset, port).lb;
+      if (!lb) return;
+      if (!lb->hash_attr.empty()) a->add_hash_policy()->mutable_header()->set_header_name(lb->hash_attr);
+      if (lb->hash_source_ip)
+        a->add_hash_policy()->mutable_connection_properties()->set_source_ip(true);
+    };
+    if (!mr) {
+      auto* r = vh->add_routes();
+      r->set_name("default");
+      r->mutable_match()->set_prefix("/");
+      r->mutable_route()->set_cluster(cluster_name(port, "", host));
+      hash(r->mutable_route(), "");
+    } else {
+      for (const auto& m : mr->routes) {
+        auto* r = vh->add_routes();
+        r->set_name(m.name);
+        r->mutable_match()->set_prefix("/");
+        for (const auto& [k, sm] : m.match) *r->mutable_match()->add_headers() = header_matcher(k, sm);
+        auto* a = r->mutable_route();
+        auto dest_cluster = [&](const Destination& d) {
+          return cluster_name(d.port ? d.port : port, d.subset, d.host);
+        };
+        if (m.route.size() == 1) {
+          a->set_cluster(dest_cluster(m.route[0]));
+        } else {
+          uint32_t total = 0;
+          for (const auto& d : m.route) {
+            auto* cw = a->mutable_weighted_clusters()->add_clusters();
+            cw->set_name(dest_cluster(d));
+            cw->mutable_weight()->set_value(d.weight);
+            total += d.weight;
+          }
+          a->mutable_weighted_clusters()->mutable_total_weight()->set_value(total);
+        }
+        hash(a, m.route[0].subset);
+        const auto& res = mr->resilience;
+        if (res.timeout_ms) *a->mutable_timeout() = pb_duration(res.timeout_ms);
+        if (res.has_retries) {
+          auto* rp = a->mutable_retry_policy();
+          rp->mutable_num_retries()->set_value(res.attempts);
+          rp->set_retry_on(res.retry_on.empty() ? "connect-failure" : res.retry_on);
+          if (res.per_try_timeout_ms) *rp->mutable_per_try_timeout() = pb_duration(res.per_try_timeout_ms);
+          for (const auto& method : res.idempotent_methods) {
+            auto* h = rp->add_retriable_request_headers();
+            h->set_name("method");
+            h->set_exact_match(method);
+          }
+        }
+        if (m.has_mirror) {
+          auto* mp = a->add_request_mirror_policies();
+          mp->set_cluster(dest_cluster(m.mirror));
+          auto* fp = mp->mutable_runtime_fraction()->mutable_default_value();
+          fp->set_numerator(uint32_t(m.mirror_percent * 10000));
+          fp->set_denominator(envoy::type::v3::FractionalPercent::MILLION);
+        }
+        for (const auto& [k, v] : m.request_mutation) {
+          auto* h = r->add_request_headers_to_add()->mutable_header();
+          h->set_key(k);
+          h->set_value(v);
+        }
+        for (const auto& [k, v] : m.response_mutation) {
+          auto* h = r->add_response_headers_to_add()->mutable_header();
+          h->set_key(k);
+          h->set_value(v);
+        }
+      }
+    }
+    out.routes.push_back(share(std::move(rc)));
+  }
+}
+
+// `cache`: what each host generated last time, replaced by this call's
+// (only when it succeeds).
+Result<Resources> generate(const ObjectRefs& objs, HostCache& cache) {
   Resources out;
   // Istio: one DestinationRule and one MetaRouter per host; a second one is
   // an error here rather than a silent merge.
@@ -1090,7 +1250,8 @@ Result<Resources> generate(const Objects& objs) {
   // istiod sends them, for filters that call out.
   std::vector<Service> plain;
   std::map<std::string, const ServiceEntry*> host_owner;
-  for (const auto& se : objs.service_entries) {
+  for (const auto* sep : objs.service_entries) {
+    const ServiceEntry& se = *sep;
     for (const auto& host : se.hosts) {
       auto [it, fresh] = host_owner.emplace(host, &se);
       if (!fresh)
@@ -1103,7 +1264,8 @@ Result<Resources> generate(const Objects& objs) {
       else plain.push_back({&se, &p, se.hosts[0]});
   }
 
-  for (const auto& dr : objs.destination_rules) {
+  for (const auto* drp : objs.destination_rules) {
+    const DestinationRule& dr = *drp;
     if (!host_owner.count(dr.host))
       fail(dr.origin, "spec.host", "no ServiceEntry declares host " + dr.host);
   }
@@ -1135,7 +1297,9 @@ Result<Resources> generate(const Objects& objs) {
                               : " (DestinationRule defines: " + known + ")"));
     }
   };
-  for (const auto& mr : objs.meta_routers) {
+  std::set<std::string> service_clusters;  // built when a MetaRouter needs it
+  for (const auto* mrp : objs.meta_routers) {
+    const MetaRouter& mr = *mrp;
     if (!by_host.count(mr.host))
       fail(mr.origin, "spec.hosts[0]", "no ServiceEntry has a metaprotocol port for host " + mr.host);
     for (size_t i = 0; i < mr.routes.size(); ++i) {
@@ -1146,12 +1310,13 @@ Result<Resources> generate(const Objects& objs) {
     }
     if (mr.global_rate_limit) {
       // The rate limit service must be a cluster this configuration has.
+      if (service_clusters.empty()) {
+        for (const auto& p : plain) service_clusters.insert(cluster_name(p.port->number, "", p.host));
+        for (const auto& [h, services] : by_host)
+          for (const auto& p : services) service_clusters.insert(cluster_name(p.port->number, "", p.host));
+      }
       const std::string& svc = mr.global_rate_limit->service;
-      bool found = false;
-      for (const auto& p : plain) found = found || cluster_name(p.port->number, "", p.host) == svc;
-      for (const auto& [h, services] : by_host)
-        for (const auto& p : services) found = found || cluster_name(p.port->number, "", p.host) == svc;
-      if (!found)
+      if (!service_clusters.count(svc))
         fail(mr.origin, "spec.globalRateLimit.rateLimitService",
              "'" + svc + "' is no service port's cluster (outbound|<port>||<host> of a ServiceEntry)");
     }
@@ -1167,120 +1332,28 @@ Result<Resources> generate(const Objects& objs) {
     const DestinationRule* dr = drs.count(svc.host) ? drs[svc.host] : nullptr;
     add_cluster(out, svc, "", {}, effective_policy(dr, "", svc.port->number));
   }
+  std::map<std::string, HostOutput> next_cache;
   for (const auto& [host, services] : by_host) {
     const DestinationRule* dr = drs.count(host) ? drs[host] : nullptr;
     const MetaRouter* mr = mrs.count(host) ? mrs[host] : nullptr;
-    for (const auto& svc : services) {
-      uint32_t port = svc.port->number;
-      std::string route_name = host + "_" + std::to_string(port);
-
-      // Clusters: the whole service and each subset.
-      add_cluster(out, svc, "", {}, effective_policy(dr, "", port));
-      if (dr)
-        for (const auto& s : dr->subsets)
-          add_cluster(out, svc, s.name, s.labels, effective_policy(dr, s.name, port));
-
-      // Listener per VIP.
-      if (svc.se->addresses.empty()) continue;  // nothing to intercept by address
-      for (const auto& vip : svc.se->addresses) {
-        envoy::config::listener::v3::Listener l;
-        l.set_name(vip + "_" + std::to_string(port));
-        set_address(l.mutable_address(), vip, port);
-        l.set_traffic_direction(envoy::config::core::v3::OUTBOUND);
-        auto* f = l.add_filter_chains()->add_filters();
-        f->set_name(kMetaProtocolFilterName);
-        aeraki::meta_protocol_proxy::v1alpha::MetaProtocolProxy mpp;
-        mpp.set_stat_prefix(cluster_name(port, "", host));
-        mpp.set_application_protocol(svc.port->protocol);
-        mpp.mutable_codec()->set_name("aeraki.meta_protocol.codec." + svc.port->protocol);
-        set_aeraki_rds(mpp.mutable_rds()->mutable_config_source());
-        mpp.mutable_rds()->set_route_config_name(route_name);
-        if (mr && mr->local_rate_limit) add_local_rate_limit(mpp, *mr->local_rate_limit, route_name);
-        if (mr && mr->global_rate_limit) add_global_rate_limit(mpp, *mr->global_rate_limit);
-        mpp.add_meta_protocol_filters()->set_name("aeraki.meta_protocol.filters.router");
-        pack_as_typed_struct(mpp, f->mutable_typed_config());
-        out.listeners.push_back(std::move(l));
-      }
-
-      // Routes.
-      envoy::config::route::v3::RouteConfiguration rc;
-      rc.set_name(route_name);
-      auto* vh = rc.add_virtual_hosts();
-      vh->set_name("dummy");
-      vh->add_domains("*");
-      // Envoy hashes in the route, not the cluster: the hash policy of the
-      // (first) destination's cluster goes on the route.
-      auto hash = [&](envoy::config::route::v3::RouteAction* a, const std::string& subset) {
-        auto lb = effective_policy(dr, subset, port).lb;
-        if (!lb) return;
-        if (!lb->hash_attr.empty()) a->add_hash_policy()->mutable_header()->set_header_name(lb->hash_attr);
-        if (lb->hash_source_ip)
-          a->add_hash_policy()->mutable_connection_properties()->set_source_ip(true);
-      };
-      if (!mr) {
-        auto* r = vh->add_routes();
-        r->set_name("default");
-        r->mutable_match()->set_prefix("/");
-        r->mutable_route()->set_cluster(cluster_name(port, "", host));
-        hash(r->mutable_route(), "");
-      } else {
-        for (const auto& m : mr->routes) {
-          auto* r = vh->add_routes();
-          r->set_name(m.name);
-          r->mutable_match()->set_prefix("/");
-          for (const auto& [k, sm] : m.match) *r->mutable_match()->add_headers() = header_matcher(k, sm);
-          auto* a = r->mutable_route();
-          auto dest_cluster = [&](const Destination& d) {
-            return cluster_name(d.port ? d.port : port, d.subset, d.host);
-          };
-          if (m.route.size() == 1) {
-            a->set_cluster(dest_cluster(m.route[0]));
-          } else {
-            uint32_t total = 0;
-            for (const auto& d : m.route) {
-              auto* cw = a->mutable_weighted_clusters()->add_clusters();
-              cw->set_name(dest_cluster(d));
-              cw->mutable_weight()->set_value(d.weight);
-              total += d.weight;
-            }
-            a->mutable_weighted_clusters()->mutable_total_weight()->set_value(total);
-          }
-          hash(a, m.route[0].subset);
-          const auto& res = mr->resilience;
-          if (res.timeout_ms) *a->mutable_timeout() = pb_duration(res.timeout_ms);
-          if (res.has_retries) {
-            auto* rp = a->mutable_retry_policy();
-            rp->mutable_num_retries()->set_value(res.attempts);
-            rp->set_retry_on(res.retry_on.empty() ? "connect-failure" : res.retry_on);
-            if (res.per_try_timeout_ms) *rp->mutable_per_try_timeout() = pb_duration(res.per_try_timeout_ms);
-            for (const auto& method : res.idempotent_methods) {
-              auto* h = rp->add_retriable_request_headers();
-              h->set_name("method");
-              h->set_exact_match(method);
-            }
-          }
-          if (m.has_mirror) {
-            auto* mp = a->add_request_mirror_policies();
-            mp->set_cluster(dest_cluster(m.mirror));
-            auto* fp = mp->mutable_runtime_fraction()->mutable_default_value();
-            fp->set_numerator(uint32_t(m.mirror_percent * 10000));
-            fp->set_denominator(envoy::type::v3::FractionalPercent::MILLION);
-          }
-          for (const auto& [k, v] : m.request_mutation) {
-            auto* h = r->add_request_headers_to_add()->mutable_header();
-            h->set_key(k);
-            h->set_value(v);
-          }
-          for (const auto& [k, v] : m.response_mutation) {
-            auto* h = r->add_response_headers_to_add()->mutable_header();
-            h->set_key(k);
-            h->set_value(v);
-          }
-        }
-      }
-      out.routes.push_back(std::move(rc));
+    std::vector<uint64_t> from;
+    for (const auto& svc : services) from.push_back(svc.se->origin.serial);
+    from.push_back(dr ? dr->origin.serial : 0);
+    from.push_back(mr ? mr->origin.serial : 0);
+    HostOutput h;
+    if (auto it = cache.find(host); it != cache.end() && it->second.from == from) {
+      h = it->second;  // pointers; the cache stays whole if a later host fails
+    } else {
+      h.from = std::move(from);
+      generate_host(h.resources, host, services, dr, mr);
     }
+    append(out.listeners, h.resources.listeners);
+    append(out.clusters, h.resources.clusters);
+    append(out.endpoints, h.resources.endpoints);
+    append(out.routes, h.resources.routes);
+    next_cache.emplace(host, std::move(h));
   }
+  cache = std::move(next_cache);
   return out;
 }
 
@@ -1335,11 +1408,6 @@ Result<Objects> parse_file(const ManifestFile& f) {
   return objs;
 }
 
-template <class T>
-void append(std::vector<T>& into, const std::vector<T>& from) {
-  into.insert(into.end(), from.begin(), from.end());
-}
-
 }  // namespace
 
 struct ManifestTranslator::Impl {
@@ -1348,6 +1416,7 @@ struct ManifestTranslator::Impl {
     Objects objects;
   };
   std::map<std::string, Parsed> files;  // by path
+  HostCache hosts;                       // what each host generated last
 };
 
 ManifestTranslator::ManifestTranslator() : impl_(std::make_unique<Impl>()) {}
@@ -1370,15 +1439,15 @@ Result<Resources> ManifestTranslator::translate(const std::vector<ManifestFile>&
     next.emplace(f.path, Impl::Parsed{f.content, std::move(objs.value())});
   }
   impl_->files = std::move(next);
-  Objects all;
+  ObjectRefs all;
   for (const auto& f : files) {
     const auto& o = impl_->files.at(f.path).objects;
-    append(all.service_entries, o.service_entries);
-    append(all.destination_rules, o.destination_rules);
-    append(all.meta_routers, o.meta_routers);
+    append_refs(all.service_entries, o.service_entries);
+    append_refs(all.destination_rules, o.destination_rules);
+    append_refs(all.meta_routers, o.meta_routers);
   }
   try {
-    return generate(all);
+    return generate(all, impl_->hosts);
   } catch (const ConfigError& e) {
     return Error::invalid(e.message);
   }

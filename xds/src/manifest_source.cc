@@ -48,16 +48,14 @@ std::string content_hash(std::string_view bytes) { return hex(fnv1a(146959810393
 
 std::string content_version(const google::protobuf::Message& m) { return content_hash(deterministic_bytes(m)); }
 
-std::string content_version(const Resources& r) {
+std::string manifests_version(const std::vector<ManifestFile>& files) {
   uint64_t h = 14695981039346656037ull;
-  auto add = [&](const auto& list) {
-    for (const auto& m : list) h = fnv1a(h, deterministic_bytes(m));
-    h = fnv1a(h, "|");
-  };
-  add(r.listeners);
-  add(r.clusters);
-  add(r.endpoints);
-  add(r.routes);
+  for (const auto& f : files) {
+    h = fnv1a(h, f.path);
+    h = fnv1a(h, std::string_view("\0", 1));
+    h = fnv1a(h, f.content);
+    h = fnv1a(h, std::string_view("\0", 1));
+  }
   return hex(h);
 }
 
@@ -132,9 +130,11 @@ ManifestDirSource::~ManifestDirSource() { stop(); }
 
 Result<void> ManifestDirSource::start(ConfigSink& sink) {
   sink_ = &sink;
-  auto res = load_manifest_dir(dir_, translator_);
+  auto files = read_manifest_dir(dir_);
+  if (!files) return files.error();
+  auto res = translator_.translate(*files);
   if (!res) return res.error();
-  std::string v = content_version(*res);
+  std::string v = manifests_version(*files);
   res->version = v;
   auto applied = sink.apply(std::move(res.value()), dir_, false);
   if (!applied.published)
@@ -152,7 +152,16 @@ Result<void> ManifestDirSource::start(ConfigSink& sink) {
 void ManifestDirSource::stop() { watcher_.stop(); }
 
 void ManifestDirSource::reload() {
-  auto res = load_manifest_dir(dir_, translator_);
+  auto files = read_manifest_dir(dir_);
+  std::string v = files ? manifests_version(*files) : "";
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (files && v == version_) {  // touched, or edited back to what is live
+      last_error_.clear();
+      return;
+    }
+  }
+  auto res = files ? translator_.translate(*files) : Result<Resources>(files.error());
   if (!res) {
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -161,11 +170,6 @@ void ManifestDirSource::reload() {
     }
     sink_->refused(dir_, res.error());
     return;
-  }
-  std::string v = content_version(*res);
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (v == version_) return;  // touched, not changed
   }
   res->version = v;
   auto applied = sink_->apply(std::move(res.value()), dir_, false);

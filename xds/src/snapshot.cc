@@ -14,6 +14,7 @@
 #include <charconv>
 #include <optional>
 #include <set>
+#include <unordered_map>
 
 #include "aeraki/meta_protocol_proxy/filters/global_ratelimit/v1alpha/global_ratelimit.pb.h"
 #include "aeraki/meta_protocol_proxy/filters/local_ratelimit/v1alpha/local_ratelimit.pb.h"
@@ -254,14 +255,14 @@ std::string config_dump_json(const Resources& r, std::chrono::system_clock::time
   auto entries = [&](const auto& items, const char* field) {
     std::string out;
     for (size_t i = 0; i < items.size(); ++i)
-      out += std::string(i ? "," : "") + "{\"version_info\":" + v + ",\"" + field + "\":" + any_json(items[i]) +
+      out += std::string(i ? "," : "") + "{\"version_info\":" + v + ",\"" + field + "\":" + any_json(*items[i]) +
              ",\"last_updated\":" + at + "}";
     return out;
   };
   std::string listeners;
   for (size_t i = 0; i < r.listeners.size(); ++i)
-    listeners += std::string(i ? "," : "") + "{\"name\":" + json_string(r.listeners[i].name()) +
-                 ",\"active_state\":{\"version_info\":" + v + ",\"listener\":" + any_json(r.listeners[i]) +
+    listeners += std::string(i ? "," : "") + "{\"name\":" + json_string(r.listeners[i]->name()) +
+                 ",\"active_state\":{\"version_info\":" + v + ",\"listener\":" + any_json(*r.listeners[i]) +
                  ",\"last_updated\":" + at + "}}";
   const std::string t = "\"@type\":\"type.googleapis.com/envoy.admin.v3.";
   return "{\"configs\":[{" + t + "ClustersConfigDump\",\"version_info\":" + v +
@@ -708,87 +709,175 @@ std::string short_type(const std::string& type_url) {
   return dot == std::string::npos ? type_url : type_url.substr(dot + 1);
 }
 
-Compiled compile_snapshot(Resources res) {
+namespace {
+
+// True if every cluster `t` names is, in `now`, the very object it was
+// compiled against: a table is reused only then (a cluster that changed, or
+// came or went, must be seen by the routes that name it).
+bool refs_unchanged(const RouteTable& t, const Clusters& now) {
+  auto same = [&](const ClusterRef& ref) {
+    auto it = now.find(ref.name);
+    return (it == now.end() ? nullptr : it->second.get()) == ref.cluster.get();
+  };
+  for (const auto& r : t.routes) {
+    for (const auto& c : r.clusters)
+      if (!same(c)) return false;
+    for (const auto& m : r.mirrors)
+      if (!same(m.target)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Compiled compile_snapshot(Resources res, const Snapshot* previous) {
   auto snap = std::make_shared<Snapshot>();
   snap->version = res.version;
   snap->compiled_at = std::chrono::system_clock::now();
   Compiled out;
-  Resources kept;
+  Resources& kept = snap->resources;
   kept.version = res.version;
   auto reject = [&](const char* type, const std::string& name, const Error& e) {
     out.rejects.push_back({type, name, e.message()});
   };
+  const Snapshot::Origins* prev = previous ? &previous->origins : nullptr;
+  Snapshot::Origins& origins = snap->origins;
 
   // Endpoints are checked where their cluster uses them; an assignment no
   // cluster names is kept for /config_dump and costs nothing.
+  std::unordered_map<std::string_view, const Shared<envoy::config::endpoint::v3::ClusterLoadAssignment>*> by_cla;
   ClaIndex cla;
-  for (const auto& a : res.endpoints) cla[a.cluster_name()] = &a;
+  for (const auto& a : res.endpoints) {
+    cla[a->cluster_name()] = a.get();
+    by_cla[a->cluster_name()] = &a;
+  }
   std::set<std::string> bad_cla;
   for (auto& c : res.clusters) {
-    auto cl = compile_cluster(c, cla);
-    if (!cl && c.type() == XdsCluster::EDS) {
-      // The cluster itself is fine if only its assignment is bad: name the
-      // assignment, keep the cluster without endpoints.
-      if (auto bare = compile_cluster(c, {})) {
-        const std::string& svc = (*bare)->eds_service;
-        if (bad_cla.insert(svc).second) reject(kEndpointType, svc, cl.error());
-        cl = std::move(bare);
+    // The assignment this cluster would read, for reuse: the same cluster
+    // and the same assignment objects compile to the same thing.
+    Shared<envoy::config::endpoint::v3::ClusterLoadAssignment> its_cla;
+    if (c->type() == XdsCluster::EDS) {
+      const std::string& svc = c->eds_cluster_config().service_name().empty()
+                                   ? c->name()
+                                   : c->eds_cluster_config().service_name();
+      if (auto it = by_cla.find(svc); it != by_cla.end()) its_cla = *it->second;
+    }
+    Result<std::shared_ptr<Cluster>> cl = Error::invalid("");
+    std::string cla_rejected;  // the assignment refused, the cluster kept without it
+    bool reused = false;
+    if (prev) {
+      auto it = prev->clusters.find(c->name());
+      if (it != prev->clusters.end() && it->second.cluster == c && it->second.endpoints == its_cla) {
+        auto live = previous->clusters.find(c->name());
+        if (live != previous->clusters.end()) {
+          cl = std::const_pointer_cast<Cluster>(live->second);
+          cla_rejected = it->second.endpoints_rejected;
+          reused = true;
+          ++out.reused;
+        }
       }
     }
+    if (!reused) {
+      ++out.compiled;
+      cl = compile_cluster(*c, cla);
+      if (!cl && c->type() == XdsCluster::EDS) {
+        // The cluster itself is fine if only its assignment is bad: name the
+        // assignment, keep the cluster without endpoints.
+        if (auto b = compile_cluster(*c, {})) {
+          cla_rejected = cl.error().message();
+          cl = std::move(b);
+        }
+      }
+    }
+    if (cl && !cla_rejected.empty() && bad_cla.insert((*cl)->eds_service).second)
+      out.rejects.push_back({kEndpointType, (*cl)->eds_service, cla_rejected});
     if (!cl) {
-      reject(kClusterType, c.name(), cl.error());
+      reject(kClusterType, c->name(), cl.error());
       continue;
     }
-    if (snap->clusters.count(c.name())) {
-      reject(kClusterType, c.name(), Error::invalid("cluster " + c.name() + ": defined twice"));
+    if (snap->clusters.count(c->name())) {
+      reject(kClusterType, c->name(), Error::invalid("cluster " + c->name() + ": defined twice"));
       continue;
     }
-    snap->clusters.emplace(c.name(), std::move(cl.value()));
-    kept.clusters.push_back(std::move(c));
+    snap->clusters.emplace(c->name(), std::move(cl.value()));
+    origins.clusters[c->name()] = {c, its_cla, cla_rejected};
+    kept.clusters.push_back(c);
   }
   for (auto& a : res.endpoints)
-    if (!bad_cla.count(a.cluster_name())) kept.endpoints.push_back(std::move(a));
+    if (!bad_cla.count(a->cluster_name())) kept.endpoints.push_back(a);
 
   for (auto& rc : res.routes) {
-    auto t = compile_routes(rc, snap->clusters);
-    if (t && snap->routes.count(rc.name()))
-      t = bad("route_config " + rc.name(), "defined twice");
+    Result<std::shared_ptr<RouteTable>> t = Error::invalid("");
+    bool reused = false;
+    if (prev) {
+      auto it = prev->routes.find(rc->name());
+      auto live = previous->routes.find(rc->name());
+      if (it != prev->routes.end() && it->second == rc && live != previous->routes.end() &&
+          refs_unchanged(*live->second, snap->clusters)) {
+        t = std::const_pointer_cast<RouteTable>(live->second);
+        reused = true;
+        ++out.reused;
+      }
+    }
+    if (!reused) {
+      ++out.compiled;
+      t = compile_routes(*rc, snap->clusters);
+    }
+    if (t && snap->routes.count(rc->name()))
+      t = bad("route_config " + rc->name(), "defined twice");
     if (!t) {
-      reject(kRouteType, rc.name(), t.error());
+      reject(kRouteType, rc->name(), t.error());
       continue;
     }
-    snap->routes.emplace(rc.name(), std::move(t.value()));
-    kept.routes.push_back(std::move(rc));
+    snap->routes.emplace(rc->name(), std::move(t.value()));
+    origins.routes[rc->name()] = rc;
+    kept.routes.push_back(rc);
   }
 
   for (auto& l : res.listeners) {
-    auto compiled = compile_listener(l);
-    if (!compiled) {
-      reject(kListenerType, l.name(), compiled.error());
+    std::optional<Listener> li;
+    bool reused = false;
+    if (prev) {
+      auto it = prev->listeners.find(l->name());
+      if (it != prev->listeners.end() && it->second.first == l) {
+        if (it->second.second != Snapshot::Origins::kNotOurs) li = previous->listeners[it->second.second];
+        reused = true;
+        ++out.reused;
+      }
+    }
+    if (!reused) {
+      ++out.compiled;
+      auto compiled = compile_listener(*l);
+      if (!compiled) {
+        reject(kListenerType, l->name(), compiled.error());
+        continue;
+      }
+      li = std::move(*compiled);
+    }
+    if (!li) {  // not a MetaProtocol listener: not ours to serve
+      origins.listeners[l->name()] = {l, Snapshot::Origins::kNotOurs};
       continue;
     }
-    if (!compiled->has_value()) continue;  // not a MetaProtocol listener: not ours to serve
-    Listener li = std::move(**compiled);
-    if (snap->listener_index.count(li.address)) {
-      reject(kListenerType, l.name(),
-             Error::invalid("listener " + l.name() + ": address " + li.address.str() +
+    if (snap->listener_index.count(li->address)) {
+      reject(kListenerType, l->name(),
+             Error::invalid("listener " + l->name() + ": address " + li->address.str() +
                             " used by two listeners"));
       continue;
     }
-    auto rt = snap->routes.find(li.route_name);
-    if (rt != snap->routes.end()) li.routes = rt->second;
-    snap->listener_index[li.address] = snap->listeners.size();
-    snap->listeners.push_back(std::move(li));
-    kept.listeners.push_back(std::move(l));
+    auto rt = snap->routes.find(li->route_name);
+    li->routes = rt != snap->routes.end() ? rt->second : nullptr;
+    origins.listeners[l->name()] = {l, snap->listeners.size()};
+    snap->listener_index[li->address] = snap->listeners.size();
+    snap->listeners.push_back(std::move(*li));
+    kept.listeners.push_back(l);
   }
 
-  snap->resources = std::move(kept);
   out.snapshot = std::move(snap);
   return out;
 }
 
 Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources res) {
-  auto c = compile_snapshot(std::move(res));
+  auto c = compile_snapshot(std::move(res), nullptr);
   if (!c.rejects.empty()) return Error::invalid(c.rejects.front().reason);
   return c.snapshot;
 }

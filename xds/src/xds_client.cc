@@ -376,7 +376,7 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const Update& r)
   // A response that does not even decode changes nothing.
   std::vector<Reject> rejects;
   std::shared_ptr<const Snapshot> snap;
-  if (auto m = merge_update(r, latest_); !m) {
+  if (auto m = merge_update(r, latest_, &digests_); !m) {
     rejects.push_back({type, "", m.error().message()});
   } else {
     auto applied = sink_->apply(latest_, "xds " + s.label() + " " + short_type(type), true);
@@ -415,7 +415,7 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const Update& r)
       eds.names = want;
       eds.requested = !want.empty() || eds.requested;
       if (eds.requested) subscribe(ads, kEndpointType, eds);
-      std::erase_if(latest_.endpoints, [&](const auto& a) { return !want.count(a.cluster_name()); });
+      std::erase_if(latest_.endpoints, [&](const auto& a) { return !want.count(a->cluster_name()); });
     }
   }
   // LDS once clusters (and their endpoints, if any) are in: a listener is
@@ -444,7 +444,7 @@ std::optional<XdsClient::Deferred> XdsClient::handle(Stream& s, const Update& r)
       rds.requested = true;
       subscribe(t, kRouteType, rds);
     }
-    std::erase_if(latest_.routes, [&](const auto& rc) { return !all.count(rc.name()); });
+    std::erase_if(latest_.routes, [&](const auto& rc) { return !all.count(rc->name()); });
   }
   return std::nullopt;
 }

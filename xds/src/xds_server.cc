@@ -23,19 +23,34 @@ using envoy::service::discovery::v3::DiscoveryResponse;
 struct Entry {
   std::string version;
   google::protobuf::Any any;
+  std::shared_ptr<const google::protobuf::Message> source;  // what `any` holds
 };
-// type_url -> name -> resource: immutable once published.
-using Served = std::map<std::string, std::map<std::string, Entry>>;
+// type_url -> name -> resource: immutable once published, shared by the sets
+// published after it while the resource is unchanged.
+using Served = std::map<std::string, std::map<std::string, std::shared_ptr<const Entry>>>;
 
+// Serializes and versions each resource, except one that is the very object
+// served before (resources are immutable, see resources.h): its entry is
+// taken as it was, so an edit costs the resources it changed.
 template <class T>
-void add_all(Served& out, const char* type, const std::vector<T>& list) {
+void add_all(Served& out, const Served& before, const char* type, const std::vector<Shared<T>>& list) {
   auto& m = out[type];
+  auto was = before.find(type);
   for (const auto& r : list) {
-    Entry e;
-    e.any.set_type_url(type);
-    e.any.set_value(deterministic_bytes(r));
-    e.version = content_version(r);
-    m[resource_name(r)] = std::move(e);
+    std::string name = resource_name(*r);
+    if (was != before.end()) {
+      auto it = was->second.find(name);
+      if (it != was->second.end() && it->second->source == r) {
+        m.emplace(std::move(name), it->second);
+        continue;
+      }
+    }
+    auto e = std::make_shared<Entry>();
+    e->any.set_type_url(type);
+    e->any.set_value(deterministic_bytes(*r));
+    e->version = content_hash(e->any.value());
+    e->source = r;
+    m[std::move(name)] = std::move(e);
   }
 }
 
@@ -170,8 +185,8 @@ class Reactor : public StreamBase, public grpc::ServerBidiReactor<Req, Resp> {
     ++srv_.stats.responses;
     out_.push_back(std::move(r));
   }
-  const std::map<std::string, Entry>& served(const std::string& type) const {
-    static const std::map<std::string, Entry> kNone;
+  const std::map<std::string, std::shared_ptr<const Entry>>& served(const std::string& type) const {
+    static const std::map<std::string, std::shared_ptr<const Entry>> kNone;
     auto it = served_->find(type);
     return it == served_->end() ? kNone : it->second;
   }
@@ -241,7 +256,7 @@ class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
 
   void maybe_send(const std::string& type, Sub& sub) override {
     const auto& all = served(type);
-    std::vector<const std::pair<const std::string, Entry>*> want;
+    std::vector<const std::pair<const std::string, std::shared_ptr<const Entry>>*> want;
     if (sub.wildcard) {
       for (const auto& kv : all) want.push_back(&kv);
     } else {
@@ -249,10 +264,10 @@ class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
         if (auto it = all.find(n); it != all.end()) want.push_back(&*it);
     }
     bool changed = !sub.responded;
-    std::vector<const std::pair<const std::string, Entry>*> send;
+    std::vector<const std::pair<const std::string, std::shared_ptr<const Entry>>*> send;
     for (const auto* kv : want) {
       auto s = sub.sent.find(kv->first);
-      bool differs = s == sub.sent.end() || s->second != kv->second.version;
+      bool differs = s == sub.sent.end() || s->second != kv->second->version;
       changed |= differs;
       if (differs || full_set_type(type) || !sub.responded) send.push_back(kv);
     }
@@ -263,14 +278,14 @@ class SotwStream : public Reactor<DiscoveryRequest, DiscoveryResponse> {
     r.set_type_url(type);
     // The version names the client's whole state of this type.
     std::string ver;
-    for (const auto* kv : want) ver += kv->first + "=" + kv->second.version + ";";
+    for (const auto* kv : want) ver += kv->first + "=" + kv->second->version + ";";
     r.set_version_info(content_hash(ver));
     r.set_nonce(next_nonce());
     r.mutable_control_plane()->set_identifier("metanode-xds");
     if (full_set_type(type)) sub.sent.clear();
     for (const auto* kv : send) {
-      *r.add_resources() = kv->second.any;
-      sub.sent[kv->first] = kv->second.version;
+      *r.add_resources() = kv->second->any;
+      sub.sent[kv->first] = kv->second->version;
     }
     sub.responded = true;
     sub.nonce = r.nonce();
@@ -319,10 +334,10 @@ class DeltaStream : public Reactor<DeltaDiscoveryRequest, DeltaDiscoveryResponse
       sub.sent[name] = e.version;
     };
     if (sub.wildcard) {
-      for (const auto& [n, e] : all) add(n, e);
+      for (const auto& [n, e] : all) add(n, *e);
     } else {
       for (const auto& n : sub.names)
-        if (auto it = all.find(n); it != all.end()) add(n, it->second);
+        if (auto it = all.find(n); it != all.end()) add(n, *it->second);
     }
     for (auto it = sub.sent.begin(); it != sub.sent.end();) {
       if (all.count(it->first)) {
@@ -405,15 +420,20 @@ void XdsServer::stop() {
 }
 
 std::string XdsServer::update(const Resources& res) {
+  std::shared_ptr<const Served> before;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    before = impl_->served;
+  }
   auto s = std::make_shared<Served>();
-  add_all(*s, kListenerType, res.listeners);
-  add_all(*s, kClusterType, res.clusters);
-  add_all(*s, kEndpointType, res.endpoints);
-  add_all(*s, kRouteType, res.routes);
+  add_all(*s, *before, kListenerType, res.listeners);
+  add_all(*s, *before, kClusterType, res.clusters);
+  add_all(*s, *before, kEndpointType, res.endpoints);
+  add_all(*s, *before, kRouteType, res.routes);
   // The set's version from the resources' own: no second serialization.
   std::string names;
   for (const auto& [type, m] : *s)
-    for (const auto& [name, e] : m) names += type + "/" + name + "=" + e.version + ";";
+    for (const auto& [name, e] : m) names += type + "/" + name + "=" + e->version + ";";
   std::string version = content_hash(names);
   std::lock_guard<std::mutex> l(impl_->mu);
   impl_->served = s;

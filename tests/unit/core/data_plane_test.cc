@@ -17,6 +17,7 @@
 #include <map>
 #include <thread>
 
+#include "edit_resource.h"
 #include "data_plane_fixture.h"
 
 namespace metanode::core {
@@ -152,8 +153,8 @@ TEST_F(DataPlane, DestinationWorkloadComesFromIstiodsEndpointMetadata) {
                         .set_string_value("svc-v1;ns-apps;svc;v1;Kubernetes");
                   }
               };
-              for (auto& cla : r.endpoints) tag(cla);
-              for (auto& c : r.clusters) tag(*c.mutable_load_assignment());
+              for (auto& cla : r.endpoints) tag(xds::edit(cla));
+              for (auto& c : r.clusters) tag(*xds::edit(c).mutable_load_assignment());
             });
   auto seen = calls(10, "get");
   ASSERT_EQ(seen["a"] + seen["b"], 10);

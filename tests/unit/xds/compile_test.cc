@@ -7,6 +7,7 @@
 
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/snapshot.h"
+#include "edit_resource.h"
 #include "udpa/type/v1/typed_struct.pb.h"
 #include "xds/type/v3/typed_struct.pb.h"
 
@@ -101,7 +102,7 @@ void expect_route_equals(const std::vector<ManifestFile>& files, const std::stri
   std::string diff;
   google::protobuf::util::MessageDifferencer d;
   d.ReportDifferencesToString(&diff);
-  EXPECT_TRUE(d.Compare(want, r->routes[0])) << diff;
+  EXPECT_TRUE(d.Compare(want, *r->routes[0])) << diff;
 }
 
 // Golden: what Aeraki's route generation (internal/xds cache_mgr.go
@@ -195,9 +196,9 @@ TEST(Compile, ListenerFromIstiodTypedStructEitherName) {
   for (bool xds_name : {false, true}) {
     Resources r = tutorial();
     r.listeners.clear();
-    r.listeners.push_back(listener_with("10.96.0.10_9090", "10.96.0.10",
-                                        "envoy.filters.network.meta_protocol_proxy", kIstiodFilterJson,
-                                        xds_name));
+    r.listeners.push_back(share(listener_with("10.96.0.10_9090", "10.96.0.10",
+                                              "envoy.filters.network.meta_protocol_proxy", kIstiodFilterJson,
+                                              xds_name)));
     auto c = compile_snapshot(std::move(r));
     ASSERT_TRUE(c.rejects.empty()) << c.rejects[0].str();
     ASSERT_EQ(c.snapshot->listeners.size(), 1u);
@@ -223,8 +224,8 @@ TEST(Compile, UnexecutedFilterOrSettingRejectsTheListener) {
                                    std::pair{idle, std::string("idle_timeout")}}) {
     Resources r = tutorial();
     r.listeners.clear();
-    r.listeners.push_back(listener_with("10.96.0.10_9090", "10.96.0.10",
-                                        "envoy.filters.network.meta_protocol_proxy", json, false));
+    r.listeners.push_back(share(listener_with("10.96.0.10_9090", "10.96.0.10",
+                                              "envoy.filters.network.meta_protocol_proxy", json, false)));
     auto c = compile_snapshot(std::move(r));
     ASSERT_EQ(c.rejects.size(), 1u) << json;
     EXPECT_EQ(c.rejects[0].name, "10.96.0.10_9090");
@@ -244,10 +245,10 @@ TEST(Compile, OtherListenersAreIgnoredNotRejected) {
   auto* f = tcp.add_filter_chains()->add_filters();
   f->set_name("envoy.filters.network.tcp_proxy");
   f->mutable_typed_config()->set_type_url("type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy");
-  r.listeners.push_back(tcp);
+  r.listeners.push_back(share(tcp));
   envoy::config::listener::v3::Listener virt;  // istiod's virtualOutbound has no socket we model
   virt.set_name("virtualOutbound");
-  r.listeners.push_back(virt);
+  r.listeners.push_back(share(virt));
   auto c = compile_snapshot(std::move(r));
   EXPECT_TRUE(c.rejects.empty()) << c.rejects[0].str();
   EXPECT_EQ(c.snapshot->listeners.size(), 1u);
@@ -257,25 +258,25 @@ TEST(Compile, BadResourcesAreNamedAndTheRestApplies) {
   Resources r = tutorial();
   // A second service whose route config has a bad regex, and an endpoint
   // assignment with a bad address for the v2 subset.
-  auto bad_route = r.routes[0];
+  auto bad_route = *r.routes[0];
   bad_route.set_name("broken_9090");
   bad_route.mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->mutable_headers(0)
       ->mutable_safe_regex_match()->set_regex("(unclosed");
-  r.routes.push_back(bad_route);
+  r.routes.push_back(share(bad_route));
   for (auto& cla : r.endpoints)
-    if (cla.cluster_name() == std::string("outbound|9090|v2|") + kHost)
-      cla.mutable_endpoints(0)->mutable_lb_endpoints(0)->mutable_endpoint()->mutable_address()
+    if (cla->cluster_name() == std::string("outbound|9090|v2|") + kHost)
+      edit(cla).mutable_endpoints(0)->mutable_lb_endpoints(0)->mutable_endpoint()->mutable_address()
           ->mutable_socket_address()->set_address("not-an-ip");
   // A MetaProtocol filter whose config is not a MetaProtocolProxy.
   auto wrong = listener_with("10.96.0.11_9090", "10.96.0.11", "envoy.filters.network.meta_protocol_proxy",
                              "{}", false);
   wrong.mutable_filter_chains(0)->mutable_filters(0)->mutable_typed_config()->set_type_url(
       "type.googleapis.com/google.protobuf.Empty");
-  r.listeners.push_back(wrong);
+  r.listeners.push_back(share(wrong));
   // Two listeners on one address: the second is refused.
-  auto dup = r.listeners[0];
+  auto dup = *r.listeners[0];
   dup.set_name("duplicate");
-  r.listeners.push_back(dup);
+  r.listeners.push_back(share(dup));
 
   auto c = compile_snapshot(std::move(r));
   std::map<std::string, std::string> by;  // "<type> <name>" -> reason
@@ -306,8 +307,8 @@ TEST(Compile, EndpointWorkloadFromIstioMetadata) {
   Resources r = tutorial();
   auto set = [&](const std::string& subset, const std::string& value) {
     for (auto& cla : r.endpoints)
-      if (cla.cluster_name() == "outbound|9090|" + subset + "|" + kHost)
-        (*(*cla.mutable_endpoints(0)->mutable_lb_endpoints(0)->mutable_metadata()->mutable_filter_metadata())["istio"]
+      if (cla->cluster_name() == "outbound|9090|" + subset + "|" + kHost)
+        (*(*edit(cla).mutable_endpoints(0)->mutable_lb_endpoints(0)->mutable_metadata()->mutable_filter_metadata())["istio"]
               .mutable_fields())["workload"]
             .set_string_value(value);
   };
@@ -325,7 +326,7 @@ TEST(Compile, EndpointWorkloadFromIstioMetadata) {
 
 TEST(Compile, BuildSnapshotIsAllOrNothing) {
   Resources r = tutorial();
-  r.routes[0].mutable_virtual_hosts(0)->mutable_routes(0)->clear_route();
+  edit(r.routes[0]).mutable_virtual_hosts(0)->mutable_routes(0)->clear_route();
   auto s = build_snapshot(std::move(r));
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("no route action"), std::string::npos);

@@ -95,10 +95,10 @@ TEST(K8sConfig, ServiceEntryBecomesAerakiShapedXds) {
   auto r = translate_manifests({{"svc.yaml", kService}});
   ASSERT_TRUE(r) << r.error().message();
   ASSERT_EQ(r->listeners.size(), 1u);
-  EXPECT_EQ(r->listeners[0].name(), "10.96.0.10_9090");
+  EXPECT_EQ(r->listeners[0]->name(), "10.96.0.10_9090");
   // As istiod passes Aeraki's EnvoyFilter patch: the filter by its Envoy
   // name, its config a udpa TypedStruct holding protojson (camelCase).
-  const auto& f = r->listeners[0].filter_chains(0).filters(0);
+  const auto& f = r->listeners[0]->filter_chains(0).filters(0);
   EXPECT_EQ(f.name(), "envoy.filters.network.meta_protocol_proxy");
   ASSERT_EQ(f.typed_config().type_url(), "type.googleapis.com/udpa.type.v1.TypedStruct");
   udpa::type::v1::TypedStruct ts;
@@ -115,14 +115,14 @@ TEST(K8sConfig, ServiceEntryBecomesAerakiShapedXds) {
                 .struct_value().fields().at("clusterName").string_value(),
             "aeraki-xds");
   std::vector<std::string> clusters;
-  for (const auto& c : r->clusters) clusters.push_back(c.name());
+  for (const auto& c : r->clusters) clusters.push_back(c->name());
   EXPECT_EQ(clusters, (std::vector<std::string>{std::string("outbound|9090||") + kHost,
                                                 std::string("outbound|9090|v1|") + kHost,
                                                 std::string("outbound|9090|v2|") + kHost}));
   ASSERT_EQ(r->routes.size(), 1u);
-  EXPECT_EQ(r->routes[0].name(), std::string(kHost) + "_9090");
-  ASSERT_EQ(r->routes[0].virtual_hosts(0).routes_size(), 1);
-  EXPECT_EQ(r->routes[0].virtual_hosts(0).routes(0).route().cluster(),
+  EXPECT_EQ(r->routes[0]->name(), std::string(kHost) + "_9090");
+  ASSERT_EQ(r->routes[0]->virtual_hosts(0).routes_size(), 1);
+  EXPECT_EQ(r->routes[0]->virtual_hosts(0).routes(0).route().cluster(),
             std::string("outbound|9090||") + kHost);
 }
 

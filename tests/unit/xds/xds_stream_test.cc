@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "edit_resource.h"
 #include "metanode/xds/k8s_config.h"
 #include "metanode/xds/snapshot.h"
 #include "metanode/xds/xds_client.h"
@@ -57,7 +58,7 @@ DiscoveryResponse response(const char* type, const std::vector<T>& list) {
   DiscoveryResponse r;
   r.set_type_url(type);
   r.set_version_info("7");
-  for (const auto& m : list) r.add_resources()->PackFrom(m);
+  for (const auto& m : list) r.add_resources()->PackFrom(*m);
   return r;
 }
 
@@ -70,12 +71,12 @@ TEST(MergeResponse, ClustersReplaceEndpointsMerge) {
   EXPECT_EQ(state.version, "7");
   // An EDS response with one assignment updates that one, keeps the rest.
   auto cla = state.endpoints[0];
-  cla.mutable_endpoints(0)->mutable_lb_endpoints()->Clear();
+  edit(cla).mutable_endpoints(0)->mutable_lb_endpoints()->Clear();
   ASSERT_TRUE(merge_response(response(kEndpointType, std::vector{cla}), state));
   ASSERT_EQ(state.endpoints.size(), 3u);
   for (const auto& e : state.endpoints)
-    if (e.cluster_name() == cla.cluster_name()) {
-      EXPECT_EQ(e.endpoints(0).lb_endpoints_size(), 0);
+    if (e->cluster_name() == cla->cluster_name()) {
+      EXPECT_EQ(e->endpoints(0).lb_endpoints_size(), 0);
     }
 }
 
@@ -85,22 +86,22 @@ TEST(MergeResponse, DeltaUpsertsAndRemovesByName) {
   d.set_type_url(kClusterType);
   d.set_system_version_info("9");
   auto* res = d.add_resources();
-  res->set_name(state.clusters[0].name());
+  res->set_name(state.clusters[0]->name());
   res->set_version("h1");
-  auto changed = state.clusters[0];
+  auto changed = *state.clusters[0];
   changed.mutable_connect_timeout()->set_seconds(7);
   res->mutable_resource()->PackFrom(changed);
-  d.add_removed_resources(state.clusters[2].name());
+  d.add_removed_resources(state.clusters[2]->name());
   auto u = update_of(d);
   EXPECT_FALSE(u.replace);  // delta never replaces a whole set
-  EXPECT_EQ(u.versions.at(state.clusters[0].name()), "h1");
-  std::string removed = state.clusters[2].name();
+  EXPECT_EQ(u.versions.at(state.clusters[0]->name()), "h1");
+  std::string removed = state.clusters[2]->name();
   ASSERT_TRUE(merge_update(u, state));
   ASSERT_EQ(state.clusters.size(), 2u);
   for (const auto& c : state.clusters) {
-    EXPECT_NE(c.name(), removed);
-    if (c.name() == changed.name()) {
-      EXPECT_EQ(c.connect_timeout().seconds(), 7);
+    EXPECT_NE(c->name(), removed);
+    if (c->name() == changed.name()) {
+      EXPECT_EQ(c->connect_timeout().seconds(), 7);
     }
   }
 }
@@ -220,7 +221,7 @@ spec:
 
 TEST(XdsStreams, BadRouteIsNackedOnceAndNotResent) {
   auto bad = tutorial();
-  auto* h = bad.routes[0].mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->add_headers();
+  auto* h = edit(bad.routes[0]).mutable_virtual_hosts(0)->mutable_routes(0)->mutable_match()->add_headers();
   h->set_name("m");
   h->mutable_safe_regex_match()->set_regex("(");
   Pair p(bad);

@@ -27,7 +27,10 @@ std::string content_version(const google::protobuf::Message& m);
 std::string content_hash(std::string_view bytes);
 // The bytes that hash: the same message always serializes the same.
 std::string deterministic_bytes(const google::protobuf::Message& m);
-std::string content_version(const Resources& r);
+// The version of a manifest directory's state: a hash of its files' names
+// and bytes (an edit that changes no resource still makes a new version;
+// applying it regenerates and compiles only the edited files' hosts).
+std::string manifests_version(const std::vector<ManifestFile>& files);
 
 // Calls `on_change` from its own thread once edits in `dir` have settled
 // for `settle` (an editor's write-rename or a ConfigMap's symlink swap is

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,12 +30,25 @@ inline constexpr char kXdsTypedStructType[] = "type.googleapis.com/xds.type.v3.T
 // The gRPC cluster Aeraki's listeners name as their RDS config source.
 inline constexpr char kAerakiXdsCluster[] = "aeraki-xds";
 
+// A resource once made is never changed: every holder (the xDS client's
+// state, the snapshot compiled from it, the server's published set) shares
+// the one object. Copying a whole state copies pointers, and a resource that
+// arrives again unchanged keeps its object, which is how the compiler knows
+// it need not compile it again (snapshot.h).
+template <class T>
+using Shared = std::shared_ptr<const T>;
+
+template <class T>
+Shared<T> share(T m) {
+  return std::make_shared<const T>(std::move(m));
+}
+
 struct Resources {
   std::string version;
-  std::vector<envoy::config::listener::v3::Listener> listeners;
-  std::vector<envoy::config::cluster::v3::Cluster> clusters;
-  std::vector<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
-  std::vector<envoy::config::route::v3::RouteConfiguration> routes;
+  std::vector<Shared<envoy::config::listener::v3::Listener>> listeners;
+  std::vector<Shared<envoy::config::cluster::v3::Cluster>> clusters;
+  std::vector<Shared<envoy::config::endpoint::v3::ClusterLoadAssignment>> endpoints;
+  std::vector<Shared<envoy::config::route::v3::RouteConfiguration>> routes;
 };
 
 // The name xDS knows each resource by (a ClusterLoadAssignment's is its

@@ -199,6 +199,26 @@ struct Snapshot {
   std::map<std::string, std::shared_ptr<const RouteTable>, std::less<>> routes;
   Resources resources;  // what it was compiled from, for /config_dump
 
+  // The very resources each compiled object was made from. The next compile
+  // reuses an object whose inputs are the same objects (resources are
+  // immutable and shared, see resources.h): one edited route compiles one
+  // route table, and the workers keep the balancers and connection pools of
+  // every cluster that did not change, since they know clusters by address.
+  struct Origins {
+    struct ClusterFrom {
+      Shared<envoy::config::cluster::v3::Cluster> cluster;
+      Shared<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;  // null: none
+      // Set if `endpoints` was refused for this reason and the cluster kept
+      // without endpoints: reusing it names the assignment again.
+      std::string endpoints_rejected;
+    };
+    static constexpr size_t kNotOurs = ~size_t(0);  // a listener without a MetaProtocolProxy
+    std::unordered_map<std::string, ClusterFrom> clusters;
+    std::unordered_map<std::string, Shared<envoy::config::route::v3::RouteConfiguration>> routes;
+    // name -> (resource, index in `listeners` or kNotOurs)
+    std::unordered_map<std::string, std::pair<Shared<envoy::config::listener::v3::Listener>, size_t>> listeners;
+  } origins;
+
   const Listener* find_listener(net::Endpoint addr) const {
     auto it = listener_index.find(addr);
     return it == listener_index.end() ? nullptr : &listeners[it->second];
@@ -211,12 +231,15 @@ struct Snapshot {
 
 // Compiles resources one by one: a resource that does not validate is left
 // out and named in `rejects` (type, name, reason), the rest still compile.
-// `snapshot->resources` holds only what was accepted.
+// `snapshot->resources` holds only what was accepted. With `previous` (the
+// snapshot compiled before), what comes from the same resources as there is
+// taken from it instead of compiled again (Snapshot::Origins).
 struct Compiled {
   std::shared_ptr<const Snapshot> snapshot;
   std::vector<Reject> rejects;
+  size_t compiled = 0, reused = 0;  // clusters, route tables and listeners
 };
-Compiled compile_snapshot(Resources resources);
+Compiled compile_snapshot(Resources resources, const Snapshot* previous = nullptr);
 
 // All or nothing: the first reject is the error. For manifests, which are
 // validated as a whole before they become resources.

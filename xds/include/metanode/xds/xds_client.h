@@ -84,6 +84,7 @@ class XdsClient : public ConfigSource {
   std::condition_variable cv_;  // wakes backoff waits and the watchdog on stop
   std::vector<std::unique_ptr<Stream>> streams_;  // [0] is ADS
   Resources latest_;                // what the servers sent last, by type
+  Digests digests_;                 // of latest_'s resources: unchanged ones keep their objects
   std::set<std::string> eds_names_;  // subscribed ClusterLoadAssignments
   bool lds_requested_ = false;
   std::thread watchdog_;
