@@ -22,12 +22,17 @@ void usage(FILE* f) {
                "  --xds-cluster NAME=HOST:PORT\n"
                "                            address of a gRPC cluster a listener names as its RDS\n"
                "                            source (aeraki-xds: Aeraki's 15010); default: the ADS server\n"
+               "  --xds-cluster-tls NAME=SERVERNAME|plaintext\n"
+               "                            that cluster's TLS name to verify (Aeraki's certificate\n"
+               "                            is not istiod's), or no TLS, token or client certificate\n"
+               "                            (Aeraki before 1.4); default: as the ADS server\n"
                "  --xds-delta               delta (incremental) xDS instead of state of the world\n"
                "  --xds-first-response-timeout-ms N\n"
                "                            restart a stream that brings no response in N ms (15000)\n"
                "  --xds-root-cert FILE      TLS to xDS servers and the CA, verified against this root\n"
                "                            (istiod 15012: /var/run/secrets/istio/root-cert.pem)\n"
-               "  --xds-server-name NAME    TLS name to verify (istiod.istio-system.svc); default: host\n"
+               "  --xds-server-name NAME    the ADS server's and the CA's TLS name to verify\n"
+               "                            (istiod.istio-system.svc); default: the host\n"
                "  --xds-token-file FILE     bearer token sent to xDS servers and the CA, re-read at\n"
                "                            each connect (/var/run/secrets/tokens/istio-token)\n"
                "  --ca-address HOST:PORT    Istio CA: get and rotate a workload certificate, the\n"
@@ -115,7 +120,7 @@ int main(int argc, char** argv) {
   bool admin_remote = false;
   enum { kConfigDir = 1, kCgroup, kRedirect, kAdmin, kPinDir, kNoBpf, kNoSkmsg, kHostNetns,
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
-         kXdsAddress, kXdsCluster, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
+         kXdsAddress, kXdsCluster, kXdsClusterTls, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
          kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
          kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
          kSourceConns, kSourcePending, kSourceRps, kAdminRemote, kMetrics, kReadiness,
@@ -143,6 +148,7 @@ int main(int argc, char** argv) {
       {"exclude-ports", required_argument, nullptr, kExclude},
       {"xds-address", required_argument, nullptr, kXdsAddress},
       {"xds-cluster", required_argument, nullptr, kXdsCluster},
+      {"xds-cluster-tls", required_argument, nullptr, kXdsClusterTls},
       {"node-id", required_argument, nullptr, kNodeId},
       {"node-label", required_argument, nullptr, kNodeLabel},
       {"node-meta", required_argument, nullptr, kNodeMeta},
@@ -388,17 +394,24 @@ int main(int argc, char** argv) {
         break;
       }
       case kXdsCluster:
+      case kXdsClusterTls:
       case kNodeLabel:
       case kNodeMeta: {
         std::string kv = optarg;
         auto eq = kv.find('=');
-        if (eq == std::string::npos || eq == 0) {
+        if (eq == std::string::npos || eq == 0 || (c == kXdsClusterTls && eq + 1 == kv.size())) {
           std::fprintf(stderr, "%s: expected KEY=VALUE, got '%s'\n",
-                       c == kXdsCluster ? "--xds-cluster" : c == kNodeLabel ? "--node-label" : "--node-meta",
+                       c == kXdsCluster      ? "--xds-cluster"
+                       : c == kXdsClusterTls ? "--xds-cluster-tls"
+                       : c == kNodeLabel     ? "--node-label"
+                                             : "--node-meta",
                        optarg);
           return 2;
         }
-        auto& into = c == kXdsCluster ? o.xds_clusters : c == kNodeLabel ? node.labels : node.extra;
+        auto& into = c == kXdsCluster      ? o.xds_clusters
+                     : c == kXdsClusterTls ? o.xds_cluster_tls
+                     : c == kNodeLabel     ? node.labels
+                                           : node.extra;
         into[kv.substr(0, eq)] = kv.substr(eq + 1);
         break;
       }

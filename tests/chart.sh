@@ -35,6 +35,11 @@ render --set xds.address=istiod.istio-system.svc:15012,xds.aerakiAddress=aeraki.
   > "$tmp/cluster.yaml"
 "$validate" "$tmp/cluster.yaml"
 grep -q -- '--xds-cluster aeraki-xds=aeraki.istio-system:15010' "$tmp/cluster.yaml"
+# Aeraki's certificate is verified by its own name, not istiod's; or plaintext.
+grep -q -- '--xds-cluster-tls aeraki-xds=aeraki.istio-system.svc' "$tmp/cluster.yaml"
+render --set xds.address=istiod.istio-system.svc:15012,xds.aerakiAddress=aeraki.istio-system:15010 \
+  --set xds.aerakiServerName=plaintext > "$tmp/plain.yaml"
+grep -q -- '--xds-cluster-tls aeraki-xds=plaintext' "$tmp/plain.yaml"
 # The default (pods.mode kubernetes): the role it reads with, bound to its account.
 grep -q -- '--pods kubernetes' "$tmp/default.yaml"
 grep -q -- '--netns-dir /var/run/netns:cni-' "$tmp/default.yaml"

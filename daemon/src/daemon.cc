@@ -62,6 +62,7 @@ std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts, const 
   xds::XdsClientOptions xo;
   xo.server = opts.xds_address;
   xo.clusters = opts.xds_clusters;
+  xo.cluster_tls = opts.xds_cluster_tls;
   xo.delta = opts.xds_delta;
   xo.first_response_timeout = opts.xds_first_response_timeout;
   xo.security = opts.xds_security;

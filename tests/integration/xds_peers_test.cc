@@ -357,6 +357,7 @@ TEST_F(XdsPeers, GarbageServerIsRetriedNeverTrusted) {
 TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
   std::string dir = d_.dir();
   std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:istiod.istio-system.svc\n";
+  std::ofstream(dir + "/aeraki-san.ext") << "subjectAltName=DNS:aeraki.istio-system.svc\n";
   std::ofstream(dir + "/token") << "secret-token\n";
   std::ofstream(dir + "/wrong-token") << "not-the-token\n";
   for (const auto& argv : std::vector<std::vector<std::string>>{
@@ -366,7 +367,13 @@ TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
             dir + "/server.key", "-out", dir + "/server.csr", "-subj", "/O=istiod"},
            {"openssl", "x509", "-req", "-in", dir + "/server.csr", "-CA", dir + "/root.pem", "-CAkey",
             dir + "/root.key", "-CAcreateserial", "-out", dir + "/server.pem", "-days", "1", "-extfile",
-            dir + "/san.ext"}})
+            dir + "/san.ext"},
+           // Aeraki's own certificate: its name, not istiod's.
+           {"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            dir + "/aeraki.key", "-out", dir + "/aeraki.csr", "-subj", "/O=aeraki"},
+           {"openssl", "x509", "-req", "-in", dir + "/aeraki.csr", "-CA", dir + "/root.pem", "-CAkey",
+            dir + "/root.key", "-CAcreateserial", "-out", dir + "/aeraki.pem", "-days", "1", "-extfile",
+            dir + "/aeraki-san.ext"}})
     ASSERT_EQ(run(argv).status, 0) << argv[1];
   auto port_of = [&](const std::string& log) {
     auto out = slurp(dir + "/" + log + ".log");
@@ -382,20 +389,25 @@ TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
   std::vector<std::string> tls = {"-tls-cert", dir + "/server.pem", "-tls-key", dir + "/server.key"};
   auto istiod = tls;
   istiod.insert(istiod.end(), {"-token", "secret-token", "-cluster-id", "Kubernetes"});
-  auto aeraki = tls;
-  aeraki.insert(aeraki.end(), {"-client-ca", dir + "/root.pem"});
-  for (auto [name, extra] : {std::pair{"istiod", istiod}, std::pair{"aeraki", aeraki}}) {
+  std::vector<std::string> aeraki = {"-tls-cert", dir + "/aeraki.pem", "-tls-key", dir + "/aeraki.key",
+                                     "-client-ca", dir + "/root.pem"};
+  std::vector<std::string> plain;  // Aeraki before 1.4: RDS in plaintext
+  for (auto [name, extra] :
+       {std::pair{"istiod", istiod}, std::pair{"aeraki", aeraki}, std::pair{"aeraki-plain", plain}}) {
     std::vector<std::string> argv = {METANODE_XDS_SERVER_PEER, "-listen", "127.0.0.1:0", "-resources",
                                      resources_file()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     ASSERT_TRUE(d_.start_peer(argv, name, "listening ")) << name;
   }
-  auto daemon_args = [&](const std::string& token) {
-    return std::vector<std::string>{
+  auto daemon_args = [&](const std::string& token, const std::string& aeraki_peer = "aeraki",
+                         const std::string& aeraki_tls = "aeraki.istio-system.svc") {
+    std::vector<std::string> a = {
         "--xds-address", "127.0.0.1:" + std::to_string(port_of("istiod")), "--xds-cluster",
-        "aeraki-xds=127.0.0.1:" + std::to_string(port_of("aeraki")), "--xds-root-cert", dir + "/root.pem",
+        "aeraki-xds=127.0.0.1:" + std::to_string(port_of(aeraki_peer)), "--xds-root-cert", dir + "/root.pem",
         "--xds-server-name", "istiod.istio-system.svc", "--xds-token-file", dir + "/" + token, "--ca-address",
         "127.0.0.1:" + std::to_string(port_of("ca")), "--cert-ttl", "4"};
+    if (!aeraki_tls.empty()) a.insert(a.end(), {"--xds-cluster-tls", "aeraki-xds=" + aeraki_tls});
+    return a;
   };
   ASSERT_TRUE(d_.start(daemon_args("token"), false)) << d_.log() << slurp(dir + "/istiod.log")
                                                      << slurp(dir + "/aeraki.log") << slurp(dir + "/ca.log");
@@ -417,6 +429,31 @@ TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
   EXPECT_TRUE(contains(slurp(dir + "/istiod.log"), "DENIED token")) << slurp(dir + "/istiod.log");
   EXPECT_TRUE(contains(other.admin("/ready"), "not ready: waiting for Cluster")) << other.admin("/ready");
   EXPECT_TRUE(contains(other.log(), "16 authentication failure")) << other.log();
+
+  // Aeraki verified as istiod (no --xds-cluster-tls): its certificate does
+  // not carry that name, so routes never come and the daemon is not ready.
+  {
+    LocalDaemon as_istiod;
+    EXPECT_FALSE(as_istiod.start(daemon_args("token", "aeraki", ""), false));
+    EXPECT_TRUE(contains(as_istiod.admin("/ready"), "RouteConfiguration from rds:aeraki-xds"))
+        << as_istiod.admin("/ready");
+  }
+
+  // Aeraki in plaintext: routes come, and neither the token nor a client
+  // certificate goes to it, while istiod still gets both over TLS. The
+  // first daemon leaves the loopback "VIP" port to this one.
+  kill(d_.daemon_pid(), SIGTERM);
+  ASSERT_TRUE(eventually([&] { return d_.admin("/ready").empty(); }, 15s));
+  LocalDaemon plaintext;
+  ASSERT_TRUE(plaintext.start(daemon_args("token", "aeraki-plain", "plaintext"), false)) << plaintext.log();
+  EXPECT_EQ(calls(plaintext, 20, vip_port_).ok, 20);
+  auto plain_log = slurp(dir + "/aeraki-plain.log");
+  EXPECT_TRUE(contains(plain_log, "STREAM /envoy.service.route.v3.RouteDiscoveryService/StreamRoutes "
+                                  "authorization headers 0"))
+      << plain_log;
+  EXPECT_FALSE(contains(plain_log, "authorization headers 1")) << plain_log;
+  EXPECT_FALSE(contains(plain_log, "CLIENT ")) << plain_log;
+  EXPECT_TRUE(contains(slurp(dir + "/istiod.log"), "authorization headers 1"));
 }
 
 // A server that accepts and then says nothing (no HTTP/2 settings, no

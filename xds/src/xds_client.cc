@@ -63,6 +63,7 @@ struct XdsClient::TypeState {
 struct XdsClient::Stream {
   std::string cluster;  // "" for ADS
   std::string target;   // HOST:PORT
+  XdsSecurity security;  // how this server is reached
   std::map<std::string, TypeState> types;
   std::thread thread;
   // Set while connected; writes go through write_mu (one writer at a time,
@@ -104,6 +105,16 @@ XdsClient::Stream& XdsClient::stream_for(const std::string& cluster) {
   s->cluster = cluster;
   auto it = opts_.clusters.find(cluster);
   s->target = cluster.empty() || it == opts_.clusters.end() ? opts_.server : it->second;
+  s->security = opts_.security;
+  if (auto t = opts_.cluster_tls.find(cluster); !cluster.empty() && t != opts_.cluster_tls.end()) {
+    if (t->second == XdsClientOptions::kPlaintext) {
+      // No TLS: nothing secret goes to it either.
+      s->security.root_cert_file.clear();
+      s->security.token_file.clear();
+    } else {
+      s->security.server_name = t->second;
+    }
+  }
   Stream* raw = s.get();
   streams_.push_back(std::move(s));
   raw->thread = std::thread([this, raw] { run(*raw); });
@@ -234,13 +245,14 @@ void XdsClient::run(Stream& s) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     args.SetMaxReceiveMessageSize(int(opts_.max_message_bytes));
-    if (!opts_.security.server_name.empty()) args.SetSslTargetNameOverride(opts_.security.server_name);
+    if (s.security.tls() && !s.security.server_name.empty())
+      args.SetSslTargetNameOverride(s.security.server_name);
     // Credentials and headers are made for every connection: the token file
     // and the workload certificate rotate.
-    auto cert = opts_.ca ? opts_.ca->current() : nullptr;
-    auto creds = opts_.security.credentials(cert.get());
+    auto cert = opts_.ca && s.security.tls() ? opts_.ca->current() : nullptr;
+    auto creds = s.security.credentials(cert.get());
     grpc::ClientContext ctx;
-    Result<void> auth = creds ? opts_.security.authenticate(ctx) : Result<void>(creds.error());
+    Result<void> auth = creds ? s.security.authenticate(ctx) : Result<void>(creds.error());
     if (!auth) {
       spdlog::error("xds {} {}: {}", s.label(), s.target, auth.error().message());
       std::unique_lock<std::mutex> l(mu_);

@@ -19,6 +19,7 @@ struct DaemonOptions {
   std::string config_dir;       // embedded control plane: manifests to serve
   std::string xds_address;      // else: an xDS server (HOST:PORT) to pull from
   std::map<std::string, std::string> xds_clusters;  // gRPC cluster -> HOST:PORT (aeraki-xds)
+  std::map<std::string, std::string> xds_cluster_tls;  // gRPC cluster -> TLS name or "plaintext"
   bool xds_delta = false;       // delta xDS instead of state of the world
   std::chrono::milliseconds xds_first_response_timeout{15000};  // a silent stream is restarted
   xds::NodeIdentity node;       // who we are to the xDS server

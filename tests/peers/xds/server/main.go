@@ -183,6 +183,9 @@ func main() {
 	}
 	opts = append(opts, grpc.StreamInterceptor(func(s any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		md, _ := metadata.FromIncomingContext(ss.Context())
+		// What a client sent in the clear or not: tests check that no token
+		// goes to a server reached without TLS.
+		out.say("STREAM %s authorization headers %d", info.FullMethod, len(md.Get("authorization")))
 		if *token != "" {
 			if a := md.Get("authorization"); len(a) != 1 || a[0] != "Bearer "+*token {
 				out.say("DENIED token %v", a)
