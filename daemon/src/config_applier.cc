@@ -62,6 +62,7 @@ xds::Applied ConfigApplier::apply(xds::Resources res, const std::string& origin,
       again.version = version;
       restore_rejected(again, live->resources, c.rejects);
       auto c2 = xds::compile_snapshot(std::move(again), c.snapshot.get());
+      c2.snapshot->refused = c.rejects;  // what the source's versions were refused for
       c.snapshot = std::move(c2.snapshot);
       c.compiled += c2.compiled;  // the restored resources (the rest was reused)
     }

@@ -79,7 +79,7 @@ std::unique_ptr<xds::ConfigSource> make_source(const DaemonOptions& opts, const 
 // /config_dump: the live resources in Envoy's ConfigDump shape.
 std::string config_dump(const Server& server) {
   auto s = server.snapshot();
-  return s ? xds::config_dump_json(s->resources, s->compiled_at)
+  return s ? xds::config_dump_json(s->resources, s->compiled_at, s->refused, s->compiled_at)
            : xds::config_dump_json({}, std::chrono::system_clock::now());
 }
 

@@ -309,6 +309,17 @@ TEST_F(XdsPeers, OneBadResourceIsNackedTheRestApplies) {
   EXPECT_LE(rejects, 10u)
       << m;
   EXPECT_TRUE(contains(d_.admin("/config_source"), "bad regex"));
+  // /config_dump shows the refusal where Envoy does: the route's entry holds
+  // its last good version and an error_state with the reason (decoded by
+  // the real Go types); the second service's has none.
+  std::ofstream(d_.dir() + "/config_dump.json") << d_.admin("/config_dump");
+  auto decoded = run({METANODE_XDS_CLIENT_PEER, "-config-dump", d_.dir() + "/config_dump.json"});
+  EXPECT_EQ(decoded.status, 0) << decoded.out;
+  EXPECT_TRUE(contains(decoded.out, "CONFIGDUMP clusters=6 endpoints=6 listeners=2 routes=2")) << decoded.out;
+  EXPECT_TRUE(contains(decoded.out, "ERRORSTATE routes " + std::string(kHost) + "_" + std::to_string(vip_port_) +
+                                        ": route_config"))
+      << decoded.out;
+  EXPECT_EQ(count(decoded.out, "ERRORSTATE"), 1u) << decoded.out;
 }
 
 // The control plane goes away: traffic goes on with the last good

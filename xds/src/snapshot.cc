@@ -239,7 +239,9 @@ bool parse_cluster_name(std::string_view name, std::string& host, std::string& s
   return true;
 }
 
-std::string config_dump_json(const Resources& r, std::chrono::system_clock::time_point last_updated) {
+std::string config_dump_json(const Resources& r, std::chrono::system_clock::time_point last_updated,
+                             const std::vector<Reject>& refused,
+                             std::chrono::system_clock::time_point refused_at) {
   google::protobuf::util::JsonPrintOptions opt;
   opt.add_whitespace = false;
   opt.preserve_proto_field_names = true;
@@ -251,25 +253,53 @@ std::string config_dump_json(const Resources& r, std::chrono::system_clock::time
     return j;
   };
   std::string v = json_string(r.version), at = "\"" + utc_timestamp(last_updated) + "\"";
-  // One entry of a dynamic list: {"version_info", "<field>": Any, "last_updated"}.
-  auto entries = [&](const auto& items, const char* field) {
+  // Envoy's UpdateFailureState, for the resources whose newest version was refused.
+  std::map<std::pair<std::string, std::string>, std::string> errors;
+  for (const auto& x : refused)
+    errors[{x.type_url, x.name}] = ",\"error_state\":{\"details\":" + json_string(x.reason) +
+                                   ",\"last_update_attempt\":\"" + utc_timestamp(refused_at) + "\"}";
+  auto error_of = [&](const char* type, const std::string& name) {
+    auto it = errors.find({type, name});
+    if (it == errors.end()) return std::string();
+    std::string e = std::move(it->second);
+    errors.erase(it);
+    return e;
+  };
+  // A refused resource with no live version: an entry with its error only.
+  auto orphans = [&](const char* type, std::string& out, bool named) {
+    for (auto it = errors.begin(); it != errors.end();) {
+      if (it->first.first != type) {
+        ++it;
+        continue;
+      }
+      out += std::string(out.empty() ? "" : ",") + "{" + (named ? "\"name\":" + json_string(it->first.second) : "") +
+             (named ? it->second : it->second.substr(1)) + "}";
+      it = errors.erase(it);
+    }
+  };
+  // One entry of a dynamic list: {"version_info", "<field>": Any, "last_updated"[, "error_state"]}.
+  auto entries = [&](const char* type, const auto& items, const char* field) {
     std::string out;
     for (size_t i = 0; i < items.size(); ++i)
       out += std::string(i ? "," : "") + "{\"version_info\":" + v + ",\"" + field + "\":" + any_json(*items[i]) +
-             ",\"last_updated\":" + at + "}";
+             ",\"last_updated\":" + at + error_of(type, resource_name(*items[i])) + "}";
+    orphans(type, out, false);
     return out;
   };
   std::string listeners;
   for (size_t i = 0; i < r.listeners.size(); ++i)
     listeners += std::string(i ? "," : "") + "{\"name\":" + json_string(r.listeners[i]->name()) +
                  ",\"active_state\":{\"version_info\":" + v + ",\"listener\":" + any_json(*r.listeners[i]) +
-                 ",\"last_updated\":" + at + "}}";
+                 ",\"last_updated\":" + at + "}" + error_of(kListenerType, r.listeners[i]->name()) + "}";
+  orphans(kListenerType, listeners, true);
   const std::string t = "\"@type\":\"type.googleapis.com/envoy.admin.v3.";
   return "{\"configs\":[{" + t + "ClustersConfigDump\",\"version_info\":" + v +
-         ",\"dynamic_active_clusters\":[" + entries(r.clusters, "cluster") + "]},{" + t +
-         "EndpointsConfigDump\",\"dynamic_endpoint_configs\":[" + entries(r.endpoints, "endpoint_config") + "]},{" +
-         t + "ListenersConfigDump\",\"version_info\":" + v + ",\"dynamic_listeners\":[" + listeners + "]},{" + t +
-         "RoutesConfigDump\",\"dynamic_route_configs\":[" + entries(r.routes, "route_config") + "]}]}\n";
+         ",\"dynamic_active_clusters\":[" + entries(kClusterType, r.clusters, "cluster") + "]},{" + t +
+         "EndpointsConfigDump\",\"dynamic_endpoint_configs\":[" +
+         entries(kEndpointType, r.endpoints, "endpoint_config") + "]},{" + t +
+         "ListenersConfigDump\",\"version_info\":" + v + ",\"dynamic_listeners\":[" + listeners + "]},{" + t +
+         "RoutesConfigDump\",\"dynamic_route_configs\":[" + entries(kRouteType, r.routes, "route_config") +
+         "]}]}\n";
 }
 
 namespace {
@@ -872,6 +902,7 @@ Compiled compile_snapshot(Resources res, const Snapshot* previous) {
     kept.listeners.push_back(l);
   }
 
+  snap->refused = out.rejects;
   out.snapshot = std::move(snap);
   return out;
 }
@@ -879,7 +910,7 @@ Compiled compile_snapshot(Resources res, const Snapshot* previous) {
 Result<std::shared_ptr<const Snapshot>> build_snapshot(Resources res) {
   auto c = compile_snapshot(std::move(res), nullptr);
   if (!c.rejects.empty()) return Error::invalid(c.rejects.front().reason);
-  return c.snapshot;
+  return std::shared_ptr<const Snapshot>(std::move(c.snapshot));
 }
 
 }  // namespace metanode::xds

@@ -177,6 +177,18 @@ TEST(K8sConfig, ResourcesRenderAsEnvoysConfigDump) {
             std::string::npos) << j;
   EXPECT_NE(j.find("\"weighted_clusters\""), std::string::npos) << j;
   EXPECT_NE(j.find("aeraki.meta_protocol.codec.thrift"), std::string::npos);
+  EXPECT_EQ(j.find("error_state"), std::string::npos) << "nothing refused";
+
+  // Refused: the live route's newest version, and a listener never accepted.
+  std::string route = r->routes[0]->name();
+  auto at = std::chrono::system_clock::time_point(std::chrono::seconds(1796292060));
+  j = config_dump_json(*r, at, {{kRouteType, route, "bad regex"}, {kListenerType, "10.96.0.99_9090", "no address"}}, at);
+  EXPECT_NE(j.find("\"last_updated\":\"2026-12-03T10:01:00.000Z\",\"error_state\":{\"details\":\"bad regex\","
+                   "\"last_update_attempt\":\"2026-12-03T10:01:00.000Z\"}}]}]}"),
+            std::string::npos)
+      << j;
+  EXPECT_NE(j.find("{\"name\":\"10.96.0.99_9090\",\"error_state\":{\"details\":\"no address\""), std::string::npos)
+      << j;
 }
 
 

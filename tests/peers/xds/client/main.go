@@ -121,31 +121,50 @@ func configDump(path string) {
 		if err != nil {
 			fail("%s: %v", c.TypeUrl, err)
 		}
+		// An entry may carry Envoy's error_state (its newest version was
+		// refused) and, if it never had a good version, nothing else.
+		entry := func(kind string, res *anypb.Any, es *admin.UpdateFailureState) {
+			name := "-"
+			if res != nil {
+				name, _ = decode(res)
+				n[kind]++
+			} else if es == nil {
+				fail("%s entry with neither a resource nor an error_state", kind)
+			}
+			if es != nil {
+				if es.LastUpdateAttempt == nil || es.Details == "" {
+					fail("%s %s: error_state without details or last_update_attempt", kind, name)
+				}
+				fmt.Printf("ERRORSTATE %s %s: %s\n", kind, name, es.Details)
+			}
+		}
 		switch d := m.(type) {
 		case *admin.ClustersConfigDump:
 			for _, e := range d.DynamicActiveClusters {
-				decode(e.Cluster)
-				n["clusters"]++
+				entry("clusters", e.Cluster, e.ErrorState)
 			}
 		case *admin.EndpointsConfigDump:
 			for _, e := range d.DynamicEndpointConfigs {
-				decode(e.EndpointConfig)
-				n["endpoints"]++
+				entry("endpoints", e.EndpointConfig, e.ErrorState)
 			}
 		case *admin.ListenersConfigDump:
 			for _, e := range d.DynamicListeners {
-				if e.ActiveState == nil || e.Name == "" {
-					fail("listener entry without name or active_state")
+				if e.Name == "" || (e.ActiveState == nil && e.ErrorState == nil) {
+					fail("listener entry without name, or with neither active_state nor error_state")
 				}
-				if name, _ := decode(e.ActiveState.Listener); name != e.Name {
-					fail("listener %q dumped as %q", name, e.Name)
+				if e.ActiveState != nil {
+					if name, _ := decode(e.ActiveState.Listener); name != e.Name {
+						fail("listener %q dumped as %q", name, e.Name)
+					}
+					n["listeners"]++
 				}
-				n["listeners"]++
+				if e.ErrorState != nil {
+					entry("listeners", nil, e.ErrorState)
+				}
 			}
 		case *admin.RoutesConfigDump:
 			for _, e := range d.DynamicRouteConfigs {
-				decode(e.RouteConfig)
-				n["routes"]++
+				entry("routes", e.RouteConfig, e.ErrorState)
 			}
 		default:
 			fail("unexpected config %s", c.TypeUrl)

@@ -72,7 +72,13 @@ std::string short_type(const std::string& type_url);
 // The admin /config_dump body in Envoy's shape (envoy.admin.v3.ConfigDump):
 // Clusters, Endpoints, Listeners and Routes config dumps, each resource an
 // Any with its version and `last_updated` (RFC 3339), proto field names, so
-// tools that read Envoy's dumps read ours.
-std::string config_dump_json(const Resources& r, std::chrono::system_clock::time_point last_updated);
+// tools that read Envoy's dumps read ours. A resource in `refused` (the
+// source's newest version of it did not compile; what is live is its last
+// good one, if any) carries Envoy's `error_state` with the reason and
+// `refused_at`; a refused resource with no live version is an entry with
+// only its error_state.
+std::string config_dump_json(const Resources& r, std::chrono::system_clock::time_point last_updated,
+                             const std::vector<Reject>& refused = {},
+                             std::chrono::system_clock::time_point refused_at = {});
 
 }  // namespace metanode::xds

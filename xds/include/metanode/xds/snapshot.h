@@ -198,6 +198,9 @@ struct Snapshot {
   std::map<std::string, std::shared_ptr<const Cluster>, std::less<>> clusters;
   std::map<std::string, std::shared_ptr<const RouteTable>, std::less<>> routes;
   Resources resources;  // what it was compiled from, for /config_dump
+  // What the source sent that did not compile (/config_dump's error_state;
+  // each keeps its last good version in `resources`, if it had one).
+  std::vector<Reject> refused;
 
   // The very resources each compiled object was made from. The next compile
   // reuses an object whose inputs are the same objects (resources are
@@ -235,7 +238,7 @@ struct Snapshot {
 // snapshot compiled before), what comes from the same resources as there is
 // taken from it instead of compiled again (Snapshot::Origins).
 struct Compiled {
-  std::shared_ptr<const Snapshot> snapshot;
+  std::shared_ptr<Snapshot> snapshot;  // the caller's until published
   std::vector<Reject> rejects;
   size_t compiled = 0, reused = 0;  // clusters, route tables and listeners
 };
