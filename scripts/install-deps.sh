@@ -14,6 +14,7 @@ PKGS="
   python3 python3-thrift thrift-compiler libthrift-dev libevent-dev
   iproute2 util-linux procps psmisc
   haproxy redis-server
+  maven openjdk-17-jdk-headless
 "
 missing=""
 for p in $PKGS; do
@@ -48,3 +49,8 @@ if ! command -v go >/dev/null 2>&1; then echo "install-deps: go (>= 1.26, as tes
 (cd "$(dirname "$0")/../tests/peers/ratelimit" && GOFLAGS=-mod=readonly go mod download)
 (cd "$(dirname "$0")/../tests/peers/helm" && GOFLAGS=-mod=readonly go mod download)
 echo "install-deps: Go modules present"
+
+# Apache Dubbo Java (provider and consumer peers), from Maven Central at the
+# versions pinned in the pom, with the plugins that build it.
+(cd "$(dirname "$0")/../tests/peers/dubbo-java" && mvn -q -B dependency:resolve dependency:resolve-plugins >/dev/null)
+echo "install-deps: Maven artifacts present"

@@ -19,6 +19,8 @@ const char* kind_name(MessageKind k) {
       return "heartbeat_request";
     case MessageKind::kHeartbeatResponse:
       return "heartbeat_response";
+    case MessageKind::kGoingAway:
+      return "going_away";
   }
   return "unknown";
 }

@@ -44,9 +44,16 @@ struct HostShared {
   std::atomic<uint32_t> consecutive_errors{0};
   std::atomic<uint32_t> ejections{0};
   std::atomic<int64_t> ejected_until_ns{0};  // 0: in service
+  // The host said it is shutting down (Dubbo's READONLY event) on some
+  // worker's connection: no worker sends it anything new until then. Its
+  // endpoint normally leaves the configuration well before.
+  std::atomic<int64_t> going_away_until_ns{0};
   bool ejected(Clock::time_point now) const {
     int64_t u = ejected_until_ns.load(std::memory_order_relaxed);
     return u != 0 && u > now.time_since_epoch().count();
+  }
+  bool going_away(Clock::time_point now) const {
+    return going_away_until_ns.load(std::memory_order_relaxed) > now.time_since_epoch().count();
   }
 };
 
@@ -155,7 +162,8 @@ struct HostState {
   bool backoff_marked = false;  // counted in slot->backoff
   bool backing_off(Clock::time_point now) const { return connect_retry_at > now; }
   bool ejected(Clock::time_point now) const { return shared && shared->ejected(now); }
-  bool usable(Clock::time_point now) const { return !ejected(now) && !backing_off(now); }
+  bool going_away(Clock::time_point now) const { return shared && shared->going_away(now); }
+  bool usable(Clock::time_point now) const { return !ejected(now) && !backing_off(now) && !going_away(now); }
 };
 
 struct ClusterState {

@@ -36,6 +36,11 @@ UpstreamConn::~UpstreamConn() {
 }
 
 namespace {
+// How long a host that said it is shutting down gets nothing new: longer
+// than Dubbo's default graceful wait (10 s), short enough that a provider
+// restarted on the same address is used again.
+constexpr auto kGoingAwayHold = std::chrono::seconds(30);
+
 void set_keepalive(int fd, const xds::ConnectionPool& p) {
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
@@ -212,6 +217,20 @@ void UpstreamConn::on_read(size_t n) {
 
 void UpstreamConn::on_reply(Message& msg, Bytes frame) {
   if (msg.kind == MessageKind::kHeartbeatResponse) return;
+  if (msg.kind == MessageKind::kGoingAway) {
+    // A provider shutting down gracefully: it answers what it has, then
+    // closes. Nothing new goes to it from any worker; this connection
+    // closes once its calls are answered (which also lets the provider
+    // stop waiting for its consumers to leave).
+    w_.stats().inc(Counter::upstream_cx_going_away);
+    if (host_->shared)
+      host_->shared->going_away_until_ns.store((Clock::now() + kGoingAwayHold).time_since_epoch().count(),
+                                               std::memory_order_relaxed);
+    spdlog::info("upstream {} is going away (read-only): draining {} calls in flight", host_->address.str(),
+                 pending_.size());
+    drain();
+    return;
+  }
   if (msg.kind == MessageKind::kHeartbeatRequest) {
     // Providers probe idle consumers (Dubbo); answer as the consumer would.
     Bytes out;

@@ -1,7 +1,7 @@
 // Dubbo interop through metanoded with independent implementations:
 // providers are sofa-rpc-node + dubbo-remoting (hessian.js) servers, and
 // consumers are sofa-rpc-node and apache-dubbo-js clients, each keeping ONE
-// connection. Shows per-request balancing, routing by method and by
+// connection; DubboJava runs Apache Dubbo Java providers and consumer. Shows per-request balancing, routing by method and by
 // attachment, Dubbo status replies decoded by real consumers, an attachment
 // added by a route and read back by hessian.js in the provider, heartbeats
 // answered locally and one-way replies dropped.
@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
+#include <future>
 #include <set>
 
 #include "local_daemon.h"
@@ -24,16 +26,27 @@ constexpr char kHost[] = "com.example.demoservice";  // Aeraki names Dubbo servi
 
 std::string peers() { return METANODE_DUBBO_PEERS_DIR; }
 
+// Apache Dubbo Java (tests/peers/dubbo-java, built with Maven): `main` of
+// org.metanode.peers.Provider or .Consumer, on a small quick-starting JVM.
+std::vector<std::string> java(const std::string& main) {
+  return {METANODE_JAVA, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k", "-Xmx192m", "-cp",
+          METANODE_DUBBO_JAVA_CP, "org.metanode.peers." + main};
+}
+
 class DubboInterop : public ::testing::Test {
  protected:
+  // The providers' implementation: sofa-rpc-node + dubbo-remoting here,
+  // Apache Dubbo Java in DubboJava below. Same flags, same replies.
+  virtual std::vector<std::string> provider_command() const { return {"node", peers() + "/provider.js"}; }
+
   void SetUp() override {
     for (int i = 0; i < 2; ++i) {
       ports_[i] = free_port();
       std::string v = "v" + std::to_string(i + 1);
-      pids_[i] = d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
-                                std::to_string(ports_[i]), "--name", "dubbo-sample-server-" + v,
-                                "--ip", "127.0.0.1"},
-                               "provider-" + v);
+      auto argv = provider_command();
+      argv.insert(argv.end(), {"--host", "127.0.0.1", "--port", std::to_string(ports_[i]), "--name",
+                               "dubbo-sample-server-" + v, "--ip", "127.0.0.1"});
+      pids_[i] = d_.start_peer(argv, "provider-" + v);
       ASSERT_GT(pids_[i], 0) << slurp(d_.dir() + "/provider-" + v + ".log");
     }
     vip_port_ = free_port();
@@ -72,11 +85,12 @@ class DubboInterop : public ::testing::Test {
   // One more provider (sofa-rpc-node), e.g. with --group or --delay-ms.
   int extra_provider(const std::string& name, std::vector<std::string> flags) {
     int port = free_port();
-    std::vector<std::string> argv = {"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port",
-                                     std::to_string(port), "--name", "dubbo-sample-server-" + name,
-                                     "--ip", "127.0.0.1"};
+    std::vector<std::string> argv = provider_command();
+    argv.insert(argv.end(), {"--host", "127.0.0.1", "--port", std::to_string(port), "--name",
+                             "dubbo-sample-server-" + name, "--ip", "127.0.0.1"});
     argv.insert(argv.end(), flags.begin(), flags.end());
-    EXPECT_GT(d_.start_peer(argv, "provider-" + name), 0);
+    extra_pids_[name] = d_.start_peer(argv, "provider-" + name);
+    EXPECT_GT(extra_pids_[name], 0);
     return port;
   }
 
@@ -93,11 +107,14 @@ class DubboInterop : public ::testing::Test {
     apply("svc.yaml", y + more);
   }
 
+  // A consumer run: "sofa" (sofa-rpc-node), "dubbojs" (apache-dubbo-js) or
+  // "java" (Apache Dubbo Java), one connection to the service's VIP.
   ClientSummary consumer(const std::string& impl, int calls, const std::string& method,
                          std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {"node", peers() + "/" + impl + "_consumer.js", "--host", "127.0.0.1",
-                                     "--port", std::to_string(vip_port_), "--calls", std::to_string(calls),
-                                     "--method", method, "--quiet"};
+    std::vector<std::string> argv =
+        impl == "java" ? java("Consumer") : std::vector<std::string>{"node", peers() + "/" + impl + "_consumer.js"};
+    argv.insert(argv.end(), {"--host", "127.0.0.1", "--port", std::to_string(vip_port_), "--calls",
+                             std::to_string(calls), "--method", method, "--quiet"});
     argv.insert(argv.end(), extra.begin(), extra.end());
     return d_.run_client(argv);
   }
@@ -123,8 +140,9 @@ class DubboInterop : public ::testing::Test {
   }
 
   // Calls the provider logged ("call <method>" lines), as the provider saw them.
-  int provider_calls(int i, const std::string& method) {
-    std::string log = slurp(d_.dir() + "/provider-v" + std::to_string(i + 1) + ".log");
+  int provider_calls(int i, const std::string& method) { return provider_calls_of("v" + std::to_string(i + 1), method); }
+  int provider_calls_of(const std::string& name, const std::string& method) {
+    std::string log = slurp(d_.dir() + "/provider-" + name + ".log");
     int n = 0;
     for (size_t p = 0; (p = log.find("call " + method + "\n", p)) != std::string::npos; ++p) ++n;
     return n;
@@ -141,6 +159,7 @@ class DubboInterop : public ::testing::Test {
 
   LocalDaemon d_;
   pid_t pids_[2] = {0, 0};
+  std::map<std::string, pid_t> extra_pids_;  // by extra_provider's name
   int ports_[2] = {0, 0};
   int vip_port_ = 0;
 };
@@ -392,6 +411,179 @@ TEST_F(DubboInterop, AutoProtocolPortRecognisesDubbo) {
   auto r = consumer("sofa", 5, "sayHello");
   EXPECT_EQ(r.ok, 5) << r.output << d_.log();
   EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 5);
+}
+
+// ---- Apache Dubbo Java --------------------------------------------------------
+// The same service with Apache Dubbo Java 3.2 providers (dubbo protocol,
+// Hessian 2), called by the Java consumer and by the npm ones: the
+// implementation most Dubbo users run, end to end through the daemon.
+class DubboJava : public DubboInterop {
+ protected:
+  std::vector<std::string> provider_command() const override { return java("Provider"); }
+};
+
+TEST_F(DubboJava, EveryRequestOfOneConnectionIsBalanced) {
+  for (const char* impl : {"java", "sofa"}) {
+    auto r = consumer(impl, 20, "alternate");
+    ASSERT_EQ(r.status, 0) << impl << ": " << r.output << d_.log();
+    EXPECT_EQ(r.ok, 20) << impl << ": " << r.first_error;
+    EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 10) << impl;
+    EXPECT_EQ(r.by_server["dubbo-sample-server-v2"], 10) << impl;
+    EXPECT_EQ(r.switches, 19) << impl;
+  }
+}
+
+TEST_F(DubboJava, RoutesByMethodAttachmentAndWeight) {
+  std::string h = kHost;
+  route("  - name: lane\n    match: {attributes: {lane: {exact: gray}}}\n"
+        "    route: [{destination: {host: " + h + ", subset: v2}}]\n"
+        "  - name: hello\n    match: {attributes: {method: {exact: sayHello}}}\n"
+        "    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+        "  - name: split\n    route:\n"
+        "    - {destination: {host: " + h + ", subset: v1}, weight: 20}\n"
+        "    - {destination: {host: " + h + ", subset: v2}, weight: 80}\n");
+  auto r = consumer("java", 20, "alternate");
+  ASSERT_EQ(r.ok, 20) << r.output << d_.log();
+  EXPECT_EQ(r.by_method_server["sayHello:dubbo-sample-server-v1"], 10);
+  EXPECT_EQ(r.by_method_server["sayHello:dubbo-sample-server-v2"], 0);
+  auto lane = consumer("java", 10, "sayHello", {"--attach", "lane=gray"});
+  ASSERT_EQ(lane.ok, 10) << lane.output;
+  EXPECT_EQ(lane.by_server["dubbo-sample-server-v2"], 10);
+  // 20/80 over one connection: v1's share of 500 within 5 sigma of 100.
+  auto split = consumer("java", 500, "sayGoodbye");
+  ASSERT_EQ(split.ok, 500) << split.first_error;
+  EXPECT_NEAR(split.by_server["dubbo-sample-server-v1"], 100, 45) << split.output;
+  EXPECT_GT(split.switches, 100);
+}
+
+// Attachments a route adds are read by the Java provider (Hessian-Lite),
+// and a reply that gained attachments decodes in the Java consumer.
+TEST_F(DubboJava, RouteMutationsReachBothJavaSides) {
+  std::string h = kHost;
+  route("  - name: echo\n    match: {attributes: {method: {exact: echoAttachment}}}\n"
+        "    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+        "    requestMutation: [{key: x-metanode, value: mutated}, {key: lane, value: green}]\n"
+        "    responseMutation: [{key: served-by, value: metanode}]\n");
+  auto added = consumer("java", 2, "echoAttachment", {"--arg", "x-metanode"});
+  ASSERT_EQ(added.ok, 2) << added.output << d_.log();
+  EXPECT_EQ(added.replies[0], "mutated");
+  auto replaced = consumer("java", 1, "echoAttachment", {"--arg", "lane", "--attach", "lane=gray"});
+  ASSERT_EQ(replaced.ok, 1) << replaced.output;
+  EXPECT_EQ(replaced.replies[0], "green") << "an existing attachment is replaced";
+  auto kept = consumer("java", 1, "echoAttachment", {"--arg", "user", "--attach", "user=ada"});
+  ASSERT_EQ(kept.ok, 1) << kept.output;
+  EXPECT_EQ(kept.replies[0], "ada") << "the consumer's own attachments pass";
+  EXPECT_EQ(d_.metric("metanode_mutation_unsupported_total"), 0u);
+}
+
+TEST_F(DubboJava, TheDaemonsErrorRepliesReachTheJavaConsumer) {
+  std::string h = kHost;
+  apply("metarouter.yaml",
+        "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+        "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+        "spec:\n  hosts: [" + h + "]\n"
+        "  localRateLimit: {conditions: [{match: {attributes: {method: {exact: sayGoodbye}}}, "
+        "tokenBucket: {maxTokens: 2, tokensPerFill: 1, fillInterval: 1h}}]}\n"
+        "  routes:\n  - name: hello\n    match: {attributes: {method: {exact: sayHello}}}\n"
+        "    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+        "  - name: bye\n    match: {attributes: {method: {exact: sayGoodbye}}}\n"
+        "    route: [{destination: {host: " + h + ", subset: v2}}]\n");
+  auto none = consumer("java", 3, "echoAttachment", {"--arg", "x"});
+  EXPECT_EQ(none.errors, 3) << none.output;
+  EXPECT_NE(none.first_error.find("no route for method 'echoAttachment'"), std::string::npos) << none.first_error;
+  auto limited = consumer("java", 5, "sayGoodbye");
+  EXPECT_EQ(limited.ok, 2) << limited.output;
+  EXPECT_EQ(limited.errors, 3);
+  EXPECT_NE(limited.first_error.find("rate limited"), std::string::npos) << limited.first_error;
+  EXPECT_EQ(provider_calls(1, "sayGoodbye"), 2);
+  auto fine = consumer("java", 3, "sayHello");
+  EXPECT_EQ(fine.ok, 3) << fine.output;
+}
+
+TEST_F(DubboJava, MirrorIsCountedByTheOtherJavaProvider) {
+  std::string h = kHost;
+  route("  - name: all\n    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+        "    mirror: {host: " + h + ", subset: v2}\n");
+  auto r = consumer("java", 12, "sayHello");
+  ASSERT_EQ(r.ok, 12) << r.output << d_.log();
+  EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 12);
+  EXPECT_TRUE(eventually([&] { return provider_calls(1, "sayHello") == 12; }))
+      << provider_calls(1, "sayHello") << " mirrored calls reached v2";
+  EXPECT_EQ(provider_calls(0, "sayHello"), 12);
+}
+
+TEST_F(DubboJava, KilledJavaProviderCostsTheConsumerNoFailedCall) {
+  auto warm = consumer("java", 4, "sayHello");
+  ASSERT_EQ(warm.ok, 4) << warm.output;
+  kill(pids_[1], SIGKILL);
+  waitpid(pids_[1], nullptr, 0);
+  auto r = consumer("java", 20, "sayHello");
+  EXPECT_EQ(r.ok, 20) << r.first_error << d_.log();
+  EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 20);
+}
+
+TEST_F(DubboJava, RouteTimeoutAnswersBeforeTheJavaConsumerGivesUp) {
+  service_with({extra_provider("slow", {"--delay-ms", "1500"})});
+  std::string h = kHost;
+  d_.write_config("metarouter.yaml",
+                  "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+                  "metadata:\n  name: dubbo-demo\n  namespace: meta-dubbo\n"
+                  "  annotations: {metanode.io/timeout: 300ms}\n"
+                  "spec:\n  hosts: [" + h + "]\n"
+                  "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
+  for (int i = 0; i < 100 && d_.admin("/config_dump").find("0.300s") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto r = consumer("java", 2, "sayHello");
+  EXPECT_EQ(r.ok, 0) << r.output;
+  EXPECT_EQ(r.errors, 2);
+  EXPECT_NE(r.first_error.find("timed out"), std::string::npos) << r.first_error;
+  EXPECT_EQ(d_.metric("metanode_upstream_rq_timeout_total"), 2u);
+}
+
+// A Java provider stopped with SIGTERM shuts down gracefully: it tells each
+// consumer connection it is read-only (Dubbo's READONLY event), answers
+// what it has, and waits for its consumers to leave (up to 10 s) before it
+// closes. The daemon drains its connections to it at once and sends nothing
+// new there from any worker: a consumer calling all along loses no call and
+// sees the rest go elsewhere, and the provider is let go in well under its
+// wait. (A daemon that ignored the event would keep sending to it and hold
+// it the whole 10 s.) The provider is slow (50 ms a call), so calls are in
+// flight when it says so.
+TEST_F(DubboJava, GracefulProviderShutdownCostsTheConsumerNoCall) {
+  int slow = extra_provider("slow", {"--delay-ms", "50"});
+  service_with({slow, ports_[1]});
+  auto warm = consumer("java", 4, "sayHello");
+  ASSERT_EQ(warm.ok, 4) << warm.output << d_.log();
+  auto run = std::async(std::launch::async, [&] { return consumer("java", 120, "sayHello", {"--interval", "0.02"}); });
+  // The consumer's JVM starts in about a second; by 2 s it is calling.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  auto stopped_at = std::chrono::steady_clock::now();
+  kill(extra_pids_["slow"], SIGTERM);
+  int status = d_.processes().wait(extra_pids_["slow"], 6000);
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - stopped_at);
+  EXPECT_NE(status, -1) << "the provider still waits for the daemon to leave after " << took.count() << " ms";
+  int served_by_slow = provider_calls_of("slow", "sayHello");
+  auto r = run.get();
+  EXPECT_EQ(r.errors, 0) << r.first_error << "\n" << d_.log();
+  EXPECT_EQ(r.ok, 120) << r.output;
+  EXPECT_GT(r.by_server["dubbo-sample-server-slow"], 0) << "it served until it said it was going";
+  EXPECT_GT(r.by_server["dubbo-sample-server-v2"], 60) << "the rest went to the other provider";
+  EXPECT_EQ(provider_calls_of("slow", "sayHello"), served_by_slow);
+  EXPECT_GE(d_.metric("metanode_upstream_cx_going_away_total"), 1u) << d_.log();
+}
+
+// Across implementations: the npm consumers call Java providers (above, in
+// the balancing test); here the Java consumer calls an npm provider.
+TEST_F(DubboJava, JavaConsumerCallsAnNpmProvider) {
+  int port = free_port();
+  ASSERT_GT(d_.start_peer({"node", peers() + "/provider.js", "--host", "127.0.0.1", "--port", std::to_string(port),
+                           "--name", "dubbo-sample-server-npm", "--ip", "127.0.0.1"},
+                          "provider-npm"),
+            0);
+  service_with({port});
+  auto r = consumer("java", 10, "alternate");
+  EXPECT_EQ(r.ok, 10) << r.output << d_.log();
+  EXPECT_EQ(r.by_server["dubbo-sample-server-npm"], 10);
 }
 
 }  // namespace

@@ -192,6 +192,13 @@ DecodeResult DubboCodec::decode(std::span<const uint8_t> in, Message& out) {
 
   if (h.flags & kFlagEvent) {
     out.kind = request ? MessageKind::kHeartbeatRequest : MessageKind::kHeartbeatResponse;
+    // An event request whose data is the string "R" is READONLY (Dubbo's
+    // Constants.READONLY_EVENT); any other event data is a heartbeat.
+    std::string data;
+    bool was_null = false;
+    if (request && (h.flags & kSerializationMask) == kHessian2 && hessian2::Reader(body).read_string(data, &was_null) &&
+        !was_null && data == kReadonlyEvent)
+      out.kind = MessageKind::kGoingAway;
     return DecodeResult::done();
   }
   uint8_t ser = h.flags & kSerializationMask;

@@ -203,6 +203,31 @@ TEST(DubboCodec, HeartbeatAnsweredOnlyWhenTwoWay) {
   EXPECT_FALSE(c.encode_heartbeat_reply(m, out));
 }
 
+// Dubbo's READONLY event as a Java provider sends it on shutdown: a one-way
+// event request whose data is the string "R". Other event data is a
+// heartbeat; a response never means going away.
+TEST(DubboCodec, ReadonlyEventMeansTheProviderIsGoingAway) {
+  auto event = [](uint8_t flags, const std::string& data) {
+    Bytes body;
+    hessian2::write_string(body, data);
+    Bytes f = {0xda, 0xbb, flags, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, uint8_t(body.size())};
+    f.insert(f.end(), body.begin(), body.end());
+    return f;
+  };
+  DubboCodec c;
+  Message m;
+  ASSERT_EQ(c.decode(event(kFlagRequest | kFlagEvent | kHessian2, kReadonlyEvent), m).status, DecodeStatus::kDone);
+  EXPECT_EQ(m.kind, MessageKind::kGoingAway);
+  EXPECT_FALSE(codecs::is_request(m.kind)) << "never routed";
+  ASSERT_EQ(c.decode(event(kFlagRequest | kFlagEvent | kHessian2, "X"), m).status, DecodeStatus::kDone);
+  EXPECT_EQ(m.kind, MessageKind::kHeartbeatRequest);
+  ASSERT_EQ(c.decode(event(kFlagEvent | kHessian2, kReadonlyEvent), m).status, DecodeStatus::kDone);
+  EXPECT_EQ(m.kind, MessageKind::kHeartbeatResponse);
+  // The Java heartbeat (data null) stays a heartbeat.
+  ASSERT_EQ(c.decode(read_file("java_heartbeat_req.bin"), m).status, DecodeStatus::kDone);
+  EXPECT_EQ(m.kind, MessageKind::kHeartbeatRequest);
+}
+
 // A hessian2 two-way request frame (id 7) built by hand: method, descriptor,
 // raw argument bytes, attachments {group: g1}.
 Bytes request_frame(const std::string& method, const std::string& descriptor, const Bytes& args) {

@@ -30,6 +30,10 @@ enum class MessageKind : uint8_t {
   kException,          // error reply (still a reply: matched by id)
   kHeartbeatRequest,   // answered locally, never routed
   kHeartbeatResponse,  // dropped
+  // The peer takes no new requests on this connection and will close it
+  // once its calls are answered (Dubbo's READONLY event, which a provider
+  // sends to every consumer when it shuts down gracefully).
+  kGoingAway,
 };
 
 const char* kind_name(MessageKind k);

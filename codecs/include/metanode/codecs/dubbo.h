@@ -23,6 +23,8 @@ constexpr uint16_t kMagic = 0xdabb;
 constexpr uint8_t kFlagRequest = 0x80;
 constexpr uint8_t kFlagTwoWay = 0x40;
 constexpr uint8_t kFlagEvent = 0x20;
+// The data of the event a provider sends each consumer when it shuts down.
+constexpr char kReadonlyEvent[] = "R";
 constexpr uint8_t kSerializationMask = 0x1f;
 constexpr uint8_t kHessian2 = 2;
 constexpr size_t kHeaderSize = 16;

@@ -56,6 +56,7 @@ static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>);
   X(upstream_rq_pending_overflow, "Requests refused: too many waiting for a connection")   \
   X(upstream_cx_overflow, "Requests refused: the host's connectionPool connection limit")  \
   X(upstream_cx_idle_timeout, "Pooled upstream connections closed after idleTimeout")      \
+  X(upstream_cx_going_away, "Upstream connections whose host said it is shutting down (Dubbo READONLY), drained") \
   X(upstream_cx_max_requests, "Upstream connections retired at maxRequestsPerConnection")  \
   X(upstream_cx_max_duration, "Upstream connections retired at maxConnectionDuration")     \
   X(upstream_rq_retry, "Retried request attempts")                                         \
