@@ -157,6 +157,53 @@ class DubboInterop : public ::testing::Test {
                           "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n");
   }
 
+  // 20 calls alternating two methods on one connection of `impl`'s
+  // consumer: 10 per provider, a switch on every call.
+  void every_request_balanced(const std::string& impl) {
+    SCOPED_TRACE(impl);
+      auto r = consumer(impl, 20, "alternate");
+      ASSERT_EQ(r.status, 0) << impl << ": " << r.output << d_.log();
+      EXPECT_EQ(r.ok, 20) << impl << ": " << r.first_error;
+      EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 10) << impl;
+      EXPECT_EQ(r.by_server["dubbo-sample-server-v2"], 10) << impl;
+      EXPECT_EQ(r.switches, 19) << impl;
+  }
+
+  // Every call routed to v1 and mirrored to v2: `impl`'s consumer sees v1
+  // only, each provider's own log counts all 12.
+  void mirror_reaches_the_other_provider(const std::string& impl) {
+    std::string h = kHost;
+    route("  - name: all\n    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+          "    mirror: {host: " + h + ", subset: v2}\n");
+    auto r = consumer(impl, 12, "sayHello");
+    ASSERT_EQ(r.ok, 12) << r.output << d_.log();
+    EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 12);
+    EXPECT_TRUE(eventually([&] { return provider_calls(1, "sayHello") == 12; }))
+        << provider_calls(1, "sayHello") << " mirrored calls reached v2";
+    EXPECT_EQ(provider_calls(0, "sayHello"), 12);
+    EXPECT_EQ(d_.metric("metanode_mirror_requests_total"), 12u);
+  }
+
+  // metanode.io/timeout 300 ms in front of a provider that takes 1.5 s: the
+  // daemon's timeout reply reaches `impl`'s consumer first.
+  void route_timeout_answers_first(const std::string& impl) {
+    service_with({extra_provider("slow", {"--delay-ms", "1500"})});
+    std::string h = kHost;
+    d_.write_config("metarouter.yaml",
+                    "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+                    "metadata:\n  name: dubbo-demo\n  namespace: meta-dubbo\n"
+                    "  annotations: {metanode.io/timeout: 300ms}\n"
+                    "spec:\n  hosts: [" + h + "]\n"
+                    "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
+    for (int i = 0; i < 100 && d_.admin("/config_dump").find("0.300s") == std::string::npos; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto r = consumer(impl, 2, "sayHello");
+    EXPECT_EQ(r.ok, 0) << r.output;
+    EXPECT_EQ(r.errors, 2);
+    EXPECT_NE(r.first_error.find("timed out"), std::string::npos) << r.first_error;
+    EXPECT_EQ(d_.metric("metanode_upstream_rq_timeout_total"), 2u);
+  }
+
   LocalDaemon d_;
   pid_t pids_[2] = {0, 0};
   std::map<std::string, pid_t> extra_pids_;  // by extra_provider's name
@@ -167,14 +214,7 @@ class DubboInterop : public ::testing::Test {
 std::string corpus(const std::string& name) { return slurp(std::string(METANODE_CORPUS_DIR) + "/dubbo/" + name); }
 
 TEST_F(DubboInterop, EveryRequestOfOneConnectionIsBalanced) {
-  for (const char* impl : {"sofa", "dubbojs"}) {
-    auto r = consumer(impl, 20, "alternate");
-    ASSERT_EQ(r.status, 0) << impl << ": " << r.output << d_.log();
-    EXPECT_EQ(r.ok, 20) << impl << ": " << r.first_error;
-    EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 10) << impl;
-    EXPECT_EQ(r.by_server["dubbo-sample-server-v2"], 10) << impl;
-    EXPECT_EQ(r.switches, 19) << impl;
-  }
+  for (const char* impl : {"sofa", "dubbojs"}) every_request_balanced(impl);
 }
 
 TEST_F(DubboInterop, RoutesByMethodAndByAttachment) {
@@ -294,16 +334,7 @@ TEST_F(DubboInterop, UpstreamFailureIsAnsweredWithTheClientsRequestId) {
 }
 
 TEST_F(DubboInterop, MirrorReachesTheOtherProviderWhileTheConsumerSeesOnlyTheRoute) {
-  std::string h = kHost;
-  route("  - name: all\n    route: [{destination: {host: " + h + ", subset: v1}}]\n"
-        "    mirror: {host: " + h + ", subset: v2}\n");
-  auto r = consumer("sofa", 12, "sayHello");
-  ASSERT_EQ(r.ok, 12) << r.output << d_.log();
-  EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 12);
-  EXPECT_TRUE(eventually([&] { return provider_calls(1, "sayHello") == 12; }))
-      << provider_calls(1, "sayHello") << " mirrored calls reached v2";
-  EXPECT_EQ(provider_calls(0, "sayHello"), 12);
-  EXPECT_EQ(d_.metric("metanode_mirror_requests_total"), 12u);
+  mirror_reaches_the_other_provider("sofa");
 }
 
 TEST_F(DubboInterop, KilledProviderCostsTheConsumerNoFailedCall) {
@@ -347,23 +378,7 @@ TEST_F(DubboInterop, OutlierDetectionEjectsAProviderThatAnswersErrors) {
 // metanode.io/timeout: a provider slower than the route's timeout gets the
 // consumer a SERVER_TIMEOUT-class error from the daemon, well before the
 // consumer's own 3 s timeout.
-TEST_F(DubboInterop, RouteTimeoutAnswersBeforeTheConsumerGivesUp) {
-  service_with({extra_provider("slow", {"--delay-ms", "1500"})});
-  std::string h = kHost;
-  d_.write_config("metarouter.yaml",
-                  "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
-                  "metadata:\n  name: dubbo-demo\n  namespace: meta-dubbo\n"
-                  "  annotations: {metanode.io/timeout: 300ms}\n"
-                  "spec:\n  hosts: [" + h + "]\n"
-                  "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
-  for (int i = 0; i < 100 && d_.admin("/config_dump").find("0.300s") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  auto r = consumer("sofa", 2, "sayHello");
-  EXPECT_EQ(r.ok, 0) << r.output;
-  EXPECT_EQ(r.errors, 2);
-  EXPECT_NE(r.first_error.find("timed out"), std::string::npos) << r.first_error;
-  EXPECT_EQ(d_.metric("metanode_upstream_rq_timeout_total"), 2u);
-}
+TEST_F(DubboInterop, RouteTimeoutAnswersBeforeTheConsumerGivesUp) { route_timeout_answers_first("sofa"); }
 
 TEST_F(DubboInterop, LocalRateLimitIsAnOverloadReplyTheConsumersDecode) {
   std::string h = kHost;
@@ -423,14 +438,7 @@ class DubboJava : public DubboInterop {
 };
 
 TEST_F(DubboJava, EveryRequestOfOneConnectionIsBalanced) {
-  for (const char* impl : {"java", "sofa"}) {
-    auto r = consumer(impl, 20, "alternate");
-    ASSERT_EQ(r.status, 0) << impl << ": " << r.output << d_.log();
-    EXPECT_EQ(r.ok, 20) << impl << ": " << r.first_error;
-    EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 10) << impl;
-    EXPECT_EQ(r.by_server["dubbo-sample-server-v2"], 10) << impl;
-    EXPECT_EQ(r.switches, 19) << impl;
-  }
+  for (const char* impl : {"java", "sofa"}) every_request_balanced(impl);
 }
 
 TEST_F(DubboJava, RoutesByMethodAttachmentAndWeight) {
@@ -500,17 +508,7 @@ TEST_F(DubboJava, TheDaemonsErrorRepliesReachTheJavaConsumer) {
   EXPECT_EQ(fine.ok, 3) << fine.output;
 }
 
-TEST_F(DubboJava, MirrorIsCountedByTheOtherJavaProvider) {
-  std::string h = kHost;
-  route("  - name: all\n    route: [{destination: {host: " + h + ", subset: v1}}]\n"
-        "    mirror: {host: " + h + ", subset: v2}\n");
-  auto r = consumer("java", 12, "sayHello");
-  ASSERT_EQ(r.ok, 12) << r.output << d_.log();
-  EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 12);
-  EXPECT_TRUE(eventually([&] { return provider_calls(1, "sayHello") == 12; }))
-      << provider_calls(1, "sayHello") << " mirrored calls reached v2";
-  EXPECT_EQ(provider_calls(0, "sayHello"), 12);
-}
+TEST_F(DubboJava, MirrorIsCountedByTheOtherJavaProvider) { mirror_reaches_the_other_provider("java"); }
 
 TEST_F(DubboJava, KilledJavaProviderCostsTheConsumerNoFailedCall) {
   auto warm = consumer("java", 4, "sayHello");
@@ -522,23 +520,7 @@ TEST_F(DubboJava, KilledJavaProviderCostsTheConsumerNoFailedCall) {
   EXPECT_EQ(r.by_server["dubbo-sample-server-v1"], 20);
 }
 
-TEST_F(DubboJava, RouteTimeoutAnswersBeforeTheJavaConsumerGivesUp) {
-  service_with({extra_provider("slow", {"--delay-ms", "1500"})});
-  std::string h = kHost;
-  d_.write_config("metarouter.yaml",
-                  "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
-                  "metadata:\n  name: dubbo-demo\n  namespace: meta-dubbo\n"
-                  "  annotations: {metanode.io/timeout: 300ms}\n"
-                  "spec:\n  hosts: [" + h + "]\n"
-                  "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
-  for (int i = 0; i < 100 && d_.admin("/config_dump").find("0.300s") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  auto r = consumer("java", 2, "sayHello");
-  EXPECT_EQ(r.ok, 0) << r.output;
-  EXPECT_EQ(r.errors, 2);
-  EXPECT_NE(r.first_error.find("timed out"), std::string::npos) << r.first_error;
-  EXPECT_EQ(d_.metric("metanode_upstream_rq_timeout_total"), 2u);
-}
+TEST_F(DubboJava, RouteTimeoutAnswersBeforeTheJavaConsumerGivesUp) { route_timeout_answers_first("java"); }
 
 // A Java provider stopped with SIGTERM shuts down gracefully: it tells each
 // consumer connection it is read-only (Dubbo's READONLY event), answers
