@@ -1,5 +1,7 @@
 #include "metanode/core/admin.h"
 
+#include "fd_reserve.h"
+
 #include <spdlog/spdlog.h>
 
 #include <fcntl.h>
@@ -124,6 +126,7 @@ struct AdminServer::Impl {
         return accept();
       }
       if (ec.value() == EMFILE || ec.value() == ENFILE) {
+        std::lock_guard<std::mutex> l(fd_reserve_mutex());
         if (reserve_fd >= 0) {
           ::close(reserve_fd);
           reserve_fd = -1;

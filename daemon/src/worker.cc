@@ -1,5 +1,7 @@
 #include "worker.h"
 
+#include "fd_reserve.h"
+
 #include <fcntl.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
@@ -188,6 +190,7 @@ void Worker::on_accept_error(Acceptor& a, const boost::system::error_code& ec) {
     return;
   }
   stats_.inc(Counter::downstream_cx_accept_fd_limit);
+  std::unique_lock<std::mutex> slots(fd_reserve_mutex());
   if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // lost to a race before
   if (reserve_fd_ >= 0) {
     // The shed connection's fd, shut down (its client sees the close),
@@ -197,6 +200,7 @@ void Worker::on_accept_error(Acceptor& a, const boost::system::error_code& ec) {
     if (reserve_fd_ >= 0) ::shutdown(reserve_fd_, SHUT_RDWR);
     else reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   }
+  slots.unlock();
   a.backoff = std::min(std::chrono::milliseconds(1000),
                        std::max(std::chrono::milliseconds(10), a.backoff * 2));
   spdlog::warn("worker {}: accept: {}; pausing accepts for {} ms", index_, ec.message(),
@@ -204,6 +208,9 @@ void Worker::on_accept_error(Acceptor& a, const boost::system::error_code& ec) {
   a.retry.expires_after(a.backoff);
   a.retry.async_wait([this, keep = a.shared_from_this()](const boost::system::error_code& tec) {
     if (tec) return;  // cancelled with its acceptor
+    // asio tries the accept as it starts: at the limit, not inside another
+    // thread's reserve swap.
+    std::lock_guard<std::mutex> l(fd_reserve_mutex());
     if (keep->sock.is_open()) accept_on(*keep);
   });
 }
