@@ -159,9 +159,11 @@ std::string KubePods::render_metrics() const {
                [](const kube::Reflector& r) { return r.synced() ? 1 : 0; });
   per_resource("metanode_kube_lists_total", "Lists sent (the first, and after expiry or errors)",
                [](const kube::Reflector& r) { return r.stats().lists; });
+  per_resource("metanode_kube_list_pages_total", "List pages read (limit/continue, 500 objects a page)",
+               [](const kube::Reflector& r) { return r.stats().pages; });
   per_resource("metanode_kube_watch_events_total", "ADDED, MODIFIED and DELETED events received",
                [](const kube::Reflector& r) { return r.stats().events; });
-  per_resource("metanode_kube_expired_total", "Watches whose resourceVersion was gone (410): listed again",
+  per_resource("metanode_kube_expired_total", "Watches or list pages whose version was gone (410): listed again",
                [](const kube::Reflector& r) { return r.stats().expired; });
   per_resource("metanode_kube_errors_total", "Failed lists and watches (retried with backoff)",
                [](const kube::Reflector& r) { return r.stats().errors; });

@@ -2,6 +2,8 @@
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
@@ -242,13 +244,39 @@ struct HttpTransport::Exchange : std::enable_shared_from_this<Exchange> {
   }
 };
 
+namespace {
+std::string file_stamp(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) +
+         "." + std::to_string(st.st_mtim.tv_nsec);
+}
+}  // namespace
+
 HttpTransport::HttpTransport(asio::io_context& io, std::shared_ptr<asio::ssl::context> tls, ApiConfig cfg)
-    : io_(io), tls_(std::move(tls)), cfg_(std::move(cfg)) {}
+    : io_(io), tls_(std::move(tls)), cfg_(std::move(cfg)) {
+  if (cfg_.tls && !cfg_.ca_file.empty()) ca_stamp_ = file_stamp(cfg_.ca_file);
+}
 
 HttpTransport::~HttpTransport() { cancel(); }
 
+void HttpTransport::refresh_ca() {
+  if (!cfg_.tls || cfg_.ca_file.empty()) return;
+  std::string stamp = file_stamp(cfg_.ca_file);
+  if (stamp.empty() || stamp == ca_stamp_) return;
+  ca_stamp_ = stamp;
+  auto ctx = make_tls_context(cfg_);
+  if (!ctx) {
+    spdlog::error("Kubernetes API: {}; keeping the CA read before", ctx.error().message());
+    return;
+  }
+  spdlog::info("Kubernetes API: CA {} changed, read again", cfg_.ca_file);
+  tls_ = std::move(ctx.value());
+}
+
 void HttpTransport::get(const std::string& target, ResponseHandler h) {
   cancel();
+  refresh_ca();
   current_ = std::make_shared<Exchange>(io_, cfg_.tls ? tls_ : nullptr, cfg_, target, std::move(h), idle_);
   auto ex = current_;
   asio::post(io_, [ex] {

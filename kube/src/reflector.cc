@@ -4,6 +4,8 @@
 
 #include <boost/json.hpp>
 
+#include <cctype>
+
 namespace metanode::kube {
 namespace json = boost::json;
 using namespace std::chrono_literals;
@@ -38,6 +40,23 @@ std::string rv_of(const json::value& v) {
   return {};
 }
 
+// Query parameter values as URL-encoded text (continue tokens are opaque
+// and may hold '=' or '/').
+std::string url_encode(std::string_view v) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : v) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += char(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 Reflector::Reflector(boost::asio::io_context& io, std::unique_ptr<Transport> t, ReflectorOptions o,
@@ -57,7 +76,7 @@ void Reflector::stop() {
   t_->cancel();
 }
 
-std::string Reflector::target(bool watching) const {
+std::string Reflector::target(bool watching, const std::string& continue_token) const {
   std::string q = o_.selector;
   auto add = [&q](const std::string& kv) { q += (q.empty() ? "" : "&") + kv; };
   if (watching) {
@@ -65,6 +84,9 @@ std::string Reflector::target(bool watching) const {
     add("allowWatchBookmarks=true");
     add("resourceVersion=" + rv_);
     add("timeoutSeconds=" + std::to_string(o_.watch_timeout.count()));
+  } else if (o_.page_size) {
+    add("limit=" + std::to_string(o_.page_size));
+    if (!continue_token.empty()) add("continue=" + url_encode(continue_token));
   }
   return o_.path + (q.empty() ? "" : "?" + q);
 }
@@ -72,13 +94,22 @@ std::string Reflector::target(bool watching) const {
 void Reflector::list() {
   if (!running_) return;
   ++stats_.lists;
+  pages_.clear();
+  pages_bytes_ = 0;
+  pages_rv_.clear();
+  list_page("");
+}
+
+void Reflector::list_page(const std::string& continue_token) {
+  if (!running_) return;
+  ++stats_.pages;
   body_.clear();
   status_ = 0;
   overflow_ = false;
-  t_->get(target(false),
+  t_->get(target(false, continue_token),
           {[this](int status) { status_ = status; },
            [this](std::string_view d) {
-             if (body_.size() + d.size() > o_.max_list_bytes) {
+             if (pages_bytes_ + body_.size() + d.size() > o_.max_list_bytes) {
                overflow_ = true;  // the rest is not read
                return false;
              }
@@ -92,10 +123,14 @@ void Reflector::on_list_body(int status, Result<void> done) {
   if (overflow_)
     return fail("list " + o_.path + ": larger than " + std::to_string(o_.max_list_bytes) + " bytes");
   if (!done) return fail("list " + o_.path + ": " + done.error().message());
+  // A continue token the server no longer has (compacted): the list starts
+  // over, as client-go's pager does.
+  if (status == 410 && !pages_rv_.empty()) return relist_now("list " + o_.path + ": continue token expired");
   if (status != 200)
     return fail("list " + o_.path + ": HTTP " + std::to_string(status) + ": " + status_message(body_));
   boost::system::error_code ec;
   json::value v = json::parse(body_, ec);
+  pages_bytes_ += body_.size();
   body_.clear();
   const json::object* o = ec ? nullptr : v.if_object();
   const json::array* items = nullptr;
@@ -105,11 +140,23 @@ void Reflector::on_list_body(int status, Result<void> done) {
   // An empty list may carry "items": null.
   if (!o || rv.empty() || (!items && !(o->contains("items") && o->at("items").is_null())))
     return fail("list " + o_.path + ": not a list with metadata.resourceVersion");
-  std::vector<json::value> all;
-  if (items) all.assign(items->begin(), items->end());
-  rv_ = rv;
+  if (pages_rv_.empty()) pages_rv_ = rv;
+  if (items) pages_.insert(pages_.end(), items->begin(), items->end());
+  std::string next;
+  if (auto m = o->find("metadata"); m != o->end())
+    if (const json::object* mo = m->value().if_object())
+      if (auto c = mo->find("continue"); c != mo->end())
+        if (const json::string* cs = c->value().if_string()) next = std::string(*cs);
+  if (!next.empty()) {
+    if (!o_.page_size) return fail("list " + o_.path + ": a continue token for a list not asked in pages");
+    return list_page(next);
+  }
+  // The whole set is as of the first page's version; the watch starts there.
+  rv_ = pages_rv_;
   synced_ = true;
   backoff_ = 0ms;
+  std::vector<json::value> all = std::move(pages_);
+  pages_.clear();
   h_.replace(all);
   watch();
 }
@@ -122,7 +169,7 @@ void Reflector::watch() {
   watch_started_ = std::chrono::steady_clock::now();
   watch_events_ = 0;
   watch_ended_by_us_ = false;
-  t_->get(target(true), {[this](int status) { status_ = status; },
+  t_->get(target(true, ""), {[this](int status) { status_ = status; },
                          [this](std::string_view d) { return on_watch_data(d); },
                          [this](Result<void> done) { on_watch_done(std::move(done)); }});
 }

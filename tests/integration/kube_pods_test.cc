@@ -29,7 +29,7 @@ class KubePods : public ::testing::Test {
     write(dir + "/server-token", "token-one\n");  // what the API server wants
     auto pid = d_.processes().spawn({METANODE_KUBE_API_PEER, "--tls-dir", dir, "--token-file",
                                      dir + "/server-token", "--addr-file", dir + "/api.addr",
-                                     "--bookmark-interval", "200ms"},
+                                     "--bookmark-interval", "200ms", "--max-page", "1"},
                                     "", "", dir + "/kubeapi.log");
     ASSERT_TRUE(pid);
     ASSERT_TRUE(eventually([&] { return !slurp(dir + "/api.addr").empty(); })) << slurp(dir + "/kubeapi.log");
@@ -42,6 +42,8 @@ class KubePods : public ::testing::Test {
     vip_port_ = svc.vip;
     apply(R"({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"meta-thrift",
               "labels":{"istio.io/dataplane-mode":"metanode","kubernetes.io/metadata.name":"meta-thrift"}}})");
+    // Not enrolled; with it the namespace list comes in two pages (--max-page 1).
+    apply(R"({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"default"}})");
     // The fixture pod on this node at 127.0.0.21; a pod of another node at .22.
     apply(pod("thrift-sample-server-v2-7c9d5b8f6d-x2k8q", "node-a", "127.0.0.21", "v2"));
     apply(pod("elsewhere-5b7c9d-abcde", "node-b", "127.0.0.22", "v1"));
@@ -112,6 +114,13 @@ const std::vector<std::string> kPodV2 = {
 
 TEST_F(KubePods, ClientsRequestsCarryTheirPodsIdentity) {
   ASSERT_TRUE(start_daemon()) << d_.log();
+  // Lists are read in pages (the server gives one object a page here): two
+  // namespaces, two pages, the second asked with the first's continue token.
+  EXPECT_NE(d_.admin("/stats/prometheus").find("metanode_kube_list_pages_total{resource=\"namespaces\"} 2"),
+            std::string::npos)
+      << d_.admin("/stats/prometheus");
+  std::string reqs = http_get("", control_, "/control/requests").value_or("");
+  EXPECT_NE(reqs.find("limit=500\\u0026continue=page%2F"), std::string::npos) << reqs;  // & JSON-escaped
   auto r = call_from("127.0.0.21", 5);
   ASSERT_EQ(r.ok, 5) << r.output << d_.log();
   EXPECT_EQ(requests(kPodV2), 5u) << d_.admin("/stats/prometheus");
@@ -213,6 +222,29 @@ TEST_F(KubePods, TlsChecksTheServersCaAndItsNameOrAddress) {
   ready = d3.admin("/ready");
   EXPECT_NE(ready.find("TLS with https://" + other_api), std::string::npos) << ready;
   EXPECT_NE(ready.find("certificate verify failed"), std::string::npos) << ready;
+}
+
+// The cluster's CA rotates: the API server serves a certificate from a new
+// CA and ends its watches, and the kubelet replaces the pod's ca.crt. The
+// daemon reads the changed file before its next request and goes on
+// watching; with the old CA it could never connect again.
+TEST_F(KubePods, RotatedCaFileIsReadAgain) {
+  ASSERT_TRUE(start_daemon()) << d_.log();
+  json::value rotated = json::parse(control("/control/rotate-ca"));
+  std::string next_ca = std::string(rotated.at("ca").as_string());
+  // Until the file is replaced the new certificate is refused.
+  ASSERT_TRUE(eventually([&] {
+    return testbed::metric(d_.admin("/stats/prometheus"), "metanode_kube_errors_total{resource=\"pods\"}") > 0;
+  })) << d_.log();
+  // Replaced as the kubelet does it (a new file, renamed in).
+  write(d_.dir() + "/ca.crt.new", slurp(next_ca));
+  ASSERT_EQ(rename((d_.dir() + "/ca.crt.new").c_str(), (d_.dir() + "/ca.crt").c_str()), 0);
+  apply(pod("thrift-sample-server-v3-6f7d8c9b5-k2j4m", "node-a", "127.0.0.23", "v3"));
+  ASSERT_TRUE(eventually([&] {
+    return call_from("127.0.0.23", 1).ok == 1 && requests({"source_version=\"v3\""}) > 0;
+  }, std::chrono::seconds(30)))
+      << d_.admin("/stats/prometheus") << d_.log();
+  EXPECT_NE(d_.log().find("ca.crt changed, read again"), std::string::npos) << d_.log();
 }
 
 TEST(KubePodsStart, WithoutANodeNameOrAnAPIServerItSaysWhatToPass) {

@@ -2,7 +2,10 @@
 // metanoded's pod and namespace reflectors use, as kube-apiserver does:
 //
 //   - GET /api/v1/pods and /api/v1/namespaces: a JSON list with
-//     metadata.resourceVersion; fieldSelector spec.nodeName=NODE on pods.
+//     metadata.resourceVersion; fieldSelector spec.nodeName=NODE on pods;
+//     with limit=N, pages of at most N (and at most --max-page) items whose
+//     metadata.continue token, sent back as continue=, gives the next page
+//     of the same version; a token older than a compaction gets 410.
 //   - the same with watch=true&resourceVersion=RV: a chunked stream of
 //     {"type":...,"object":...} lines, one per event after RV; BOOKMARK
 //     events when allowWatchBookmarks=true; the stream ends after
@@ -14,7 +17,9 @@
 //
 // Tests drive it through /control on a second, plain-HTTP listener: apply and delete objects
 // (as `kubectl get -o json` prints them), compact (every open watch is
-// closed and older versions expire), and read the request log.
+// closed and older versions expire), rotate-ca (a new CA and serving
+// certificate, the CA written to TLS-DIR/rotated/ca.crt, open watches
+// closed), and read the request log.
 package main
 
 import (
@@ -38,6 +43,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -59,11 +65,20 @@ type store struct {
 	changed  chan struct{} // closed and replaced on every change
 	closeAll chan struct{} // closed and replaced by compact
 	requests []map[string]any
+	// Lists being read in pages, by continue token: the rest of the items,
+	// all of one version, as kube-apiserver serves pages from one snapshot.
+	pages  map[string]pageRest
+	tokens int
+}
+
+type pageRest struct {
+	items []object
+	rv    int64
 }
 
 func newStore() *store {
 	return &store{objects: map[string]map[string]object{"pods": {}, "namespaces": {}},
-		changed: make(chan struct{}), closeAll: make(chan struct{})}
+		changed: make(chan struct{}), closeAll: make(chan struct{}), pages: map[string]pageRest{}}
 }
 
 func meta(o object) object {
@@ -157,12 +172,21 @@ func (s *store) remove(kind, ns, name string, hidden bool) error {
 	return nil
 }
 
+// endWatches: every open watch ends (its client reconnects).
+func (s *store) endWatches() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.closeAll)
+	s.closeAll = make(chan struct{})
+}
+
 // compact: every version up to now expires and every open watch ends.
 func (s *store) compact() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.floor = s.rv + 1
 	s.history = nil
+	s.pages = map[string]pageRest{} // their versions are gone too
 	close(s.closeAll)
 	s.closeAll = make(chan struct{})
 }
@@ -197,6 +221,10 @@ type server struct {
 	s         *store
 	tokenFile string
 	bookmark  time.Duration
+	maxPage   int // a page holds at most this many items (0: as many as limit asks)
+	tlsDir    string
+	sans      []string
+	cert      atomic.Pointer[tls.Certificate] // served to each new connection
 }
 
 func (sv *server) authorized(r *http.Request) bool {
@@ -243,22 +271,46 @@ func (sv *server) api(w http.ResponseWriter, r *http.Request) {
 		sv.watch(w, r, res, kind, sel)
 		return
 	}
+	limit, _ := strconv.Atoi(q.Get("limit"))
 	sv.s.mu.Lock()
-	items := []object{}
-	keys := make([]string, 0, len(sv.s.objects[res]))
-	for k := range sv.s.objects[res] {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if o := sv.s.objects[res][k]; matches(sel, o) {
-			items = append(items, o)
+	defer sv.s.mu.Unlock()
+	var items []object
+	rv := sv.s.rv
+	if token := q.Get("continue"); token != "" {
+		rest, ok := sv.s.pages[token]
+		if !ok {
+			writeJSON(w, 410, status(410, "Expired", "The provided continue parameter is too old to display a "+
+				"consistent list result. You can start a new list without the continue parameter."))
+			return
+		}
+		delete(sv.s.pages, token)
+		items, rv = rest.items, rest.rv
+	} else {
+		items = []object{}
+		keys := make([]string, 0, len(sv.s.objects[res]))
+		for k := range sv.s.objects[res] {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if o := sv.s.objects[res][k]; matches(sel, o) {
+				items = append(items, o)
+			}
 		}
 	}
-	list := object{"kind": kind + "List", "apiVersion": "v1",
-		"metadata": object{"resourceVersion": strconv.FormatInt(sv.s.rv, 10)}, "items": items}
-	sv.s.mu.Unlock()
-	writeJSON(w, 200, list)
+	md := object{"resourceVersion": strconv.FormatInt(rv, 10)}
+	if sv.maxPage > 0 && limit > sv.maxPage {
+		limit = sv.maxPage
+	}
+	if limit > 0 && len(items) > limit {
+		sv.s.tokens++
+		token := fmt.Sprintf("page/%d=%d", sv.s.tokens, rv)
+		sv.s.pages[token] = pageRest{items: items[limit:], rv: rv}
+		md["continue"] = token
+		md["remainingItemCount"] = len(items) - limit
+		items = items[:limit]
+	}
+	writeJSON(w, 200, object{"kind": kind + "List", "apiVersion": "v1", "metadata": md, "items": items})
 }
 
 func (sv *server) watch(w http.ResponseWriter, r *http.Request, res, kind, sel string) {
@@ -380,6 +432,20 @@ func (sv *server) control(w http.ResponseWriter, r *http.Request) {
 	case "/control/compact":
 		sv.s.compact()
 		writeJSON(w, 200, object{"compacted": true})
+	case "/control/rotate-ca":
+		dir := filepath.Join(sv.tlsDir, "rotated")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			writeJSON(w, 500, status(500, "InternalError", err.Error()))
+			return
+		}
+		cert, err := makeTLS(dir, sv.sans)
+		if err != nil {
+			writeJSON(w, 500, status(500, "InternalError", err.Error()))
+			return
+		}
+		sv.cert.Store(&cert)
+		sv.s.endWatches()
+		writeJSON(w, 200, object{"ca": filepath.Join(dir, "ca.crt")})
 	case "/control/requests":
 		sv.s.mu.Lock()
 		reqs := append([]map[string]any(nil), sv.s.requests...)
@@ -441,6 +507,7 @@ func main() {
 	tokenFile := flag.String("token-file", "", "bearer token clients must send, re-read per request")
 	objects := flag.String("objects", "", "a JSON object or List (kubectl get -o json) to start with")
 	bookmark := flag.Duration("bookmark-interval", time.Second, "BOOKMARK events this often")
+	maxPage := flag.Int("max-page", 0, "at most this many items per page of a list asked with limit (0: limit)")
 	flag.Parse()
 
 	s := newStore()
@@ -465,7 +532,7 @@ func main() {
 			}
 		}
 	}
-	sv := &server{s: s, tokenFile: *tokenFile, bookmark: *bookmark}
+	sv := &server{s: s, tokenFile: *tokenFile, bookmark: *bookmark, maxPage: *maxPage}
 	api := http.NewServeMux()
 	api.HandleFunc("/api/", sv.api)
 	ln, err := net.Listen("tcp", *listen)
@@ -473,11 +540,14 @@ func main() {
 		log.Fatal(err)
 	}
 	if *tlsDir != "" {
-		cert, err := makeTLS(*tlsDir, strings.Split(*san, ","))
+		sv.tlsDir, sv.sans = *tlsDir, strings.Split(*san, ",")
+		cert, err := makeTLS(*tlsDir, sv.sans)
 		if err != nil {
 			log.Fatal(err)
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		sv.cert.Store(&cert)
+		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return sv.cert.Load(), nil }})
 	}
 	ctl := http.NewServeMux()
 	ctl.HandleFunc("/control/", sv.control)

@@ -96,7 +96,7 @@ class ReflectorTest : public ::testing::Test {
 TEST_F(ReflectorTest, ListsThenWatchesFromItsVersionAndResumesFromTheLastOne) {
   make();
   ASSERT_EQ(t_->targets.size(), 1u);
-  EXPECT_EQ(t_->targets[0], "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1");
+  EXPECT_EQ(t_->targets[0], "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1&limit=500");
   EXPECT_FALSE(r_->synced());
   t_->reply(200, list(10, {pod("a", 9), pod("b", 10)}));
   EXPECT_TRUE(r_->synced());
@@ -128,6 +128,44 @@ TEST_F(ReflectorTest, ListsThenWatchesFromItsVersionAndResumesFromTheLastOne) {
   EXPECT_EQ(r_->stats().errors, 0u);
 }
 
+// Lists come in pages of page_size, as client-go's pager reads them: each
+// continue token is sent back (URL-encoded) for the next page, the set is
+// applied once, whole, at the first page's version; a token the server no
+// longer has (410) starts the list over.
+TEST_F(ReflectorTest, ListsInPagesFollowingContinueTokens) {
+  ReflectorOptions o;
+  o.page_size = 2;
+  make(o);
+  auto page = [](int rv, const std::string& next, const std::vector<std::string>& items) {
+    std::string l = list(rv, items);
+    if (next.empty()) return l;
+    return l.replace(l.find(R"("resourceVersion")"), 0, R"("continue":")" + next + R"(","remainingItemCount":1,)");
+  };
+  EXPECT_EQ(t_->targets[0], "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1&limit=2");
+  t_->reply(200, page(10, "tok/1=10", {pod("a", 9), pod("b", 10)}));
+  EXPECT_TRUE(seen_.replaced.empty()) << "nothing applied before the last page";
+  ASSERT_EQ(t_->targets.size(), 2u);
+  EXPECT_EQ(t_->targets[1], "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1&limit=2&continue=tok%2F1%3D10");
+  t_->reply(200, page(10, "", {pod("c", 8)}));
+  EXPECT_EQ(seen_.replaced, std::vector<size_t>{3});
+  EXPECT_EQ(r_->resource_version(), "10");
+  EXPECT_NE(t_->targets.back().find("watch=true"), std::string::npos);
+  EXPECT_EQ(r_->stats().pages, 2u);
+
+  // Relisted after an expired watch: the second page's token has expired.
+  t_->status(200);
+  ASSERT_FALSE(t_->data(ev("ERROR", R"({"kind":"Status","code":410})")));
+  until_request();
+  t_->reply(200, page(20, "tok/2=20", {pod("a", 9), pod("b", 10)}));
+  t_->reply(410, R"({"kind":"Status","code":410,"reason":"Expired"})");
+  until_request();
+  EXPECT_EQ(t_->targets.back(), "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1&limit=2") << "from the start";
+  t_->reply(200, page(30, "", {pod("a", 9)}));
+  EXPECT_EQ(seen_.replaced, (std::vector<size_t>{3, 1})) << "the half-read list was never applied";
+  EXPECT_EQ(r_->resource_version(), "30");
+  EXPECT_EQ(r_->stats().errors, 0u);
+}
+
 TEST_F(ReflectorTest, ExpiredVersionAsErrorEventOrStatusListsAgain) {
   make();
   t_->reply(200, list(10, {pod("a", 9)}));
@@ -137,7 +175,7 @@ TEST_F(ReflectorTest, ExpiredVersionAsErrorEventOrStatusListsAgain) {
       R"j("message":"too old resource version: 10 (15)","reason":"Expired","code":410})j";
   ASSERT_FALSE(t_->data(ev("ERROR", expired))) << "the watch is ended by the reader";
   until_request();
-  EXPECT_EQ(t_->targets.back(), "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1") << "a list, not a watch";
+  EXPECT_EQ(t_->targets.back(), "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1&limit=500") << "a list, not a watch";
   EXPECT_EQ(r_->stats().expired, 1u);
   t_->reply(200, list(16, {}));  // the pod went while we were not watching
   EXPECT_EQ(seen_.replaced, (std::vector<size_t>{1, 0}));

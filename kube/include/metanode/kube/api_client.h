@@ -32,7 +32,11 @@ struct ApiConfig {
 
 // One request at a time, a new connection each (a watch holds its
 // connection for minutes; lists are rare). The TLS context is shared by the
-// transports of one daemon.
+// transports of one daemon until the CA file changes: the service account's
+// ca.crt is a projected file the kubelet replaces when the cluster's CA
+// rotates, so each request first checks it (one stat) and, changed, reads
+// it into a new context (a file that does not load is reported once and the
+// last good CA kept).
 class HttpTransport : public Transport {
  public:
   HttpTransport(boost::asio::io_context& io, std::shared_ptr<boost::asio::ssl::context> tls,
@@ -48,9 +52,11 @@ class HttpTransport : public Transport {
   struct Exchange;
 
  private:
+  void refresh_ca();
   boost::asio::io_context& io_;
   std::shared_ptr<boost::asio::ssl::context> tls_;
   ApiConfig cfg_;
+  std::string ca_stamp_;  // inode, size and mtime of the CA file tls_ was made from
   std::chrono::seconds idle_{360};
   std::shared_ptr<Exchange> current_;
 };

@@ -1,6 +1,7 @@
 // Keeps a local copy of one kind of Kubernetes object current, the way
-// client-go's reflector does: list (the whole set and its resourceVersion),
-// then watch from that version. Bookmarks move the version on without
+// client-go's reflector does: list (the whole set and its resourceVersion,
+// in pages of `page_size` that follow the server's continue tokens, as
+// client-go's pager does), then watch from that version. Bookmarks move the version on without
 // objects; a watch the server ends is resumed from the last version; a
 // version the server no longer has (410 Gone, as an ERROR event or a
 // status) starts over with a list. Failures back off exponentially with
@@ -37,7 +38,8 @@ struct ReflectorOptions {
   std::chrono::seconds watch_timeout{300};  // timeoutSeconds asked of the server
   std::chrono::milliseconds min_backoff{200};
   std::chrono::milliseconds max_backoff{30000};
-  size_t max_list_bytes = 64u << 20;   // a list above this is refused, not buffered
+  size_t page_size = 500;              // limit= of each list request (client-go's default); 0: no paging
+  size_t max_list_bytes = 64u << 20;   // a list (all its pages) above this is refused, not buffered
   size_t max_event_bytes = 4u << 20;   // one watch event (one line)
 };
 
@@ -52,7 +54,7 @@ class Reflector {
   bool synced() const { return synced_; }  // a list has been applied
   const std::string& resource_version() const { return rv_; }
   struct Stats {
-    uint64_t lists = 0, watches = 0, events = 0, bookmarks = 0, expired = 0, errors = 0;
+    uint64_t lists = 0, pages = 0, watches = 0, events = 0, bookmarks = 0, expired = 0, errors = 0;
   };
   const Stats& stats() const { return stats_; }
   const std::string& last_error() const { return last_error_; }
@@ -60,6 +62,7 @@ class Reflector {
 
  private:
   void list();
+  void list_page(const std::string& continue_token);
   void watch();
   void on_list_body(int status, Result<void> done);
   bool on_watch_data(std::string_view data);
@@ -68,7 +71,7 @@ class Reflector {
   // Log, count (unless !error), retry after the backoff.
   void fail(const std::string& why, bool error = true);
   void relist_now(const std::string& why);
-  std::string target(bool watching) const;
+  std::string target(bool watching, const std::string& continue_token) const;
 
   boost::asio::io_context& io_;
   std::unique_ptr<Transport> t_;
@@ -81,6 +84,11 @@ class Reflector {
   std::string rv_;
   int status_ = 0;
   std::string body_;  // a list's body, a watch's partial line, or an error status's body
+  // The pages of the list in progress: their objects and bytes so far, and
+  // the resourceVersion the first page gave (every page is of that version).
+  std::vector<boost::json::value> pages_;
+  size_t pages_bytes_ = 0;
+  std::string pages_rv_;
   std::chrono::steady_clock::time_point watch_started_;
   uint64_t watch_events_ = 0;
   bool watch_ended_by_us_ = false;
