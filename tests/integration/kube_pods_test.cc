@@ -235,7 +235,7 @@ TEST_F(KubePods, RotatedCaFileIsReadAgain) {
   // Until the file is replaced the new certificate is refused.
   ASSERT_TRUE(eventually([&] {
     return testbed::metric(d_.admin("/stats/prometheus"), "metanode_kube_errors_total{resource=\"pods\"}") > 0;
-  })) << d_.log();
+  }, std::chrono::seconds(30))) << d_.log();
   // Replaced as the kubelet does it (a new file, renamed in).
   write(d_.dir() + "/ca.crt.new", slurp(next_ca));
   ASSERT_EQ(rename((d_.dir() + "/ca.crt.new").c_str(), (d_.dir() + "/ca.crt").c_str()), 0);

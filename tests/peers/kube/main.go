@@ -23,6 +23,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -225,7 +226,11 @@ type server struct {
 	tlsDir    string
 	sans      []string
 	cert      atomic.Pointer[tls.Certificate] // served to each new connection
+	certGen   atomic.Int64                    // bumped by rotate-ca
 }
+
+// The certificate generation a connection was accepted under.
+type certGenKey struct{}
 
 func (sv *server) authorized(r *http.Request) bool {
 	if sv.tokenFile == "" {
@@ -239,6 +244,13 @@ func (sv *server) authorized(r *http.Request) bool {
 }
 
 func (sv *server) api(w http.ResponseWriter, r *http.Request) {
+	// A connection made before rotate-ca (its request came in after): the
+	// client must come back, and meet the new certificate.
+	if g, _ := r.Context().Value(certGenKey{}).(int64); g != sv.certGen.Load() {
+		w.Header().Set("Connection", "close")
+		writeJSON(w, 503, status(503, "ServiceUnavailable", "serving certificate rotated: reconnect"))
+		return
+	}
 	ok := sv.authorized(r)
 	sv.s.mu.Lock()
 	sv.s.requests = append(sv.s.requests, map[string]any{"path": r.URL.Path, "query": r.URL.RawQuery, "authorized": ok})
@@ -444,6 +456,7 @@ func (sv *server) control(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		sv.cert.Store(&cert)
+		sv.certGen.Add(1)
 		sv.s.endWatches()
 		writeJSON(w, 200, object{"ca": filepath.Join(dir, "ca.crt")})
 	case "/control/requests":
@@ -565,5 +578,7 @@ func main() {
 			log.Fatal(err)
 		}
 	}
-	log.Fatal((&http.Server{Handler: api}).Serve(ln))
+	log.Fatal((&http.Server{Handler: api, ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, certGenKey{}, sv.certGen.Load())
+	}}).Serve(ln))
 }
