@@ -612,10 +612,13 @@ void DownstreamConn::close(const char* why) {
   if (closed_) return;
   closed_ = true;
   if (why) spdlog::debug("closing downstream {} -> {}: {}", source_.str(), orig_.str(), why);
+  // Accounted before the socket goes: a client that sees the close and
+  // comes straight back is not counted twice (per-source connection limit,
+  // gauges).
+  account_closed();
   boost::system::error_code ec;
   sock_.shutdown(tcp::socket::shutdown_both, ec);
   sock_.close(ec);
-  account_closed();
   // Released from the loop, not here: the caller may still be inside us.
   if (hold_) asio::post(w_.io(), [keep = std::move(hold_)] {});
 }
