@@ -25,7 +25,7 @@ void usage(FILE* f) {
                "  --xds-cluster-tls NAME=SERVERNAME|plaintext\n"
                "                            that cluster's TLS name to verify (Aeraki's certificate\n"
                "                            is not istiod's), or no TLS, token or client certificate\n"
-               "                            (Aeraki before 1.4); default: as the ADS server\n"
+               "                            (older Aeraki releases); default: as the ADS server\n"
                "  --xds-delta               delta (incremental) xDS instead of state of the world\n"
                "  --xds-first-response-timeout-ms N\n"
                "                            restart a stream that brings no response in N ms (15000)\n"

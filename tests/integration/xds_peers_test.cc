@@ -402,7 +402,7 @@ TEST_F(XdsPeers, TlsTokenAndWorkloadCertificateAsInAMesh) {
   istiod.insert(istiod.end(), {"-token", "secret-token", "-cluster-id", "Kubernetes"});
   std::vector<std::string> aeraki = {"-tls-cert", dir + "/aeraki.pem", "-tls-key", dir + "/aeraki.key",
                                      "-client-ca", dir + "/root.pem"};
-  std::vector<std::string> plain;  // Aeraki before 1.4: RDS in plaintext
+  std::vector<std::string> plain;  // older Aeraki releases: RDS in plaintext
   for (auto [name, extra] :
        {std::pair{"istiod", istiod}, std::pair{"aeraki", aeraki}, std::pair{"aeraki-plain", plain}}) {
     std::vector<std::string> argv = {METANODE_XDS_SERVER_PEER, "-listen", "127.0.0.1:0", "-resources",

@@ -37,7 +37,7 @@ struct XdsClientOptions {
   XdsSecurity security;               // TLS, bearer token, cluster id (istiod 15012)
   // Per gRPC cluster: the TLS name its server's certificate must carry
   // (Aeraki's is not istiod's), or kPlaintext (no TLS, and so no token or
-  // client certificate: Aeraki before 1.4 serves plaintext). A cluster not
+  // client certificate: older Aeraki releases serve plaintext). A cluster not
   // listed is reached with `security` as the ADS server is.
   std::map<std::string, std::string> cluster_tls;
   static constexpr char kPlaintext[] = "plaintext";
