@@ -9,7 +9,6 @@
 #include "metanode/xds/k8s_config.h"
 
 #include <dirent.h>
-#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
 #include <atomic>
@@ -1483,25 +1482,6 @@ Result<std::vector<ManifestFile>> read_manifest_dir(const std::string& dir) {
     out.push_back({path, ss.str()});
   }
   return out;
-}
-
-std::string manifest_dir_fingerprint(const std::string& dir) {
-  std::string fp;
-  DIR* d = opendir(dir.c_str());
-  if (!d) return "missing";
-  std::vector<std::string> parts;
-  while (dirent* e = readdir(d)) {
-    std::string n = e->d_name;
-    if (n.empty() || n[0] == '.') continue;
-    struct stat st {};
-    if (stat((dir + "/" + n).c_str(), &st) != 0) continue;
-    parts.push_back(n + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) +
-                    "." + std::to_string(st.st_mtim.tv_nsec));
-  }
-  closedir(d);
-  std::sort(parts.begin(), parts.end());
-  for (const auto& p : parts) fp += p + ";";
-  return fp;
 }
 
 }  // namespace metanode::xds

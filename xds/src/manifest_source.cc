@@ -46,7 +46,6 @@ std::string deterministic_bytes(const google::protobuf::Message& m) {
 
 std::string content_hash(std::string_view bytes) { return hex(fnv1a(14695981039346656037ull, bytes)); }
 
-std::string content_version(const google::protobuf::Message& m) { return content_hash(deterministic_bytes(m)); }
 
 std::string manifests_version(const std::vector<ManifestFile>& files) {
   uint64_t h = 14695981039346656037ull;

@@ -305,10 +305,15 @@ std::string config_dump_json(const Resources& r, std::chrono::system_clock::time
 namespace {
 
 using Clusters = std::map<std::string, std::shared_ptr<const Cluster>, std::less<>>;
-using ClaIndex =
-    std::map<std::string, const envoy::config::endpoint::v3::ClusterLoadAssignment*, std::less<>>;
+using Cla = envoy::config::endpoint::v3::ClusterLoadAssignment;
 
-Result<std::shared_ptr<Cluster>> compile_cluster(const XdsCluster& c, const ClaIndex& cla) {
+// The ClusterLoadAssignment an EDS cluster reads (its service name, else its own).
+const std::string& eds_service_of(const XdsCluster& c) {
+  return c.eds_cluster_config().service_name().empty() ? c.name() : c.eds_cluster_config().service_name();
+}
+
+// `eds`: the assignment named by eds_service_of(c), or null if none came.
+Result<std::shared_ptr<Cluster>> compile_cluster(const XdsCluster& c, const Cla* eds) {
   std::string where = "cluster " + c.name();
   if (c.name().empty()) return bad("cluster", "empty name");
   auto cl = std::make_shared<Cluster>();
@@ -379,13 +384,10 @@ Result<std::shared_ptr<Cluster>> compile_cluster(const XdsCluster& c, const ClaI
   }
   uint32_t port;
   parse_cluster_name(c.name(), cl->service_host, cl->subset, port);
-  const envoy::config::endpoint::v3::ClusterLoadAssignment* src = nullptr;
+  const Cla* src = nullptr;
   if (c.type() == XdsCluster::EDS) {
-    cl->eds_service = c.eds_cluster_config().service_name().empty()
-                          ? c.name()
-                          : c.eds_cluster_config().service_name();
-    auto it = cla.find(cl->eds_service);
-    if (it != cla.end()) src = it->second;
+    cl->eds_service = eds_service_of(c);
+    src = eds;
   } else if (c.has_load_assignment()) {
     src = &c.load_assignment();
   } else if (c.type() != XdsCluster::STATIC) {
@@ -775,23 +777,15 @@ Compiled compile_snapshot(Resources res, const Snapshot* previous) {
 
   // Endpoints are checked where their cluster uses them; an assignment no
   // cluster names is kept for /config_dump and costs nothing.
-  std::unordered_map<std::string_view, const Shared<envoy::config::endpoint::v3::ClusterLoadAssignment>*> by_cla;
-  ClaIndex cla;
-  for (const auto& a : res.endpoints) {
-    cla[a->cluster_name()] = a.get();
-    by_cla[a->cluster_name()] = &a;
-  }
+  std::unordered_map<std::string_view, const Shared<Cla>*> by_cla;
+  for (const auto& a : res.endpoints) by_cla[a->cluster_name()] = &a;
   std::set<std::string> bad_cla;
   for (auto& c : res.clusters) {
-    // The assignment this cluster would read, for reuse: the same cluster
-    // and the same assignment objects compile to the same thing.
-    Shared<envoy::config::endpoint::v3::ClusterLoadAssignment> its_cla;
-    if (c->type() == XdsCluster::EDS) {
-      const std::string& svc = c->eds_cluster_config().service_name().empty()
-                                   ? c->name()
-                                   : c->eds_cluster_config().service_name();
-      if (auto it = by_cla.find(svc); it != by_cla.end()) its_cla = *it->second;
-    }
+    // The assignment this cluster reads: the same cluster and the same
+    // assignment objects compile to the same thing.
+    Shared<Cla> its_cla;
+    if (c->type() == XdsCluster::EDS)
+      if (auto it = by_cla.find(eds_service_of(*c)); it != by_cla.end()) its_cla = *it->second;
     Result<std::shared_ptr<Cluster>> cl = Error::invalid("");
     std::string cla_rejected;  // the assignment refused, the cluster kept without it
     bool reused = false;
@@ -809,11 +803,11 @@ Compiled compile_snapshot(Resources res, const Snapshot* previous) {
     }
     if (!reused) {
       ++out.compiled;
-      cl = compile_cluster(*c, cla);
-      if (!cl && c->type() == XdsCluster::EDS) {
+      cl = compile_cluster(*c, its_cla.get());
+      if (!cl && its_cla) {
         // The cluster itself is fine if only its assignment is bad: name the
         // assignment, keep the cluster without endpoints.
-        if (auto b = compile_cluster(*c, {})) {
+        if (auto b = compile_cluster(*c, nullptr)) {
           cla_rejected = cl.error().message();
           cl = std::move(b);
         }

@@ -20,18 +20,18 @@ Result<void> take(std::vector<Shared<T>>& into, const Update& u, Digests* digest
   for (const auto& n : u.removed) by.erase(n);
   for (size_t i = 0; i < u.resources.size(); ++i) {
     const auto& a = *u.resources[i];
-    if (a.type_url() != u.type_url)
+    auto undecodable = [&] {
       return Error::invalid("resource[" + std::to_string(i) + "] of type '" + a.type_url() +
                             "' does not decode as " + short_type(u.type_url));
+    };
+    if (a.type_url() != u.type_url) return undecodable();
     uint64_t d = digest_of(a.value());
     Shared<T> m;
     if (auto same = by_digest.find(d); same != by_digest.end()) {
       m = *same->second;
     } else {
       T fresh;
-      if (!fresh.ParseFromString(a.value()))
-        return Error::invalid("resource[" + std::to_string(i) + "] of type '" + a.type_url() +
-                              "' does not decode as " + short_type(u.type_url));
+      if (!fresh.ParseFromString(a.value())) return undecodable();
       m = share(std::move(fresh));
     }
     next_digests[m.get()] = d;

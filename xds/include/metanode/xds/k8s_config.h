@@ -42,8 +42,4 @@ class ManifestTranslator {
 // Reads every *.yaml / *.yml file directly in `dir`, in name order.
 Result<std::vector<ManifestFile>> read_manifest_dir(const std::string& dir);
 
-// A cheap fingerprint (names, sizes, mtimes) of the manifest files in `dir`,
-// used to notice edits without inotify.
-std::string manifest_dir_fingerprint(const std::string& dir);
-
 }  // namespace metanode::xds

@@ -20,12 +20,10 @@ namespace metanode::xds {
 // translator's last call are not parsed again).
 Result<Resources> load_manifest_dir(const std::string& dir, ManifestTranslator& t);
 
-// A stable content hash of resources (deterministic serialization, FNV-1a),
-// in hex: the version of a state of the world.
-std::string content_version(const google::protobuf::Message& m);
-// The same hash of any bytes (e.g. a list of names and versions).
+// A stable content hash (FNV-1a) of bytes, in hex: a resource's version is
+// that of its deterministic_bytes.
 std::string content_hash(std::string_view bytes);
-// The bytes that hash: the same message always serializes the same.
+// A message's bytes, the same for the same message every time.
 std::string deterministic_bytes(const google::protobuf::Message& m);
 // The version of a manifest directory's state: a hash of its files' names
 // and bytes (an edit that changes no resource still makes a new version;
