@@ -79,6 +79,13 @@ void usage(FILE* f) {
                "  --request-timeout-ms N    default per-request timeout (30000)\n"
                "  --no-seccomp              no system call allow-list (capabilities are still dropped)\n"
                "  --drain-timeout-ms N      on SIGTERM, calls in flight may finish this long (5000)\n"
+               "  --handover NAME           hitless restart: offer the listening sockets to a\n"
+               "                            successor at unix socket NAME (@NAME: abstract), and\n"
+               "                            take them from a daemon already serving there once\n"
+               "                            configured; that one finishes its calls and waits for\n"
+               "                            SIGTERM (README: Upgrades)\n"
+               "  --handover-wait-ms N      how long a successor waits for its configuration\n"
+               "                            before taking over anyway (30000)\n"
                "Per client connection (one daemon serves every pod; see docs/SECURITY.md):\n"
                "  --client-max-inflight N   requests awaiting replies before reads pause (1024)\n"
                "  --client-max-queued-bytes N\n"
@@ -122,7 +129,7 @@ int main(int argc, char** argv) {
          kWorkers, kTimeout, kLogLevel, kUninstall, kHelp, kSkmsgUpstream, kPods, kExclude,
          kXdsAddress, kXdsCluster, kXdsClusterTls, kNodeId, kNodeLabel, kNodeMeta, kRootCert, kServerName,
          kTokenFile, kCaAddress, kTrustDomain, kXdsDelta, kCertTtl, kFirstResponse,
-         kDrainTimeout, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
+         kDrainTimeout, kHandover, kHandoverWait, kNoSeccomp, kClientInflight, kClientQueued, kClientRead, kClientIdle, kClientWrite,
          kSourceConns, kSourcePending, kSourceRps, kAdminRemote, kMetrics, kReadiness,
          kNodeName, kKubeApi, kKubeToken, kKubeCa, kNetnsDir, kAccessLog, kAccessLogFormat,
          kAccessLogSample, kAccessLogRate, kLogFormat };
@@ -161,6 +168,8 @@ int main(int argc, char** argv) {
       {"cert-ttl", required_argument, nullptr, kCertTtl},
       {"xds-first-response-timeout-ms", required_argument, nullptr, kFirstResponse},
       {"drain-timeout-ms", required_argument, nullptr, kDrainTimeout},
+      {"handover", required_argument, nullptr, kHandover},
+      {"handover-wait-ms", required_argument, nullptr, kHandoverWait},
       {"no-seccomp", no_argument, nullptr, kNoSeccomp},
       {"client-max-inflight", required_argument, nullptr, kClientInflight},
       {"client-max-queued-bytes", required_argument, nullptr, kClientQueued},
@@ -357,6 +366,11 @@ int main(int argc, char** argv) {
       case kDrainTimeout:
         if (!number("drain-timeout-ms", optarg, n)) return 2;
         o.drain_timeout = std::chrono::milliseconds(n);
+        break;
+      case kHandover: o.handover = optarg; break;
+      case kHandoverWait:
+        if (!number("handover-wait-ms", optarg, n)) return 2;
+        o.handover_wait = std::chrono::milliseconds(n);
         break;
       case kClientInflight:
         if (!number("client-max-inflight", optarg, n)) return 2;

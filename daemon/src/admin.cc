@@ -157,13 +157,17 @@ AdminServer::AdminServer(net::Endpoint addr, Handler handler) : impl_(std::make_
 
 AdminServer::~AdminServer() { stop(); }
 
-Result<void> AdminServer::start() {
+Result<void> AdminServer::start(int adopted_fd) {
   boost::system::error_code ec;
   tcp::endpoint ep(asio::ip::address_v4(impl_->addr.addr), impl_->addr.port);
-  impl_->acceptor.open(ep.protocol(), ec);
-  if (!ec) impl_->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) impl_->acceptor.bind(ep, ec);
-  if (!ec) impl_->acceptor.listen(64, ec);
+  if (adopted_fd >= 0) {
+    impl_->acceptor.assign(ep.protocol(), adopted_fd, ec);
+  } else {
+    impl_->acceptor.open(ep.protocol(), ec);
+    if (!ec) impl_->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) impl_->acceptor.bind(ep, ec);
+    if (!ec) impl_->acceptor.listen(64, ec);
+  }
   if (ec)
     return Error{std::error_code(ec.value(), std::system_category()),
                  "HTTP endpoint: listen on " + impl_->addr.str()};
@@ -171,6 +175,8 @@ Result<void> AdminServer::start() {
   impl_->thread = std::thread([this] { impl_->io.run(); });
   return Ok();
 }
+
+int AdminServer::native_handle() const { return impl_->acceptor.native_handle(); }
 
 net::Endpoint AdminServer::bound() const {
   boost::system::error_code ec;

@@ -7,7 +7,10 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio.hpp>
+#include <fcntl.h>
+
 #include <fstream>
+#include <thread>
 #include <sstream>
 
 #include "metanode/bpf/maps.h"
@@ -17,6 +20,7 @@
 #include "metanode/core/pod_watcher.h"
 #include "metanode/core/server.h"
 #include "explain.h"
+#include "handover.h"
 #include "kube_pods.h"
 #include "route_view.h"
 #include "metanode/xds/k8s_config.h"
@@ -144,8 +148,31 @@ int run_daemon(const DaemonOptions& opts) {
     spdlog::info("interception attached to cgroup {}, pinned under {}, redirect {}", io.cgroup_path,
                  io.pin_dir.empty() ? "/sys/fs/bpf/metanode" : io.pin_dir, so.redirect.str());
   }
+  // Hitless restart (handover.h): a daemon already serving at --handover
+  // hands us its listening sockets once our configuration is in; until
+  // then it serves, and it owns the kernel side. Found (or our listener
+  // bound) before the sandbox, which leaves no unlink.
+  std::optional<Predecessor> predecessor;
+  int handover_fd = -1;
+  if (!opts.handover.empty()) {
+    auto p = Predecessor::find(opts.handover);
+    if (!p) {
+      spdlog::critical("{}", p.error().message());
+      return 1;
+    }
+    if (*p) {
+      predecessor.emplace(std::move(**p));
+      spdlog::info("handover: a daemon serves at {}: taking over from it once configured", opts.handover);
+    } else if (auto l = listen_handover(opts.handover); l) {
+      handover_fd = *l;
+    } else {
+      spdlog::critical("{}", l.error().message());
+      return 1;
+    }
+  }
+  // A failed start fails pods open, unless a predecessor still serves them.
   auto fail = [&](int code) {
-    if (maps) (void)maps->disable();
+    if (maps && !predecessor) (void)maps->disable();
     return code;
   };
 
@@ -177,29 +204,36 @@ int run_daemon(const DaemonOptions& opts) {
   }
 
   // Listen first (with interception: on the redirect address, so no pod is
-  // ever redirected to nothing), then let configuration in.
+  // ever redirected to nothing), then let configuration in. Taking over,
+  // the predecessor listens until we are configured.
   Server server(so, maps.get());
-  if (auto r = server.start(); !r) {
-    spdlog::critical("data plane failed to start: {}", r.error().message());
-    return fail(1);
-  }
-  if (maps) {
-    // VIPs pinned by a previous run would be redirected to a daemon with no
-    // configuration yet: they go direct until the applier adds them back
-    // with the snapshot that serves them.
-    if (auto r = bpf::sync_services(*maps, {}); !r) {
-      spdlog::critical("{}", r.error().message());
-      return fail(1);
+  auto start_serving = [&]() -> bool {
+    if (auto r = server.start(); !r) {
+      spdlog::critical("data plane failed to start: {}", r.error().message());
+      return false;
     }
+    if (!maps) return true;
     if (auto r = maps->configure(rc); !r) {
       spdlog::critical("{}", r.error().message());
-      return fail(1);
+      return false;
     }
     for (uint16_t port : opts.exclude_ports)
       if (auto r = maps->exclude_port(0, port, true); !r) {
         spdlog::critical("{}", r.error().message());
+        return false;
+      }
+    return true;
+  };
+  if (!predecessor) {
+    // VIPs pinned by a previous run would be redirected to a daemon with no
+    // configuration yet: they go direct until the applier adds them back
+    // with the snapshot that serves them.
+    if (maps)
+      if (auto r = bpf::sync_services(*maps, {}); !r) {
+        spdlog::critical("{}", r.error().message());
         return fail(1);
       }
+    if (!start_serving()) return fail(1);
   }
   // The workload certificate first: xDS servers that want a client
   // certificate (Aeraki's RDS) get it on the first connect.
@@ -228,6 +262,37 @@ int run_daemon(const DaemonOptions& opts) {
     source->stop();
     server.stop();
     return fail(1);
+  }
+  // Taking over: configured first (bounded), then the predecessor's
+  // sockets; if it is gone by then, our own.
+  std::vector<HandedSocket> handed;
+  if (predecessor) {
+    auto until = Clock::now() + opts.handover_wait;
+    while (!source->synced() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!source->synced())
+      spdlog::warn("handover: taking over still waiting for {}", source->waiting_for());
+    if (auto got = predecessor->take(std::chrono::seconds(10)); got) {
+      handed = std::move(*got);
+      std::vector<std::pair<net::Endpoint, int>> data;
+      for (auto it = handed.begin(); it != handed.end();) {
+        if (it->role != "data") {
+          ++it;
+          continue;
+        }
+        data.emplace_back(it->addr, it->fd);
+        it = handed.erase(it);
+      }
+      spdlog::info("handover: took {} listening sockets", data.size() + handed.size());
+      server.inherit(std::move(data));
+    } else {
+      spdlog::warn("{}: starting on our own", got.error().message());
+      predecessor.reset();
+    }
+    if (!start_serving()) {
+      source->stop();
+      close_all(handed);
+      return fail(1);
+    }
   }
 
   // The node's pods from the Kubernetes API, on the main loop.
@@ -337,9 +402,14 @@ int run_daemon(const DaemonOptions& opts) {
       if (auto r = get_only(method)) return *r;
       return path == "/healthz/ready" ? ready() : not_found;
     });
-  for (AdminServer* a : {&admin, metrics_srv ? &*metrics_srv : nullptr, readiness_srv ? &*readiness_srv : nullptr}) {
+  const std::pair<AdminServer*, const char*> http[] = {
+      {&admin, "admin"}, {metrics_srv ? &*metrics_srv : nullptr, "metrics"},
+      {readiness_srv ? &*readiness_srv : nullptr, "readiness"}};
+  for (auto [a, role] : http) {
     if (!a) continue;
-    if (auto r = a->start(); !r) {
+    net::Endpoint want = role == std::string("admin") ? opts.admin
+                         : role == std::string("metrics") ? *opts.metrics : *opts.readiness;
+    if (auto r = a->start(take_socket(handed, role, want)); !r) {
       spdlog::critical("{}", r.error().message());
       source->stop();
       server.stop();
@@ -349,6 +419,18 @@ int run_daemon(const DaemonOptions& opts) {
   spdlog::info("metanoded ready: admin http://{}/{}{}", admin.bound().str(),
                metrics_srv ? ", metrics http://" + metrics_srv->bound().str() + "/stats/prometheus" : "",
                readiness_srv ? ", readiness http://" + readiness_srv->bound().str() + "/healthz/ready" : "");
+  if (predecessor) {
+    // We accept on every socket now: the predecessor lets go of its copies
+    // and finishes its calls. Its handover listener is ours for the next.
+    if (auto r = predecessor->done(); !r) spdlog::warn("{}", r.error().message());
+    handover_fd = take_socket(handed, "handover", {});
+    close_all(handed);
+    predecessor.reset();
+    if (handover_fd < 0) {
+      if (auto l = listen_handover(opts.handover); l) handover_fd = *l;
+      else spdlog::warn("{}: the next upgrade restarts cold", l.error().message());
+    }
+  }
 
   // Pods from the container runtime's namespace files, when asked to.
   std::unique_ptr<PodWatcher> pods;
@@ -363,6 +445,27 @@ int run_daemon(const DaemonOptions& opts) {
     spdlog::info("signal {}: shutting down", sig);
     io.stop();
   });
+
+  // A successor asking for our sockets: every listening one, the handover
+  // listener included. Once it accepts on them we stop (below).
+  bool handed_over = false;
+  std::optional<HandoverServer> handover;
+  if (handover_fd >= 0) {
+    auto provide = [&] {
+      std::vector<HandedSocket> out;
+      for (auto& [ep, fd] : server.listening_sockets()) out.push_back({"data", ep, fd});
+      for (auto [a, role] : http)
+        if (a) out.push_back({role, a->bound(), ::fcntl(a->native_handle(), F_DUPFD_CLOEXEC, 0)});
+      out.push_back({"handover", {}, ::fcntl(handover->native_handle(), F_DUPFD_CLOEXEC, 0)});
+      std::erase_if(out, [](const HandedSocket& h) { return h.fd < 0; });
+      return out;
+    };
+    handover.emplace(io, handover_fd, provide, [&] {
+      handed_over = true;
+      io.stop();
+    });
+    handover->start();
+  }
 
   // Liveness for the kernel side: four beats per liveness window, so one
   // late beat never makes connect4 fail open spuriously.
@@ -400,6 +503,29 @@ int run_daemon(const DaemonOptions& opts) {
   if (kube) kube_scan();
 
   io.run();
+
+  if (handed_over) {
+    // The successor serves new connections and owns the kernel side: stop
+    // all that answers on the shared sockets or writes the maps, finish our
+    // calls, then wait for our own SIGTERM (a DaemonSet's old pod gets one
+    // once the new one is ready; exiting earlier would restart it).
+    asio::io_context idle;
+    asio::signal_set term(idle, SIGINT, SIGTERM);
+    for (auto [a, role] : http)
+      if (a) a->stop();
+    if (kube) kube->stop();
+    source->stop();
+    if (ca) ca->stop();
+    auto t0 = Clock::now();
+    bool clean = server.drain(t0 + opts.drain_timeout, true);
+    server.stop();
+    spdlog::info("handed over; drained in {} ms{}; exiting on SIGTERM",
+                 std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count(),
+                 clean ? "" : " (deadline reached; the rest are cut)");
+    term.async_wait([](const boost::system::error_code&, int) {});
+    idle.run();
+    return 0;
+  }
 
   // Fail open at once: new pod connects go direct while we drain. /ready
   // answers 503 from here on; calls in flight finish up to the deadline.

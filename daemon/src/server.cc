@@ -12,6 +12,8 @@
 #include <sstream>
 #include <thread>
 
+#include <unistd.h>
+
 #include "worker.h"
 
 namespace metanode::core {
@@ -64,6 +66,35 @@ void Server::set_peers(std::shared_ptr<const PeerTable> peers) {
 
 std::shared_ptr<const PeerTable> Server::peers() const { return impl_->peers(); }
 
+void Server::inherit(std::vector<std::pair<net::Endpoint, int>> sockets) {
+  std::lock_guard<std::mutex> l(impl_->inherited_mu);
+  for (auto& [ep, fd] : sockets) impl_->inherited.emplace(ep, fd);
+}
+
+std::vector<int> Server::Impl::take_inherited(const net::Endpoint& ep, size_t index) {
+  std::lock_guard<std::mutex> l(inherited_mu);
+  std::vector<int> out;
+  auto [b, e] = inherited.equal_range(ep);
+  for (auto it = b; it != e && (out.empty() || index + 1 == workers.size());) {
+    out.push_back(it->second);
+    it = inherited.erase(it);
+  }
+  return out;
+}
+
+std::vector<std::pair<net::Endpoint, int>> Server::listening_sockets() {
+  std::vector<std::future<std::vector<std::pair<net::Endpoint, int>>>> parts;
+  for (auto& w : impl_->workers) {
+    auto p = std::make_shared<std::promise<std::vector<std::pair<net::Endpoint, int>>>>();
+    parts.push_back(p->get_future());
+    asio::post(w->io(), [wp = w.get(), p] { p->set_value(wp->listening_sockets()); });
+  }
+  std::vector<std::pair<net::Endpoint, int>> out;
+  for (auto& f : parts)
+    for (auto& x : f.get()) out.push_back(x);
+  return out;
+}
+
 Result<void> Server::start() {
   if (impl_->started.exchange(true)) return Ok();
   // Bind synchronously so start() can report a port that is taken: with
@@ -76,6 +107,13 @@ Result<void> Server::start() {
       return r;
     }
   }
+  {
+    // Inherited sockets of addresses we no longer listen on: what a
+    // configuration change would have closed in the predecessor.
+    std::lock_guard<std::mutex> l(impl_->inherited_mu);
+    for (auto& [ep, fd] : impl_->inherited) ::close(fd);
+    impl_->inherited.clear();
+  }
   for (auto& w : impl_->workers) {
     w->start_timers();
     impl_->threads.emplace_back([wp = w.get()] { wp->run(); });
@@ -85,10 +123,10 @@ Result<void> Server::start() {
 
 bool Server::ready() const { return impl_->started.load() && !impl_->draining.load(); }
 
-bool Server::drain(Clock::time_point deadline) {
+bool Server::drain(Clock::time_point deadline, bool handed_over) {
   if (!impl_->started.load()) return true;
   impl_->draining = true;
-  for (auto& w : impl_->workers) asio::post(w->io(), [wp = w.get()] { wp->drain(); });
+  for (auto& w : impl_->workers) asio::post(w->io(), [wp = w.get(), handed_over] { wp->drain(handed_over); });
   auto open = [&] {
     int64_t n = 0;
     for (const auto& w : impl_->workers) n += w->stats().get(Gauge::downstream_cx_active);

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "downstream_conn.h"
 #include "upstream_conn.h"
@@ -141,6 +142,21 @@ Result<void> Worker::reconcile_listeners() {
   }
   for (const auto& ep : want) {
     if (acceptors_.count(ep) || draining_) continue;
+    // A predecessor's sockets first: the same socket, the same accept queue.
+    bool adopted = false;
+    for (int fd : srv_.take_inherited(ep, index_)) {
+      auto acc = std::make_shared<Acceptor>(io_);
+      boost::system::error_code ec;
+      acc->sock.assign(tcp::v4(), fd, ec);
+      if (ec) {
+        ::close(fd);
+        continue;
+      }
+      accept_on(*acc);
+      acceptors_.emplace(ep, std::move(acc));
+      adopted = true;
+    }
+    if (adopted) continue;
     auto acc = std::make_shared<Acceptor>(io_);
     tcp::acceptor* a = &acc->sock;
     boost::system::error_code ec;
@@ -275,10 +291,23 @@ void Worker::on_accept(tcp::socket s) {
   if (draining_) conn->drain();
 }
 
-void Worker::drain() {
+std::vector<std::pair<net::Endpoint, int>> Worker::listening_sockets() {
+  std::vector<std::pair<net::Endpoint, int>> out;
+  for (auto& [ep, a] : acceptors_) {
+    int fd = ::fcntl(a->sock.native_handle(), F_DUPFD_CLOEXEC, 0);
+    if (fd >= 0) out.emplace_back(ep, fd);
+  }
+  return out;
+}
+
+void Worker::drain(bool handed_over) {
   draining_ = true;
   boost::system::error_code ec;
   for (auto& [ep, a] : acceptors_) {
+    if (handed_over) {
+      a->close();  // our copy only: the successor accepts from this queue
+      continue;
+    }
     // Connections the kernel completed are clients like any other: closing
     // the listener would reset them with their requests unread.
     a->sock.non_blocking(true, ec);

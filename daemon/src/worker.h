@@ -53,8 +53,10 @@ class Worker {
   void start_timers();
   // Drain: no more accepts; every client connection closes once its calls
   // in flight are answered.
-  void drain();
+  void drain(bool handed_over = false);
   void shutdown();
+  // Copies (dup) of this worker's listening sockets.
+  std::vector<std::pair<net::Endpoint, int>> listening_sockets();
 
  private:
   // Shared with its pending accept and retry handlers: a completion the
@@ -93,7 +95,8 @@ class Worker {
   uint64_t snap_gen_ = 0;
   ClusterManager cm_;
   lb::Rng rng_;
-  std::map<net::Endpoint, std::shared_ptr<Acceptor>> acceptors_;
+  // Several per address when a predecessor had more workers than we do.
+  std::multimap<net::Endpoint, std::shared_ptr<Acceptor>> acceptors_;
   boost::asio::steady_timer sweep_timer_;
   uint32_t sweeps_ = 0;
   BufferPool buffers_;
@@ -134,6 +137,12 @@ struct Server::Impl {
   StatsShard control;
   std::atomic<bool> started{false};
   std::atomic<bool> draining{false};
+  // A predecessor's listening sockets, until start() gives them to workers.
+  std::mutex inherited_mu;
+  std::multimap<net::Endpoint, int> inherited;
+  // Removes the inherited sockets of `ep` that worker `index` takes: one
+  // each, and the last worker whatever is left.
+  std::vector<int> take_inherited(const net::Endpoint& ep, size_t index);
 };
 
 // Conversions between asio and our endpoint type (IPv4).

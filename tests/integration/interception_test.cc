@@ -319,6 +319,48 @@ TEST_F(Interception, StopFailsOpenRestartResumesWithThePinnedMaps) {
   EXPECT_GE(counters()["skip_daemon_down"], 1u);
 }
 
+// Upgrade with --handover: pods connecting in a loop while a second daemon
+// takes over are intercepted every time (no bypass, no refusal), and the
+// old daemon's SIGTERM afterwards does not fail them open.
+TEST_F(Interception, HandoverUpgradeNeverBypassesOrRefuses) {
+  std::string name = "@metanode-test-" + tb_->tag();
+  stop_daemon(SIGTERM);
+  start_daemon({"--handover", name});
+  pid_t old = daemon_;
+  ASSERT_TRUE(intercepted(probe(client_ns_, vip(9090))));
+  std::atomic<bool> stop{false};
+  std::atomic<int> good{0}, bad{0};
+  std::string last_bad;
+  std::thread loop([&] {
+    while (!stop) {
+      std::string out = probe(client_ns_, vip(9090));
+      if (intercepted(out)) ++good;
+      else {
+        ++bad;
+        last_bad = out;
+      }
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  start_daemon({"--handover", name});  // /ready answers at once: the old one holds the port
+  std::string old_log = tb_->work_dir() + "/metanoded-" + std::to_string(daemons_ - 1) + ".log";
+  bool handed = false;
+  for (int i = 0; i < 500 && !handed; ++i) {
+    handed = slurp(old_log).find("handed over; drained") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(old, SIGTERM);
+  EXPECT_EQ(tb_->wait(old, 5000), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // past the liveness window
+  stop = true;
+  loop.join();
+  EXPECT_TRUE(handed) << slurp(old_log);
+  EXPECT_GT(good.load(), 20);
+  EXPECT_EQ(bad.load(), 0) << "a probe went direct or failed: " << last_bad;
+  EXPECT_TRUE(intercepted(probe(client_ns_, vip(9090))));
+}
+
 // No open proxy: a pod that dials the daemon's own address (not a
 // redirected connect) names no service, so it is closed and nothing is
 // dialled on its behalf.

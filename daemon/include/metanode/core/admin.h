@@ -23,8 +23,11 @@ class AdminServer {
   using Handler = std::function<AdminResponse(const std::string& method, const std::string& path)>;
   AdminServer(net::Endpoint addr, Handler handler);
   ~AdminServer();
-  Result<void> start();
+  // Binds its address, or accepts on `adopted_fd`: the same address's
+  // listening socket handed over by the daemon this one replaces.
+  Result<void> start(int adopted_fd = -1);
   void stop();
+  int native_handle() const;  // the listening socket, for a successor
   net::Endpoint bound() const;  // the real port when started with port 0
 
  private:

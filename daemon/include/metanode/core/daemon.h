@@ -50,6 +50,11 @@ struct DaemonOptions {
   std::chrono::milliseconds request_timeout{30000};
   DownstreamLimits downstream;  // per client connection
   std::chrono::milliseconds drain_timeout{5000};
+  // Hitless restart: the unix socket ("@NAME": abstract) where this daemon
+  // offers its listening sockets to a successor, and where it first looks
+  // for a predecessor to take them from. Empty: off.
+  std::string handover;
+  std::chrono::milliseconds handover_wait{30000};  // for our configuration before taking over
   bool seccomp = true;  // the system call allow-list after start (docs/SECURITY.md)
   std::optional<AccessLogOptions> access_log;  // --access-log
   std::chrono::milliseconds watch_interval{1000};

@@ -82,12 +82,20 @@ class Server {
   void set_peers(std::shared_ptr<const PeerTable> peers);
   std::shared_ptr<const PeerTable> peers() const;
 
+  // Listening sockets handed over by the daemon this one replaces
+  // (handover.h), as (address, fd): start() accepts on those of the
+  // addresses it listens on instead of binding new ones, and closes the rest.
+  void inherit(std::vector<std::pair<net::Endpoint, int>> sockets);
   Result<void> start();
+  // Copies (dup) of every listening socket, for a successor.
+  std::vector<std::pair<net::Endpoint, int>> listening_sockets();
   // Graceful stop, first half: accept no more connections, close idle
   // client connections, let the others finish the calls they have in
   // flight (no new request is read) and close. Returns true once no client
-  // connection is left, false at `deadline` with some still open.
-  bool drain(Clock::time_point deadline);
+  // connection is left, false at `deadline` with some still open. With
+  // `handed_over` the listening sockets are a successor's: they are let go
+  // of, not emptied (their queued connections are its now).
+  bool drain(Clock::time_point deadline, bool handed_over = false);
   void stop();
   bool ready() const;  // started and not draining (configuration readiness is the source's)
 
