@@ -64,6 +64,21 @@ render --set pods.mode=netns-dir,privileged=true,bpffs.mountIfMissing=false > "$
 grep -q -- '--pods netns-dir=/var/run/netns:cni-' "$tmp/netns.yaml"
 
 # The checkers bite.
+# Hitless upgrades by default: the handover name, and a surge so the new pod
+# starts beside the old one; without it, one node at a time stops first.
+grep -q -- '--handover "@metanode-handover"' "$tmp/default.yaml"
+grep -q 'rollingUpdate: {maxSurge: 1, maxUnavailable: 0}' "$tmp/default.yaml"
+render --set handover= > "$tmp/cold.yaml"
+"$validate" "$tmp/cold.yaml"
+grep -q 'rollingUpdate: {maxUnavailable: 1}' "$tmp/cold.yaml"
+if grep -q -- '--handover' "$tmp/cold.yaml"; then
+  echo "FAIL: handover= still renders --handover" >&2
+  exit 1
+fi
+if render --set handover=relative/path > "$tmp/bad.yaml" 2>&1; then
+  echo "FAIL: values.schema.json accepted a handover name that is neither @NAME nor a path" >&2
+  exit 1
+fi
 if render --set pods.mode=everything > "$tmp/bad.yaml" 2>&1; then
   echo "FAIL: values.schema.json accepted pods.mode=everything" >&2
   exit 1
