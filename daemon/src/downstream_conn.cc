@@ -21,6 +21,8 @@ using codecs::MessageKind;
 namespace {
 // An idle reader gives its buffer back after this long without a byte.
 constexpr auto kParkAfter = std::chrono::seconds(1);
+// A connection a drain finds silent since its accept gets this long to send its first request.
+constexpr auto kFirstRequestGrace = std::chrono::seconds(1);
 }  // namespace
 
 DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net::Endpoint source,
@@ -173,6 +175,7 @@ void DownstreamConn::park() {
 void DownstreamConn::on_read(size_t n) {
   auto now = Clock::now();
   last_activity_ = now;
+  spoke_ = true;
   size_t decoded = 0;
   bool held = false;
   // One read may bring hundreds of pipelined requests: the limits are
@@ -568,6 +571,13 @@ void DownstreamConn::drain() {
     if (!paused_) do_read();
     return;
   }
+  if (!spoke_ && !closed_) {
+    // Accepted a moment ago, its first request still on the way: closing
+    // now would fail that call. It is answered, then closed (or closed
+    // by the sweep if nothing comes within kFirstRequestGrace).
+    drain_after_read_ = true;
+    return;
+  }
   if (reading_ && !parked_) {
     // asio reads as the read starts: a read in flight may already hold
     // requests that are no longer in the socket. It completes with them
@@ -601,6 +611,10 @@ void DownstreamConn::sweep(Clock::time_point now) {
   }
   bool idle = inflight_ == 0 && stream_.empty() && stream_.buffered() == 0;
   if (!idle) return;
+  if (drain_after_read_ && !spoke_ && now - last_activity_ > kFirstRequestGrace) {
+    closing_ = true;  // draining, and it never sent a request
+    return close_when_done();
+  }
   if (now - last_activity_ > l.idle_timeout) {
     w_.stats().inc(Counter::downstream_cx_idle_timeout);
     return close("idle timeout");

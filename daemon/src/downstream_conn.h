@@ -121,6 +121,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool closed_ = false;
   bool closing_ = false;  // no more reads; close when done
   bool drain_after_read_ = false;  // draining: one last read, then closing
+  bool spoke_ = false;  // a byte was read: a connection, not a connect still sending its first request
 };
 
 }  // namespace metanode::core
