@@ -273,16 +273,12 @@ int run_daemon(const DaemonOptions& opts) {
       spdlog::warn("handover: taking over still waiting for {}", source->waiting_for());
     if (auto got = predecessor->take(std::chrono::seconds(10)); got) {
       handed = std::move(*got);
+      spdlog::info("handover: took {} listening sockets", handed.size());
       std::vector<std::pair<net::Endpoint, int>> data;
-      for (auto it = handed.begin(); it != handed.end();) {
-        if (it->role != "data") {
-          ++it;
-          continue;
-        }
-        data.emplace_back(it->addr, it->fd);
-        it = handed.erase(it);
-      }
-      spdlog::info("handover: took {} listening sockets", data.size() + handed.size());
+      std::erase_if(handed, [&](const HandedSocket& h) {
+        if (h.role == "data") data.emplace_back(h.addr, h.fd);
+        return h.role == "data";
+      });
       server.inherit(std::move(data));
     } else {
       spdlog::warn("{}: starting on our own", got.error().message());
@@ -402,13 +398,17 @@ int run_daemon(const DaemonOptions& opts) {
       if (auto r = get_only(method)) return *r;
       return path == "/healthz/ready" ? ready() : not_found;
     });
-  const std::pair<AdminServer*, const char*> http[] = {
-      {&admin, "admin"}, {metrics_srv ? &*metrics_srv : nullptr, "metrics"},
-      {readiness_srv ? &*readiness_srv : nullptr, "readiness"}};
-  for (auto [a, role] : http) {
+  // Each with its role in a handover and the address it is configured for.
+  struct Http {
+    AdminServer* srv;
+    const char* role;
+    net::Endpoint addr;
+  };
+  const Http http[] = {{&admin, "admin", opts.admin},
+                       {metrics_srv ? &*metrics_srv : nullptr, "metrics", opts.metrics.value_or(net::Endpoint{})},
+                       {readiness_srv ? &*readiness_srv : nullptr, "readiness", opts.readiness.value_or(net::Endpoint{})}};
+  for (auto [a, role, want] : http) {
     if (!a) continue;
-    net::Endpoint want = role == std::string("admin") ? opts.admin
-                         : role == std::string("metrics") ? *opts.metrics : *opts.readiness;
     if (auto r = a->start(take_socket(handed, role, want)); !r) {
       spdlog::critical("{}", r.error().message());
       source->stop();
@@ -454,8 +454,8 @@ int run_daemon(const DaemonOptions& opts) {
     auto provide = [&] {
       std::vector<HandedSocket> out;
       for (auto& [ep, fd] : server.listening_sockets()) out.push_back({"data", ep, fd});
-      for (auto [a, role] : http)
-        if (a) out.push_back({role, a->bound(), ::fcntl(a->native_handle(), F_DUPFD_CLOEXEC, 0)});
+      for (const auto& h : http)
+        if (h.srv) out.push_back({h.role, h.srv->bound(), ::fcntl(h.srv->native_handle(), F_DUPFD_CLOEXEC, 0)});
       out.push_back({"handover", {}, ::fcntl(handover->native_handle(), F_DUPFD_CLOEXEC, 0)});
       std::erase_if(out, [](const HandedSocket& h) { return h.fd < 0; });
       return out;
@@ -511,8 +511,8 @@ int run_daemon(const DaemonOptions& opts) {
     // once the new one is ready; exiting earlier would restart it).
     asio::io_context idle;
     asio::signal_set term(idle, SIGINT, SIGTERM);
-    for (auto [a, role] : http)
-      if (a) a->stop();
+    for (const auto& h : http)
+      if (h.srv) h.srv->stop();
     if (kube) kube->stop();
     source->stop();
     if (ca) ca->stop();

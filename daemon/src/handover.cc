@@ -232,14 +232,13 @@ void HandoverServer::accept() {
   listen_.async_wait(asio::posix::descriptor_base::wait_read, [this](const boost::system::error_code& ec) {
     if (ec) return;
     int c = accept4(listen_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (c >= 0 && same_user(c)) {
+      serve(c);
+      return;  // one successor at a time: others wait in the backlog until it is gone
+    }
     if (c >= 0) {
-      if (conn_ || !same_user(c)) {
-        spdlog::warn("handover: refused a connection ({})", conn_ ? "one is in progress" : "another user");
-        ::close(c);
-      } else {
-        serve(c);
-        return;  // one successor at a time; accepting resumes when it is gone
-      }
+      spdlog::warn("handover: refused a connection from another user");
+      ::close(c);
     }
     accept();
   });

@@ -330,7 +330,7 @@ TEST_F(Interception, HandoverUpgradeNeverBypassesOrRefuses) {
   ASSERT_TRUE(intercepted(probe(client_ns_, vip(9090))));
   std::atomic<bool> stop{false};
   std::atomic<int> good{0}, bad{0};
-  std::string last_bad;
+  std::string last_bad;  // written by the loop, read after it is joined
   std::thread loop([&] {
     while (!stop) {
       std::string out = probe(client_ns_, vip(9090));
