@@ -30,6 +30,39 @@
 #define MN_MAP_COUNTERS "mn_counters"
 #define MN_MAP_EXCL "mn_excl"
 
+/* mn_layout: array indexed by enum mn_map_id, each value the layout version
+ * of that pinned map. Pinned maps outlive the daemon that made them; a new
+ * daemon reuses a map whose version and geometry match its own and replaces
+ * any other with a fresh one, carrying its entries over (map_layout.cc), so
+ * an upgrade never loses the pods and exclusions registered by hand.
+ * Installs from before mn_layout existed read as version 1 everywhere.
+ * Bump a map's version whenever the meaning or size of its key or value
+ * changes; capacity (max_entries) changes need no bump. Userspace only:
+ * no program reads it. */
+#define MN_MAP_LAYOUT "mn_layout"
+#define MN_LAYOUT_SLOTS 32 /* never changes */
+
+enum mn_map_id {
+	MN_ID_SERVICES = 0,
+	MN_ID_PODS = 1,
+	MN_ID_CONFIG = 2,
+	MN_ID_ORIG_DST = 3,
+	MN_ID_TUPLE = 4,
+	MN_ID_SOCK_HASH = 5,
+	MN_ID_COUNTERS = 6,
+	MN_ID_EXCL = 7,
+	MN_ID__COUNT = 8
+};
+
+#define MN_LAYOUT_V_SERVICES 1
+#define MN_LAYOUT_V_PODS 1
+#define MN_LAYOUT_V_CONFIG 1
+#define MN_LAYOUT_V_ORIG_DST 1
+#define MN_LAYOUT_V_TUPLE 1
+#define MN_LAYOUT_V_SOCK_HASH 1
+#define MN_LAYOUT_V_COUNTERS 1
+#define MN_LAYOUT_V_EXCL 1
+
 #define MN_MAX_SERVICES 65536
 #define MN_MAX_PODS 16384
 #define MN_MAX_TUPLES 65536
@@ -129,33 +162,35 @@ struct mn_excl_key {
 
 /* mn_counters: per-CPU array of __u64 indexed by these values. Every path
  * that decides not to act counts here, so "why was this not intercepted"
- * always has an answer in `metanodectl bpf`. */
+ * always has an answer in `metanodectl bpf`. The numbers are ABI: counts
+ * are carried across upgrades by index (bpf/src/map_layout.cc), so a new
+ * counter goes at the end and a retired one keeps its number. */
 enum mn_counter {
 	MN_C_CONNECT_SEEN = 0,
-	MN_C_REDIRECTED,
-	MN_C_SKIP_NOT_TCP,
-	MN_C_SKIP_NOT_SERVICE,
-	MN_C_SKIP_DAEMON_SOCK,
-	MN_C_SKIP_HOST_NETNS,
-	MN_C_SKIP_NOT_POD,
-	MN_C_SKIP_DAEMON_DOWN,
-	MN_C_SKIP_DISABLED,
-	MN_C_ERR_NO_CONFIG,
-	MN_C_ERR_STORAGE,
-	MN_C_OPS_ACTIVE,
-	MN_C_OPS_PASSIVE,
-	MN_C_OPS_PASSIVE_MISS,
-	MN_C_ERR_TUPLE,
-	MN_C_ERR_SOCKHASH,
-	MN_C_MSG_REDIRECT,
-	MN_C_MSG_PASS,
-	MN_C_PEERNAME,
-	MN_C_SKIP_EXCLUDED_PORT,
-	MN_C_SKIP_NOT_V4MAPPED,
-	MN_C_ORIG_DST_SOCKOPT,
-	MN_C_OPS_UPSTREAM,
-	MN_C_OPS_UPSTREAM_PEER,
-	MN_C__COUNT
+	MN_C_REDIRECTED = 1,
+	MN_C_SKIP_NOT_TCP = 2,
+	MN_C_SKIP_NOT_SERVICE = 3,
+	MN_C_SKIP_DAEMON_SOCK = 4,
+	MN_C_SKIP_HOST_NETNS = 5,
+	MN_C_SKIP_NOT_POD = 6,
+	MN_C_SKIP_DAEMON_DOWN = 7,
+	MN_C_SKIP_DISABLED = 8,
+	MN_C_ERR_NO_CONFIG = 9,
+	MN_C_ERR_STORAGE = 10,
+	MN_C_OPS_ACTIVE = 11,
+	MN_C_OPS_PASSIVE = 12,
+	MN_C_OPS_PASSIVE_MISS = 13,
+	MN_C_ERR_TUPLE = 14,
+	MN_C_ERR_SOCKHASH = 15,
+	MN_C_MSG_REDIRECT = 16,
+	MN_C_MSG_PASS = 17,
+	MN_C_PEERNAME = 18,
+	MN_C_SKIP_EXCLUDED_PORT = 19,
+	MN_C_SKIP_NOT_V4MAPPED = 20,
+	MN_C_ORIG_DST_SOCKOPT = 21,
+	MN_C_OPS_UPSTREAM = 22,
+	MN_C_OPS_UPSTREAM_PEER = 23,
+	MN_C__COUNT = 24
 };
 
 #define MN_COUNTER_NAMES                                                       \

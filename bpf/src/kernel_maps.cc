@@ -25,6 +25,7 @@
 #include <string>
 #include <thread>
 
+#include "map_layout.h"
 #include "metanode.skel.h"
 #include "metanode/bpf/maps.h"
 #include "metanode/sys.h"
@@ -326,8 +327,12 @@ Result<void> attach_pinned(bpf_program* prog, int cg_fd, uint64_t cg_id, const s
   return Ok();
 }
 
-Result<metanode_bpf*> open_and_load(const std::string& pin_dir, bool skmsg, bool getpeername,
-                                    bool getsockopt) {
+struct Loaded {
+  metanode_bpf* skel;
+  std::string notes;  // what the layout migration did
+};
+
+Result<Loaded> open_and_load(const std::string& pin_dir, bool skmsg, bool getpeername, bool getsockopt) {
   metanode_bpf* skel = metanode_bpf__open();
   if (!skel) return Error::errno_error("open BPF skeleton");
   bpf_map* maps[] = {skel->maps.mn_services, skel->maps.mn_pods,      skel->maps.mn_config,
@@ -343,12 +348,23 @@ Result<metanode_bpf*> open_and_load(const std::string& pin_dir, bool skmsg, bool
   }
   if (!skmsg) bpf_program__set_autoload(skel->progs.mn_sk_msg, false);
   if (!getsockopt) bpf_program__set_autoload(skel->progs.mn_getsockopt, false);
+  auto mig = LayoutMigration::prepare(skel->obj, pin_dir);
+  if (!mig) {
+    metanode_bpf__destroy(skel);
+    return mig.error();
+  }
   int err = metanode_bpf__load(skel);
   if (err) {
+    mig->restore();  // the running install stays as it was
     metanode_bpf__destroy(skel);
-    return Error::errno_error("load BPF programs (verifier or pinned-map mismatch)", -err);
+    return Error::errno_error("load BPF programs (see the verifier log above)", -err);
   }
-  return skel;
+  auto notes = mig->finish(skel->obj);
+  if (!notes) {
+    metanode_bpf__destroy(skel);
+    return notes.error();
+  }
+  return Loaded{skel, std::move(*notes)};
 }
 
 }  // namespace
@@ -431,18 +447,12 @@ Result<Installed> install_kernel(const InstallOptions& in) {
   if (cg.get() < 0) return Error::errno_error("open cgroup " + opts.cgroup_path);
   uint64_t cg_id = cgroup_id_of_path(opts.cgroup_path);
 
+  // Maps pinned by an earlier version are reused or migrated
+  // (map_layout.h), never wiped: pods and exclusions registered by hand stay.
   auto loaded = open_and_load(pin_dir, opts.skmsg, opts.getpeername, opts.getsockopt);
-  if (!loaded) {
-    // Pinned maps from an incompatible earlier version cannot be reused:
-    // start over rather than run half-adopted.
-    if (auto u = uninstall_kernel(pin_dir); !u) return u.error();
-    if (auto r = mkdir_p(pin_dir); !r) return r.error();
-    if (auto r = mkdir_p(pin_dir + "/links"); !r) return r.error();
-    loaded = open_and_load(pin_dir, opts.skmsg, opts.getpeername, opts.getsockopt);
-    if (!loaded) return loaded.error();
-    result.notes += "pinned maps were incompatible: reinstalled; ";
-  }
-  metanode_bpf* skel = loaded.value();
+  if (!loaded) return loaded.error();
+  if (!loaded->notes.empty()) result.notes += "pinned maps: " + loaded->notes;
+  metanode_bpf* skel = loaded->skel;
 
   // The verdict program must be on the sockhash before sockops can put the
   // first socket into it.
@@ -581,7 +591,8 @@ Result<void> uninstall_kernel(const std::string& pin_dir_in) {
     rmdir(links.c_str());
   }
   const char* maps[] = {MN_MAP_SERVICES, MN_MAP_PODS,      MN_MAP_CONFIG,   MN_MAP_ORIG_DST,
-                        MN_MAP_TUPLE,    MN_MAP_SOCK_HASH, MN_MAP_COUNTERS, MN_MAP_EXCL};
+                        MN_MAP_TUPLE,    MN_MAP_SOCK_HASH, MN_MAP_COUNTERS, MN_MAP_EXCL,
+                        MN_MAP_LAYOUT};
   for (const char* m : maps) {
     std::string p = pin_dir + "/" + m;
     if (unlink(p.c_str()) != 0 && errno != ENOENT) return Error::errno_error("unpin " + p);

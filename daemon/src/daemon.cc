@@ -138,7 +138,7 @@ int run_daemon(const DaemonOptions& opts) {
       spdlog::critical("cannot install BPF interception: {}", m.error().message());
       return 1;
     }
-    if (!m->notes.empty()) spdlog::warn("kernel features: {}", m->notes);
+    if (!m->notes.empty()) spdlog::warn("BPF install: {}", m->notes);
     maps = std::move(m->maps);
     rc.redirect = so.redirect;
     rc.skmsg = m->skmsg;
