@@ -419,12 +419,17 @@ int run_daemon(const DaemonOptions& opts) {
   spdlog::info("metanoded ready: admin http://{}/{}{}", admin.bound().str(),
                metrics_srv ? ", metrics http://" + metrics_srv->bound().str() + "/stats/prometheus" : "",
                readiness_srv ? ", readiness http://" + readiness_srv->bound().str() + "/healthz/ready" : "");
+  std::optional<ConnectionReceiver> from_predecessor;
   if (predecessor) {
     // We accept on every socket now: the predecessor lets go of its copies
-    // and finishes its calls. Its handover listener is ours for the next.
+    // and finishes its calls, then passes us each client connection at a
+    // message boundary. Its handover listener is ours for the next.
     if (auto r = predecessor->done(); !r) spdlog::warn("{}", r.error().message());
     handover_fd = take_socket(handed, "handover", {});
     close_all(handed);
+    from_predecessor.emplace(io, predecessor->release(), [&server](int fd, const net::Endpoint& orig,
+                                                                   uint64_t netns) { server.adopt(fd, orig, netns); });
+    from_predecessor->start();
     predecessor.reset();
     if (handover_fd < 0) {
       if (auto l = listen_handover(opts.handover); l) handover_fd = *l;
@@ -449,6 +454,7 @@ int run_daemon(const DaemonOptions& opts) {
   // A successor asking for our sockets: every listening one, the handover
   // listener included. Once it accepts on them we stop (below).
   bool handed_over = false;
+  int successor_conn = -1;  // after the handover: where our client connections go
   std::optional<HandoverServer> handover;
   if (handover_fd >= 0) {
     auto provide = [&] {
@@ -460,8 +466,9 @@ int run_daemon(const DaemonOptions& opts) {
       std::erase_if(out, [](const HandedSocket& h) { return h.fd < 0; });
       return out;
     };
-    handover.emplace(io, handover_fd, provide, [&] {
+    handover.emplace(io, handover_fd, provide, [&](int conn) {
       handed_over = true;
+      successor_conn = conn;
       io.stop();
     });
     handover->start();
@@ -517,8 +524,13 @@ int run_daemon(const DaemonOptions& opts) {
     source->stop();
     if (ca) ca->stop();
     auto t0 = Clock::now();
-    bool clean = server.drain(t0 + opts.drain_timeout, true);
+    ConnectionSender to_successor(successor_conn);
+    bool clean = server.drain(t0 + opts.drain_timeout, true,
+                              [&](int fd, const net::Endpoint& orig, uint64_t netns) {
+                                return to_successor.pass(fd, orig, netns);
+                              });
     server.stop();
+    to_successor.end();
     spdlog::info("handed over; drained in {} ms{}; exiting on SIGTERM",
                  std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count(),
                  clean ? "" : " (deadline reached; the rest are cut)");

@@ -26,12 +26,13 @@ constexpr auto kFirstRequestGrace = std::chrono::seconds(1);
 }  // namespace
 
 DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net::Endpoint source,
-                               std::shared_ptr<SourceShare> share, const std::string& protocol,
+                               uint64_t netns, std::shared_ptr<SourceShare> share, const std::string& protocol,
                                std::shared_ptr<const PeerIdentity> peer)
     : w_(w),
       sock_(std::move(s)),
       orig_(orig),
       source_(source),
+      netns_(netns),
       peer_(std::move(peer)),
       share_(std::move(share)),
       codec_(codecs::make_codec(protocol, w.opts().limits)),
@@ -218,6 +219,7 @@ void DownstreamConn::on_read(size_t n) {
     }
     partial_since_ = {};
     closing_ = true;
+    hand_off_ = false;  // a stream that cannot be trusted is not passed on
     close_when_done();
     return;
   }
@@ -549,7 +551,11 @@ void DownstreamConn::write_some() {
 
 void DownstreamConn::close_when_done() {
   if (closed_) return;
-  if (inflight_ == 0 && stream_.empty()) return close(nullptr);
+  if (inflight_ == 0 && stream_.empty()) {
+    // A boundary: every reply written, no request half read.
+    if (hand_off_ && stream_.buffered() == 0) return hand_off();
+    return close(nullptr);
+  }
   // Nothing else may keep the connection alive until then.
   hold_ = shared_from_this();
 }
@@ -560,9 +566,10 @@ bool DownstreamConn::unread_bytes() {
   return !ec && n > 0;
 }
 
-void DownstreamConn::drain() {
+void DownstreamConn::drain(bool hand_off) {
   if (closed_ || closing_ || drain_after_read_) return;
-  w_.stats().inc(Counter::downstream_cx_drained);
+  hand_off_ = hand_off;
+  if (!hand_off) w_.stats().inc(Counter::downstream_cx_drained);
   // Requests the client sent before the drain are answered: those held in
   // the buffer by the limits and those still in the socket are read first
   // (a paused connection when its replies resume it), then no more.
@@ -571,10 +578,11 @@ void DownstreamConn::drain() {
     if (!paused_) do_read();
     return;
   }
-  if (!spoke_ && !closed_) {
+  if (!spoke_ && !closed_ && !hand_off) {
     // Accepted a moment ago, its first request still on the way: closing
     // now would fail that call. It is answered, then closed (or closed
-    // by the sweep if nothing comes within kFirstRequestGrace).
+    // by the sweep if nothing comes within kFirstRequestGrace). Handed
+    // off, the request waits in the socket for the successor instead.
     drain_after_read_ = true;
     return;
   }
@@ -620,6 +628,22 @@ void DownstreamConn::sweep(Clock::time_point now) {
     return close("idle timeout");
   }
   if (reading_ && !parked_ && !parking_ && now - last_activity_ > kParkAfter) park();
+}
+
+void DownstreamConn::hand_off() {
+  closed_ = true;
+  account_closed();
+  // Released, not shut down: the socket stays open for the successor.
+  // What the client sends from now waits in it. A pending readiness wait
+  // (parked) completes aborted and finds the connection closed.
+  boost::system::error_code ec;
+  int fd = sock_.release(ec);
+  if (ec || fd < 0) {
+    sock_.close(ec);
+  } else if (!w_.hand_off(fd, orig_, netns_)) {
+    w_.stats().inc(Counter::downstream_cx_drained);  // closed, as a drain without a successor would
+  }
+  if (hold_) asio::post(w_.io(), [keep = std::move(hold_)] {});
 }
 
 void DownstreamConn::close(const char* why) {

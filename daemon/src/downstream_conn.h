@@ -32,7 +32,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   // `share` already counts this connection (the acceptor's check);
   // the connection gives the count back when it closes.
   DownstreamConn(Worker& w, boost::asio::ip::tcp::socket s, net::Endpoint orig,
-                 net::Endpoint source, std::shared_ptr<SourceShare> share,
+                 net::Endpoint source, uint64_t netns, std::shared_ptr<SourceShare> share,
                  const std::string& protocol, std::shared_ptr<const PeerIdentity> peer);
   ~DownstreamConn();
   void start() { do_read(); }
@@ -54,8 +54,10 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   // From the worker's sweep: closes the connection when one of its
   // timeouts has passed, parks an idle reader without a buffer.
   void sweep(Clock::time_point now);
-  // Stop reading; close once the calls in flight are answered (now, when idle).
-  void drain();
+  // Stop reading; close once the calls in flight are answered (now, when
+  // idle). With `hand_off` the socket goes to the successor instead
+  // (Worker::hand_off) when it reaches a clean message boundary.
+  void drain(bool hand_off = false);
   // Close now (the worker is stopping).
   void abort() { close("worker stopping"); }
 
@@ -89,6 +91,8 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   void access_log(const codecs::Message& req, const RequestStart& start, const std::string& code,
                   const char* flag, size_t reply_bytes, Clock::time_point now);
   void close(const char* why);
+  // Drained to a boundary: the socket, open, to the successor.
+  void hand_off();
   void request_done();
   // Closes once nothing is in flight and every queued byte is written.
   void close_when_done();
@@ -98,6 +102,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   boost::asio::ip::tcp::socket sock_;
   net::Endpoint orig_;
   net::Endpoint source_;
+  uint64_t netns_;  // the client pod's network namespace cookie (0: not known)
   std::shared_ptr<const PeerIdentity> peer_;  // the client pod, when known
   std::shared_ptr<SourceShare> share_;  // the client source's node-wide counts
   std::unique_ptr<codecs::Codec> codec_;
@@ -121,7 +126,8 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool closed_ = false;
   bool closing_ = false;  // no more reads; close when done
   bool drain_after_read_ = false;  // draining: one last read, then closing
-  bool spoke_ = false;  // a byte was read: a connection, not a connect still sending its first request
+  bool spoke_ = false;
+  bool hand_off_ = false;  // drained for a successor, and the stream is clean  // a byte was read: a connection, not a connect still sending its first request
 };
 
 }  // namespace metanode::core

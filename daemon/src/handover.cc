@@ -1,5 +1,6 @@
 #include "handover.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -217,7 +218,7 @@ Result<int> listen_handover(const std::string& name) {
 
 // ---- the running daemon's side -----------------------------------------------------
 
-HandoverServer::HandoverServer(asio::io_context& io, int listen_fd, Provide provide, std::function<void()> on_done)
+HandoverServer::HandoverServer(asio::io_context& io, int listen_fd, Provide provide, std::function<void(int)> on_done)
     : listen_(io, listen_fd), deadline_(io), provide_(std::move(provide)), on_done_(std::move(on_done)) {}
 
 HandoverServer::~HandoverServer() {
@@ -282,13 +283,99 @@ void HandoverServer::read_next(int c) {
 void HandoverServer::finish(int c, bool done) {
   deadline_.cancel();
   boost::system::error_code ec;
-  if (conn_ && conn_->native_handle() == c) conn_->close(ec);
+  int kept = -1;
+  if (conn_ && conn_->native_handle() == c) {
+    if (done) kept = conn_->release();  // for the client connections that follow
+    else conn_->close(ec);
+  }
   conn_.reset();
   if (done) {
     spdlog::info("handover: the successor accepts on our sockets now");
-    return on_done_();  // and no more successors: the sockets are its
+    return on_done_(kept);  // and no more successors: the sockets are its
   }
   accept();
+}
+
+// ---- client connections, after "done" ------------------------------------------------
+
+ConnectionSender::ConnectionSender(int conn) : conn_(conn) {
+  if (conn_ < 0) return;
+  // Blocking, with a bound: a worker waits at most this long for a
+  // successor that stopped reading, then closes the connection instead.
+  int fl = fcntl(conn_, F_GETFL);
+  if (fl >= 0) fcntl(conn_, F_SETFL, fl & ~O_NONBLOCK);
+  timeval tv{1, 0};
+  setsockopt(conn_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+ConnectionSender::~ConnectionSender() { end(); }
+
+bool ConnectionSender::pass(int fd, const net::Endpoint& orig, uint64_t netns) {
+  bool sent = false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (conn_ >= 0) {
+      auto r = send_text(conn_, "conn " + orig.str() + " " + std::to_string(netns) + "\n", &fd, 1);
+      if (!r) {
+        spdlog::warn("{}: closing the client connections left instead", r.error().message());
+        ::close(conn_);
+        conn_ = -1;
+      }
+      sent = bool(r);
+    }
+  }
+  ::close(fd);  // our copy; the successor's is the same socket
+  return sent;
+}
+
+void ConnectionSender::end() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (conn_ < 0) return;
+  (void)send_text(conn_, "end\n");
+  ::close(conn_);
+  conn_ = -1;
+}
+
+ConnectionReceiver::ConnectionReceiver(asio::io_context& io, int conn, Adopt adopt)
+    : conn_(io, conn), adopt_(std::move(adopt)) {}
+
+void ConnectionReceiver::read_next() {
+  conn_.async_wait(asio::posix::descriptor_base::wait_read, [this](const boost::system::error_code& ec) {
+    if (ec) return;
+    std::vector<int> fds;
+    auto text = recv_text(conn_.native_handle(), std::chrono::milliseconds(0), fds);
+    std::string line = text ? text->substr(0, text->find('\n')) : "";
+    std::istringstream in(line);
+    std::string word, orig;
+    uint64_t netns = 0;
+    in >> word >> orig >> netns;
+    auto ep = net::parse_endpoint(orig);
+    // Only an IPv4 TCP socket is served: anything else sent is closed.
+    int type = 0, domain = 0;
+    socklen_t len = sizeof(type), dlen = sizeof(domain);
+    bool stream = fds.size() == 1 && getsockopt(fds[0], SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
+                  type == SOCK_STREAM && getsockopt(fds[0], SOL_SOCKET, SO_DOMAIN, &domain, &dlen) == 0 &&
+                  domain == AF_INET;
+    if (text && word == "conn") {
+      if (ep && !in.fail() && stream) {
+        ++received_;
+        adopt_(fds[0], *ep, netns);
+      } else {
+        spdlog::warn("handover: refused client connection '{}' ({} fds)", line, fds.size());
+        for (int fd : fds) ::close(fd);
+      }
+      return read_next();
+    }
+    for (int fd : fds) ::close(fd);
+    if (!text)
+      spdlog::warn("{}, after {} client connections", text.error().message(), received_);
+    else if (line == "end" && fds.empty())
+      spdlog::info("handover: {} client connections taken over from the predecessor", received_);
+    else
+      spdlog::warn("handover: unexpected message '{}' after {} client connections", line, received_);
+    boost::system::error_code ignored;
+    conn_.close(ignored);
+  });
 }
 
 }  // namespace metanode::core

@@ -7,14 +7,21 @@
 //   predecessor -> successor  "sockets" + one "ROLE ADDR" line per fd, with
 //                             the fds (several messages), then "end"
 //   successor -> predecessor  "done": it accepts on them now
+//   predecessor -> successor  "conn ORIG NETNS" with one fd, for every client
+//                             connection that reaches a message boundary
+//                             while the predecessor drains, then "end"
 //
 // Until "done" both accept from the same queues; an EOF before it (the
 // successor failed to start) leaves the predecessor serving as before.
+// After it, the client connections follow the listening sockets: a client
+// on a long-lived connection (Dubbo, Thrift) never sees it close. Its next
+// request waits in the socket, which the successor reads on.
 #pragma once
 
 #include <boost/asio.hpp>
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,10 +56,48 @@ class Predecessor {
   ~Predecessor();
   Result<std::vector<HandedSocket>> take(std::chrono::milliseconds timeout);
   Result<void> done();
+  // The connection itself, for what follows "done" (ConnectionReceiver).
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
 
  private:
   explicit Predecessor(int fd) : fd_(fd) {}
   int fd_ = -1;
+};
+
+// After "done", the predecessor's side: passes each client connection it
+// lets go of. Called from the workers' threads (one message at a time).
+class ConnectionSender {
+ public:
+  explicit ConnectionSender(int conn);
+  ~ConnectionSender();
+  // Takes `fd` (closed here either way); false when it could not be sent.
+  bool pass(int fd, const net::Endpoint& orig, uint64_t netns);
+  // No more: "end", and the channel closes.
+  void end();
+
+ private:
+  std::mutex mu_;
+  int conn_ = -1;
+};
+
+// After "done", the successor's side, on its main loop: every connection
+// received goes to `adopt` (which owns the fd) until "end" or EOF.
+class ConnectionReceiver {
+ public:
+  using Adopt = std::function<void(int fd, const net::Endpoint& orig, uint64_t netns)>;
+  // `conn`: the connection to the predecessor (Predecessor::release()).
+  ConnectionReceiver(boost::asio::io_context& io, int conn, Adopt adopt);
+  void start() { read_next(); }
+
+ private:
+  void read_next();
+  boost::asio::posix::stream_descriptor conn_;
+  Adopt adopt_;
+  size_t received_ = 0;
 };
 
 // A listening handover socket at `name`; a stale path is replaced.
@@ -63,8 +108,9 @@ Result<int> listen_handover(const std::string& name);
 class HandoverServer {
  public:
   // `provide` returns the sockets to send, as fds the server closes after.
+  // `on_done` gets the connection to the successor (ConnectionSender).
   using Provide = std::function<std::vector<HandedSocket>()>;
-  HandoverServer(boost::asio::io_context& io, int listen_fd, Provide provide, std::function<void()> on_done);
+  HandoverServer(boost::asio::io_context& io, int listen_fd, Provide provide, std::function<void(int)> on_done);
   ~HandoverServer();
   void start();
   int native_handle() { return listen_.native_handle(); }
@@ -78,7 +124,7 @@ class HandoverServer {
   std::optional<boost::asio::posix::stream_descriptor> conn_;
   boost::asio::steady_timer deadline_;
   Provide provide_;
-  std::function<void()> on_done_;
+  std::function<void(int)> on_done_;
 };
 
 }  // namespace metanode::core

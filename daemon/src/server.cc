@@ -123,9 +123,10 @@ Result<void> Server::start() {
 
 bool Server::ready() const { return impl_->started.load() && !impl_->draining.load(); }
 
-bool Server::drain(Clock::time_point deadline, bool handed_over) {
+bool Server::drain(Clock::time_point deadline, bool handed_over, ConnectionHandoff handoff) {
   if (!impl_->started.load()) return true;
   impl_->draining = true;
+  impl_->handoff = std::move(handoff);  // read by the workers after the posts below
   for (auto& w : impl_->workers) asio::post(w->io(), [wp = w.get(), handed_over] { wp->drain(handed_over); });
   auto open = [&] {
     int64_t n = 0;
@@ -140,6 +141,17 @@ bool Server::drain(Clock::time_point deadline, bool handed_over) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return true;
+}
+
+void Server::adopt(int fd, const net::Endpoint& orig, uint64_t netns) {
+  if (!impl_->started.load() || impl_->workers.empty()) {
+    ::close(fd);
+    return;
+  }
+  // Spread like SO_REUSEPORT spreads accepts.
+  size_t i = impl_->next_adopt.fetch_add(1, std::memory_order_relaxed) % impl_->workers.size();
+  Worker* w = impl_->workers[i].get();
+  asio::post(w->io(), [w, fd, orig, netns] { w->adopt(fd, orig, netns); });
 }
 
 void Server::stop() {

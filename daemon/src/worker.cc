@@ -251,6 +251,35 @@ void Worker::on_accept(tcp::socket s) {
   } else {
     orig = to_endpoint(s.local_endpoint(ec));
   }
+  serve(std::move(s), orig, netns);
+}
+
+void Worker::adopt(int fd, const net::Endpoint& orig, uint64_t netns) {
+  tcp::socket s(io_);
+  boost::system::error_code ec;
+  s.assign(tcp::v4(), fd, ec);
+  if (ec) {
+    ::close(fd);
+    return;
+  }
+  stats_.inc(Counter::downstream_cx_adopted);
+  serve(std::move(s), orig, netns);
+}
+
+bool Worker::hand_off(int fd, const net::Endpoint& orig, uint64_t netns) {
+  if (!srv_.handoff) {
+    ::close(fd);
+    return false;
+  }
+  bool ok = srv_.handoff(fd, orig, netns);
+  if (ok) stats_.inc(Counter::downstream_cx_handed_off);
+  return ok;
+}
+
+void Worker::serve(tcp::socket s, const net::Endpoint& orig, uint64_t netns) {
+  boost::system::error_code ec;
+  net::Endpoint source = to_endpoint(s.remote_endpoint(ec));
+  if (ec) return;  // already reset by the client
   const xds::Snapshot* snap = snapshot();
   const xds::Listener* l = snap ? snap->find_listener(orig) : nullptr;
   if (!l) {
@@ -283,12 +312,12 @@ void Worker::on_accept(tcp::socket s) {
   }
   std::shared_ptr<const PeerIdentity> peer;
   if (auto peers = srv_.peers()) peer = peers->find(netns, source.addr);
-  auto conn = std::make_shared<DownstreamConn>(*this, std::move(s), orig, source, std::move(share),
+  auto conn = std::make_shared<DownstreamConn>(*this, std::move(s), orig, source, netns, std::move(share),
                                                l->protocol, std::move(peer));
   conn->start();
   // Accepted after the drain went over this worker's connections (the
   // acceptor's queued completion): answered, then closed like them.
-  if (draining_) conn->drain();
+  if (draining_) conn->drain(bool(srv_.handoff));
 }
 
 std::vector<std::pair<net::Endpoint, int>> Worker::listening_sockets() {
@@ -319,7 +348,8 @@ void Worker::drain(bool handed_over) {
     a->close();
   }
   acceptors_.clear();
-  for_each_downstream([](DownstreamConn& d) { d.drain(); });
+  bool handoff = handed_over && srv_.handoff;
+  for_each_downstream([handoff](DownstreamConn& d) { d.drain(handoff); });
 }
 
 void Worker::shutdown() {

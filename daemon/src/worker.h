@@ -54,6 +54,10 @@ class Worker {
   // Drain: no more accepts; every client connection closes once its calls
   // in flight are answered.
   void drain(bool handed_over = false);
+  // A predecessor's client connection (Server::adopt).
+  void adopt(int fd, const net::Endpoint& orig, uint64_t netns);
+  // Passes a drained connection's socket to the successor; owns `fd`.
+  bool hand_off(int fd, const net::Endpoint& orig, uint64_t netns);
   void shutdown();
   // Copies (dup) of this worker's listening sockets.
   std::vector<std::pair<net::Endpoint, int>> listening_sockets();
@@ -85,6 +89,8 @@ class Worker {
   void accept_on(Acceptor& a);
   void on_accept_error(Acceptor& a, const boost::system::error_code& ec);
   void on_accept(boost::asio::ip::tcp::socket s);
+  // Past accept (or adoption): the listener, the source's limits, the connection.
+  void serve(boost::asio::ip::tcp::socket s, const net::Endpoint& orig, uint64_t netns);
   void sweep();
 
   Server::Impl& srv_;
@@ -140,6 +146,9 @@ struct Server::Impl {
   // A predecessor's listening sockets, until start() gives them to workers.
   std::mutex inherited_mu;
   std::multimap<net::Endpoint, int> inherited;
+  // Set by a drain after a handover (Server::drain).
+  Server::ConnectionHandoff handoff;
+  std::atomic<size_t> next_adopt{0};
   // Removes the inherited sockets of `ep` that worker `index` takes: one
   // each, and the last worker whatever is left.
   std::vector<int> take_inherited(const net::Endpoint& ep, size_t index);

@@ -38,6 +38,8 @@ class DubboInterop : public ::testing::Test {
   // The providers' implementation: sofa-rpc-node + dubbo-remoting here,
   // Apache Dubbo Java in DubboJava below. Same flags, same replies.
   virtual std::vector<std::string> provider_command() const { return {"node", peers() + "/provider.js"}; }
+  // Extra metanoded flags.
+  virtual std::vector<std::string> daemon_args() const { return {}; }
 
   void SetUp() override {
     for (int i = 0; i < 2; ++i) {
@@ -65,7 +67,7 @@ class DubboInterop : public ::testing::Test {
                     "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
                     "spec:\n  host: " + h + "\n  subsets:\n"
                     "  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n");
-    ASSERT_TRUE(d_.start()) << d_.log();
+    ASSERT_TRUE(d_.start(daemon_args())) << d_.log();
   }
 
   // Writes a manifest and waits until the daemon has applied a change.
@@ -553,6 +555,38 @@ TEST_F(DubboJava, GracefulProviderShutdownCostsTheConsumerNoCall) {
   EXPECT_GT(r.by_server["dubbo-sample-server-v2"], 60) << "the rest went to the other provider";
   EXPECT_EQ(provider_calls_of("slow", "sayHello"), served_by_slow);
   EXPECT_GE(d_.metric("metanode_upstream_cx_going_away_total"), 1u) << d_.log();
+}
+
+// An upgrade of the daemon under a Java consumer that keeps calling over
+// its one long-lived connection: the successor takes the listening socket
+// (--handover), the predecessor tells the consumer its connection is going
+// (READONLY event), finishes the call in flight and closes; Dubbo connects
+// again, to the successor, and no call fails (retries are off).
+class DubboJavaUpgrade : public DubboJava {
+ protected:
+  std::string handover_ = "@metanode-test-dubbo-" + std::to_string(getpid());
+  std::vector<std::string> daemon_args() const override { return {"--handover", handover_}; }
+};
+
+TEST_F(DubboJavaUpgrade, DaemonUpgradeCostsTheJavaConsumerNoCall) {
+  auto run = std::async(std::launch::async, [&] { return consumer("java", 200, "sayHello", {"--interval", "0.02"}); });
+  ASSERT_TRUE(eventually([&] { return provider_calls(0, "sayHello") + provider_calls(1, "sayHello") >= 20; },
+                         std::chrono::seconds(20)));
+  auto next = d_.processes().spawn({sample_options_from_build().metanoded, "--no-bpf", "--admin-address",
+                                    "127.0.0.1:" + d_.admin_port_str(), "--config-dir", d_.config_dir(),
+                                    "--handover", handover_},
+                                   "", "", d_.dir() + "/successor.log");
+  ASSERT_TRUE(next);
+  ASSERT_TRUE(eventually([&] { return d_.log().find("handed over; drained") != std::string::npos; },
+                         std::chrono::seconds(20)))
+      << d_.log() << "\n--- successor:\n" << slurp(d_.dir() + "/successor.log");
+  auto r = run.get();
+  EXPECT_EQ(r.errors, 0) << r.first_error << "\n" << d_.log() << "\n--- successor:\n"
+                         << slurp(d_.dir() + "/successor.log");
+  EXPECT_EQ(r.ok, 200) << r.output;
+  auto successor = metric(http_get("", "127.0.0.1:" + d_.admin_port_str(), "/stats/prometheus").value_or(""),
+                          "metanode_requests_total");
+  EXPECT_GT(successor, 0u) << "the consumer's later calls went through the successor";
 }
 
 // Across implementations: the npm consumers call Java providers (above, in

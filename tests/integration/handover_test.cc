@@ -97,6 +97,37 @@ class ConnectLoop {
   std::vector<std::thread> threads_;
 };
 
+// One client on one long-lived connection, calling in a loop: what Dubbo
+// and Thrift clients do. It never reconnects, so a close is an error.
+class PersistentLoop {
+ public:
+  explicit PersistentLoop(int port) : thread_([this, port] { run(port); }) {}
+  ~PersistentLoop() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int ok() const { return ok_; }
+  int errors() const { return errors_; }
+
+ private:
+  void run(int port) {
+    ThriftClient c(port);
+    while (!stop_) {
+      auto r = c.ok() ? c.call("get", 5000ms) : std::nullopt;
+      if (r && r->type == 2) {
+        ++ok_;
+      } else {
+        ++errors_;
+        return;  // the connection is gone
+      }
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::atomic<int> ok_{0}, errors_{0};
+  std::thread thread_;
+};
+
 TEST(Handover, UpgradeTakesTheListeningSocketsSoNoConnectFails) {
   LocalDaemon d;
   FakeUpstream up("up");
@@ -112,7 +143,8 @@ TEST(Handover, UpgradeTakesTheListeningSocketsSoNoConnectFails) {
   ASSERT_EQ(before.size(), 2u) << "one SO_REUSEPORT socket per worker";
 
   ConnectLoop loop(vip);
-  ASSERT_TRUE(eventually([&] { return loop.ok() > 50; }));
+  PersistentLoop persistent(vip);
+  ASSERT_TRUE(eventually([&] { return loop.ok() > 50 && persistent.ok() > 50; }));
 
   // The successor: the same flags, the same admin and metrics addresses
   // (bound by the predecessor: without the handover it could not start).
@@ -124,11 +156,19 @@ TEST(Handover, UpgradeTakesTheListeningSocketsSoNoConnectFails) {
   auto successor_log = [&] { return slurp(d.dir() + "/successor.log"); };
   ASSERT_TRUE(eventually([&] { return d.log().find("handed over; drained") != std::string::npos; }, 20s))
       << d.log() << "\n--- successor:\n" << successor_log();
-  int ok_at_handover = loop.ok();
-  ASSERT_TRUE(eventually([&] { return loop.ok() > ok_at_handover + 100; }));
+  int ok_at_handover = loop.ok(), persistent_at_handover = persistent.ok();
+  ASSERT_TRUE(eventually([&] {
+    return loop.ok() > ok_at_handover + 100 && persistent.ok() > persistent_at_handover + 100;
+  })) << persistent.errors() << " errors on the long-lived connection";
   loop.stop();
+  persistent.stop();
 
   EXPECT_EQ(loop.errors(), 0) << "a connect or call failed during the upgrade\n" << successor_log();
+  // The long-lived connection was not closed: it went to the successor.
+  EXPECT_EQ(persistent.errors(), 0) << successor_log();
+  EXPECT_TRUE(eventually([&] {
+    return successor_log().find("client connections taken over from the predecessor") != std::string::npos;
+  })) << successor_log();
   EXPECT_NE(successor_log().find("handover: took 5 listening sockets"), std::string::npos)
       << "2 data, admin, metrics and the handover listener\n" << successor_log();
   // The very same sockets: held by the successor, let go of by the predecessor.
@@ -139,9 +179,10 @@ TEST(Handover, UpgradeTakesTheListeningSocketsSoNoConnectFails) {
     EXPECT_FALSE(ours.count(i)) << "predecessor still holds listening socket " << i;
   }
   // The admin and metrics ports are the successor's: they count its calls.
-  EXPECT_GT(metric(http_get("", "127.0.0.1:" + std::to_string(metrics), "/stats/prometheus").value_or(""),
-                   "metanode_requests_total"),
-            0u);
+  std::string successor_metrics =
+      http_get("", "127.0.0.1:" + std::to_string(metrics), "/stats/prometheus").value_or("");
+  EXPECT_GT(metric(successor_metrics, "metanode_requests_total"), 0u);
+  EXPECT_GE(metric(successor_metrics, "metanode_downstream_cx_adopted_total"), 1u) << successor_metrics;
   EXPECT_EQ(d.admin("/ready"), "ready\n");
 
   // The predecessor waits for its SIGTERM and then exits at once, leaving

@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <cstring>
+#include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include "handover.h"
@@ -77,6 +79,49 @@ TEST(HandoverWire, LinesThatDoNotMatchTheFdsAreRefused) {
   ASSERT_EQ(send(p.a, "sockets\nroot 127.0.0.1:1\n", 25, 0), 25);
   EXPECT_FALSE(recv_sockets(p.b, std::chrono::milliseconds(1000)));
   EXPECT_FALSE(recv_sockets(p.b, std::chrono::milliseconds(50)));
+}
+
+// After "done": client connections, one per message, each with its
+// original destination and netns; what is not a TCP socket is closed, not
+// adopted; "end" ends it.
+TEST(HandoverWire, ClientConnectionsFollowWithTheirOriginalDestination) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds), 0);
+  boost::asio::io_context io;
+  struct Got {
+    ino_t inode;
+    net::Endpoint orig;
+    uint64_t netns;
+  };
+  std::vector<Got> got;
+  ConnectionReceiver rx(io, fds[1], [&](int fd, const net::Endpoint& orig, uint64_t netns) {
+    got.push_back({inode(fd), orig, netns});
+    ::close(fd);
+  });
+  rx.start();
+  int tcp1 = socket(AF_INET, SOCK_STREAM, 0), tcp2 = socket(AF_INET, SOCK_STREAM, 0);
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  ino_t i1 = inode(tcp1), i2 = inode(tcp2);
+  {
+    ConnectionSender tx(fds[0]);
+    EXPECT_TRUE(tx.pass(tcp1, {0x0a60000au, 9090}, 42));
+    EXPECT_TRUE(tx.pass(pipefd[0], {0x0a60000au, 9091}, 43));  // not a socket: refused over there
+    EXPECT_TRUE(tx.pass(tcp2, {0x0a60000bu, 20880}, 0));
+    EXPECT_EQ(fcntl(tcp1, F_GETFD), -1) << "the sender closes its copy";
+  }  // "end"
+  io.run_for(std::chrono::seconds(2));
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].inode, i1);
+  EXPECT_EQ(got[0].orig, (net::Endpoint{0x0a60000au, 9090}));
+  EXPECT_EQ(got[0].netns, 42u);
+  EXPECT_EQ(got[1].inode, i2);
+  EXPECT_EQ(got[1].orig, (net::Endpoint{0x0a60000bu, 20880}));
+  // The pipe was closed over there too: its write end has no reader left.
+  pollfd pw{pipefd[1], POLLOUT, 0};
+  ASSERT_EQ(poll(&pw, 1, 0), 1);
+  EXPECT_TRUE(pw.revents & POLLERR);
+  ::close(pipefd[1]);
 }
 
 }  // namespace

@@ -95,7 +95,15 @@ class Server {
   // connection is left, false at `deadline` with some still open. With
   // `handed_over` the listening sockets are a successor's: they are let go
   // of, not emptied (their queued connections are its now).
-  bool drain(Clock::time_point deadline, bool handed_over = false);
+  // `handoff` (after a handover): takes each client connection that
+  // reaches a message boundary (nothing in flight, no reply queued, no
+  // partial request read) instead of it being closed; called from the
+  // workers' threads, owns the fd, false when it could not pass it on.
+  using ConnectionHandoff = std::function<bool(int fd, const net::Endpoint& orig, uint64_t netns)>;
+  bool drain(Clock::time_point deadline, bool handed_over = false, ConnectionHandoff handoff = {});
+  // A client connection a predecessor handed over: served from here as
+  // if accepted, for its original destination `orig` (owns the fd).
+  void adopt(int fd, const net::Endpoint& orig, uint64_t netns);
   void stop();
   bool ready() const;  // started and not draining (configuration readiness is the source's)
 

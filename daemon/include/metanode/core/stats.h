@@ -33,6 +33,8 @@ static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>);
   X(downstream_cx_idle_timeout, "Downstream connections closed after the idle timeout")     \
   X(downstream_cx_write_timeout, "Downstream connections closed: replies not taken within the write timeout") \
   X(downstream_cx_drained, "Downstream connections closed by a drain")                     \
+  X(downstream_cx_handed_off, "Downstream connections passed to a successor daemon at a message boundary") \
+  X(downstream_cx_adopted, "Downstream connections taken over from a predecessor daemon") \
   X(downstream_cx_accept_fd_limit, "Accepts that hit the fd limit (accepting paused, one connection shed)") \
   X(downstream_rq_reply_overflow, "Replies replaced by an error: the client's queued replies were over the limit") \
   X(downstream_cx_source_limit, "Connections closed at accept: their source had the most it may have") \
