@@ -186,6 +186,64 @@ class DubboInterop : public ::testing::Test {
     EXPECT_EQ(d_.metric("metanode_mirror_requests_total"), 12u);
   }
 
+  // A provider that answers every call with an exception (it serves
+  // another group) is ejected after the configured run of errors; the
+  // consumer's calls then all go to the healthy one.
+  void outlier_ejects_the_bad_provider(const std::string& impl) {
+    int bad_port = extra_provider("bad", {"--group", "elsewhere"});
+    service_with({ports_[0], bad_port},
+                 "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+                 "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+                 "spec:\n  host: " + std::string(kHost) + "\n  trafficPolicy:\n"
+                 "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1m, "
+                 "maxEjectionPercent: 50}\n");
+    auto r = consumer(impl, 40, "sayHello");
+    EXPECT_EQ(r.errors, 2) << r.output;  // the run that tripped the detector
+    EXPECT_EQ(r.ok + r.errors, 40);
+    EXPECT_GE(d_.metric("metanode_outlier_ejections_total"), 1u);
+    // Ejection is node-wide: a new connection, whichever worker takes it,
+    // sees none of the bad provider.
+    for (int i = 0; i < 4; ++i) {
+      auto after = consumer(impl, 5, "sayHello");
+      EXPECT_EQ(after.ok, 5) << after.output;
+    }
+    EXPECT_NE(d_.admin("/clusters").find("failed_outlier_check"), std::string::npos) << d_.admin("/clusters");
+  }
+
+  // Four tokens and no refill: the other six calls get the daemon's
+  // overload reply, which `impl`'s consumer decodes as an error that says so.
+  void local_rate_limit_replies(const std::string& impl) {
+    std::string h = kHost;
+    apply("metarouter.yaml",
+          "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+          "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
+          "spec:\n  hosts: [" + h + "]\n"
+          "  localRateLimit: {tokenBucket: {maxTokens: 4, tokensPerFill: 1, fillInterval: 1h}}\n"
+          "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
+    auto r = consumer(impl, 10, "sayHello");
+    EXPECT_EQ(r.ok, 4) << r.output;
+    EXPECT_EQ(r.errors, 6);
+    EXPECT_NE(r.first_error.find("rate limited"), std::string::npos) << r.first_error;
+    EXPECT_EQ(provider_calls(0, "sayHello") + provider_calls(1, "sayHello"), 4);
+    EXPECT_EQ(d_.metric("metanode_rate_limited_total"), 6u);
+  }
+
+  // Hashing on an attachment (Aeraki maps httpHeaderName to a metadata
+  // key): every call of one user lands on one provider.
+  void consistent_hash_sticks(const std::string& impl) {
+    rule("    loadBalancer: {consistentHash: {httpHeaderName: user}}\n");
+    std::set<std::string> servers;
+    for (int u = 0; u < 12; ++u) {
+      std::string user = "user" + std::to_string(u);
+      auto r = consumer(impl, 4, "sayHello", {"--attach", "user=" + user});
+      ASSERT_EQ(r.ok, 4) << r.output;
+      EXPECT_EQ(r.by_server.size(), 1u) << user << " was spread over providers";
+      servers.insert(r.by_server.begin()->first);
+    }
+    // Twelve users on two providers: all on one has probability 2^-11.
+    EXPECT_EQ(servers.size(), 2u);
+  }
+
   // metanode.io/timeout 300 ms in front of a provider that takes 1.5 s: the
   // daemon's timeout reply reaches `impl`'s consumer first.
   void route_timeout_answers_first(const std::string& impl) {
@@ -356,61 +414,16 @@ TEST_F(DubboInterop, KilledProviderCostsTheConsumerNoFailedCall) {
 // A provider that answers every call with an exception (hessian.js's own:
 // it serves another group) is ejected after the configured run of errors;
 // the consumer's calls then all go to the healthy one.
-TEST_F(DubboInterop, OutlierDetectionEjectsAProviderThatAnswersErrors) {
-  int bad_port = extra_provider("bad", {"--group", "elsewhere"});
-  service_with({ports_[0], bad_port},
-               "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
-               "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-               "spec:\n  host: " + std::string(kHost) + "\n  trafficPolicy:\n"
-               "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1m, "
-               "maxEjectionPercent: 50}\n");
-  auto r = consumer("sofa", 40, "sayHello");
-  EXPECT_EQ(r.errors, 2) << r.output;  // the run that tripped the detector
-  EXPECT_EQ(r.ok + r.errors, 40);
-  EXPECT_GE(d_.metric("metanode_outlier_ejections_total"), 1u);
-  // Ejection is node-wide: a new connection, whichever worker takes it,
-  // sees none of the bad provider.
-  for (int i = 0; i < 4; ++i) {
-    auto after = consumer("sofa", 5, "sayHello");
-    EXPECT_EQ(after.ok, 5) << after.output;
-  }
-  EXPECT_NE(d_.admin("/clusters").find("failed_outlier_check"), std::string::npos) << d_.admin("/clusters");
-}
+TEST_F(DubboInterop, OutlierDetectionEjectsAProviderThatAnswersErrors) { outlier_ejects_the_bad_provider("sofa"); }
 
 // metanode.io/timeout: a provider slower than the route's timeout gets the
 // consumer a SERVER_TIMEOUT-class error from the daemon, well before the
 // consumer's own 3 s timeout.
 TEST_F(DubboInterop, RouteTimeoutAnswersBeforeTheConsumerGivesUp) { route_timeout_answers_first("sofa"); }
 
-TEST_F(DubboInterop, LocalRateLimitIsAnOverloadReplyTheConsumersDecode) {
-  std::string h = kHost;
-  apply("metarouter.yaml",
-        "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
-        "metadata: {name: dubbo-demo, namespace: meta-dubbo}\n"
-        "spec:\n  hosts: [" + h + "]\n"
-        "  localRateLimit: {tokenBucket: {maxTokens: 4, tokensPerFill: 1, fillInterval: 1h}}\n"
-        "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
-  auto r = consumer("sofa", 10, "sayHello");
-  EXPECT_EQ(r.ok, 4) << r.output;
-  EXPECT_EQ(r.errors, 6);
-  EXPECT_NE(r.first_error.find("rate limited"), std::string::npos) << r.first_error;
-  EXPECT_EQ(provider_calls(0, "sayHello") + provider_calls(1, "sayHello"), 4);
-  EXPECT_EQ(d_.metric("metanode_rate_limited_total"), 6u);
-}
+TEST_F(DubboInterop, LocalRateLimitIsAnOverloadReplyTheConsumersDecode) { local_rate_limit_replies("sofa"); }
 
-TEST_F(DubboInterop, ConsistentHashOnAnAttachmentSticksPerValue) {
-  rule("    loadBalancer: {consistentHash: {httpHeaderName: user}}\n");
-  std::set<std::string> servers;
-  for (int u = 0; u < 12; ++u) {
-    std::string user = "user" + std::to_string(u);
-    auto r = consumer("sofa", 4, "sayHello", {"--attach", "user=" + user});
-    ASSERT_EQ(r.ok, 4) << r.output;
-    EXPECT_EQ(r.by_server.size(), 1u) << user << " was spread over providers";
-    servers.insert(r.by_server.begin()->first);
-  }
-  // Twelve users on two providers: all on one has probability 2^-11.
-  EXPECT_EQ(servers.size(), 2u);
-}
+TEST_F(DubboInterop, ConsistentHashOnAnAttachmentSticksPerValue) { consistent_hash_sticks("sofa"); }
 
 // A port named tcp-metaprotocol-auto-... is recognised per connection: the
 // same service serves Dubbo consumers (and, in the Thrift tests, Thrift).
@@ -556,6 +569,14 @@ TEST_F(DubboJava, GracefulProviderShutdownCostsTheConsumerNoCall) {
   EXPECT_EQ(provider_calls_of("slow", "sayHello"), served_by_slow);
   EXPECT_GE(d_.metric("metanode_upstream_cx_going_away_total"), 1u) << d_.log();
 }
+
+// Ejection, local rate limit and consistent hashing with Java on both
+// sides: the Java provider's "no such service" reply counts as an error,
+// the Java consumer decodes the overload reply and sends the attachment
+// the ring hashes on.
+TEST_F(DubboJava, OutlierDetectionEjectsAJavaProviderThatAnswersErrors) { outlier_ejects_the_bad_provider("java"); }
+TEST_F(DubboJava, LocalRateLimitIsAnOverloadReplyTheJavaConsumerDecodes) { local_rate_limit_replies("java"); }
+TEST_F(DubboJava, ConsistentHashOnAJavaAttachmentSticksPerValue) { consistent_hash_sticks("java"); }
 
 // An upgrade of the daemon under a Java consumer that keeps calling over
 // its one long-lived connection: the successor takes the listening socket
