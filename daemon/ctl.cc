@@ -3,7 +3,7 @@
 //   metanodectl bpf [--pin-dir DIR]
 //   metanodectl pod add|del NETNS [--opt-out] [--pin-dir DIR]
 //   metanodectl exclude add|del PORT [--netns NETNS] [--pin-dir DIR]
-//   metanodectl status | explain VIP:PORT | routes | clusters | config   (the running daemon's admin endpoint)
+//   metanodectl status | explain VIP:PORT | routes | clusters | drain | config   (the running daemon's admin endpoint)
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -41,8 +41,12 @@ int usage() {
                "  metanodectl routes [-o json]\n"
                "      every listener's routes as executed: matchers, weighted clusters,\n"
                "      mirrors, timeouts, retries\n"
-               "  metanodectl clusters\n"
-               "      every cluster, its endpoints and their request counts\n"
+               "  metanodectl clusters [-o json]\n"
+               "      every cluster, its endpoints, their weights, request counts and health\n"
+               "  metanodectl drain [--timeout-ms N] [-o json]\n"
+               "      what SIGTERM does, without the exit: readiness fails, pods connect\n"
+               "      direct, calls in flight finish, client connections close between\n"
+               "      messages; waits until none is left (exit 1 if some are at the timeout)\n"
                "  metanodectl config\n"
                "      the live configuration (JSON, as /config_dump)\n");
   return 2;
@@ -192,7 +196,8 @@ int main(int argc, char** argv) {
   if (!std::strcmp(argv[1], "exclude")) return exclude(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "status")) return metanode::ctl::status(argc - 2, argv + 2);
   if (!std::strcmp(argv[1], "explain")) return metanode::ctl::explain(argc - 2, argv + 2);
-  if (!std::strcmp(argv[1], "clusters")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/clusters", nullptr);
+  if (!std::strcmp(argv[1], "drain")) return metanode::ctl::drain(argc - 2, argv + 2);
+  if (!std::strcmp(argv[1], "clusters")) return metanode::ctl::passthrough(argc - 2, argv + 2, "/clusters", "/clusters?format=json");
   if (!std::strcmp(argv[1], "routes"))
     return metanode::ctl::passthrough(argc - 2, argv + 2, "/routes", "/routes?format=json");
   if (!std::strcmp(argv[1], "config"))

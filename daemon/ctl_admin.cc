@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -27,8 +29,9 @@ struct Reply {
   std::string body;
 };
 
-// One GET on a fresh connection (the admin server closes after each).
-std::optional<Reply> get(const net::Endpoint& admin, const std::string& path, std::string& err) {
+// One request on a fresh connection (the admin server closes after each).
+std::optional<Reply> request(const net::Endpoint& admin, const std::string& method, const std::string& path,
+                             std::string& err) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     err = std::strerror(errno);
@@ -47,7 +50,7 @@ std::optional<Reply> get(const net::Endpoint& admin, const std::string& path, st
     close(fd);
     return std::nullopt;
   }
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: metanode\r\nConnection: close\r\n\r\n";
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: metanode\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
   if (write(fd, req.data(), req.size()) != ssize_t(req.size())) {
     err = "admin endpoint: write failed";
     close(fd);
@@ -63,6 +66,10 @@ std::optional<Reply> get(const net::Endpoint& admin, const std::string& path, st
     return std::nullopt;
   }
   return Reply{std::atoi(resp.c_str() + 9), resp.substr(body + 4)};
+}
+
+std::optional<Reply> get(const net::Endpoint& admin, const std::string& path, std::string& err) {
+  return request(admin, "GET", path, err);
 }
 
 // The sum of a Prometheus family's samples whose labels contain `filter`.
@@ -97,6 +104,7 @@ std::string url_encode(const std::string& s) {
 struct Options {
   net::Endpoint admin{0x7f000001, 15000};
   bool json = false;
+  long timeout_ms = 30000;
   std::string src;
   std::vector<std::string> attrs;  // K=V
   std::vector<std::string> positional;
@@ -122,6 +130,11 @@ Options parse(int argc, char** argv) {
       std::string f = value();
       if (f != "json" && f != "table") o.error = "-o: json or table";
       o.json = f == "json";
+    } else if (a == "--timeout-ms") {
+      std::string v = value();
+      char* end = nullptr;
+      o.timeout_ms = std::strtol(v.c_str(), &end, 10);
+      if (v.empty() || *end || o.timeout_ms <= 0) o.error = "--timeout-ms: a positive number";
     } else if (a == "--src") {
       o.src = value();
     } else if (a == "--attr") {
@@ -197,6 +210,40 @@ int explain(int argc, char** argv) {
   if (!r) return fail(err);
   std::fputs(r->body.c_str(), r->status == 200 ? stdout : stderr);
   return r->status == 200 ? 0 : 1;
+}
+
+int drain(int argc, char** argv) {
+  Options o = parse(argc, argv);
+  if (!o.error.empty() || !o.positional.empty()) return fail(o.error.empty() ? "drain takes no argument" : o.error);
+  std::string err;
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = request(o.admin, "POST", "/drain", err);
+  if (!r) return fail(err);
+  if (r->status != 202) return fail("admin endpoint answered " + std::to_string(r->status) + ": " + r->body);
+  // Until the daemon holds no client connection, or the timeout.
+  uint64_t left = 0;
+  bool drained = false;
+  for (;;) {
+    auto stats = get(o.admin, "/stats/prometheus", err);
+    if (!stats) return fail(err);
+    left = sum(stats->body, "metanode_downstream_cx_active");
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    if (left == 0 || ms >= o.timeout_ms) {
+      drained = left == 0;
+      if (o.json)
+        std::printf("{\"drained\":%s,\"client_connections\":%llu,\"ms\":%lld}\n", drained ? "true" : "false",
+                    (unsigned long long)left, (long long)ms);
+      else if (drained)
+        std::printf("drained in %lld ms: no client connection left; readiness fails, pods connect direct; "
+                    "the daemon idles until it is stopped\n", (long long)ms);
+      else
+        std::printf("not drained after %lld ms: %llu client connections still open\n", (long long)ms,
+                    (unsigned long long)left);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return drained ? 0 : 1;
 }
 
 int passthrough(int argc, char** argv, const char* path, const char* json_path) {

@@ -9,6 +9,10 @@ namespace metanode::ctl {
 int status(int argc, char** argv);
 // explain VIP:PORT [--src POD_IP] [--attr KEY=VALUE]... [--admin ADDR] [-o json]
 int explain(int argc, char** argv);
+// drain [--admin ADDR] [--timeout-ms N] [-o json]: asks the daemon to drain
+// (POST /drain), then waits until no client connection is left. Exit 1
+// when some still are at the timeout (30 s).
+int drain(int argc, char** argv);
 // The admin endpoint's `path`, as it answers (routes, clusters, config);
 // with -o json, `json_path` (null: that view has no JSON form, refused).
 int passthrough(int argc, char** argv, const char* path, const char* json_path);

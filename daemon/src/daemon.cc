@@ -364,7 +364,24 @@ int run_daemon(const DaemonOptions& opts) {
     return q->json ? AdminResponse{200, "application/json", explain_json(*q, snap.get(), k)}
            : AdminResponse{200, "text/plain", explain_text(*q, snap.get(), k)};
   };
+  // POST /drain (metanodectl drain): what SIGTERM does, without the exit.
+  // Readiness fails, pods' new connects go direct, calls in flight finish
+  // and client connections close at message boundaries; the daemon then
+  // idles until it is stopped. On the main loop, which owns the maps.
+  std::atomic<bool> drain_requested{false};
+  auto drain_now = [&] {
+    bool first = !drain_requested.exchange(true);
+    if (first)
+      asio::post(io, [&] {
+        spdlog::info("drain requested through the admin endpoint: {} client connections",
+                     server.client_connections());
+        if (maps) (void)maps->disable();
+        server.begin_drain();
+      });
+    return AdminResponse{202, "text/plain", first ? "draining\n" : "already draining\n"};
+  };
   AdminServer admin(opts.admin, [&](const std::string& method, const std::string& path) {
+    if (method == "POST" && path == "/drain") return drain_now();
     if (auto r = get_only(method)) return *r;
     if (path == "/ready" || path == "/healthz/ready") return ready();
     if (path == "/config_dump") return AdminResponse{200, "application/json", config_dump(server)};
@@ -372,6 +389,7 @@ int run_daemon(const DaemonOptions& opts) {
     // type, version, nonce, last update, last NACK (not Envoy's: its own path).
     if (path == "/config_source") return AdminResponse{200, "application/json", source->status_json() + "\n"};
     if (path == "/clusters") return AdminResponse{200, "text/plain", server.clusters_text()};
+    if (path == "/clusters?format=json") return AdminResponse{200, "application/json", server.clusters_json()};
     if (path == "/stats/prometheus" || path == "/stats") return metrics();
     if (path == "/routes") return AdminResponse{200, "text/plain", routes_text(server.snapshot().get())};
     if (path == "/routes?format=json")
@@ -380,8 +398,8 @@ int run_daemon(const DaemonOptions& opts) {
       return explain(path.size() > 9 ? path.substr(9) : std::string());
     if (path == "/")
       return AdminResponse{200, "text/plain",
-                           "/ready\n/config_dump\n/config_source\n/clusters\n/routes[?format=json]\n"
-                           "/stats/prometheus\n"
+                           "/ready\n/config_dump\n/config_source\n/clusters[?format=json]\n/routes[?format=json]\n"
+                           "/stats/prometheus\n" "POST /drain\n"
                            "/explain?dst=IP:PORT[&src=IP][&attr.NAME=VALUE...][&format=json]\n"};
     return not_found;
   });

@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "metanode/json.h"
 #include "worker.h"
 
 namespace metanode::core {
@@ -123,19 +124,25 @@ Result<void> Server::start() {
 
 bool Server::ready() const { return impl_->started.load() && !impl_->draining.load(); }
 
-bool Server::drain(Clock::time_point deadline, bool handed_over, ConnectionHandoff handoff) {
-  if (!impl_->started.load()) return true;
+void Server::begin_drain(bool handed_over, ConnectionHandoff handoff) {
+  if (!impl_->started.load()) return;
   impl_->draining = true;
   impl_->handoff = std::move(handoff);  // read by the workers after the posts below
   for (auto& w : impl_->workers) asio::post(w->io(), [wp = w.get(), handed_over] { wp->drain(handed_over); });
-  auto open = [&] {
-    int64_t n = 0;
-    for (const auto& w : impl_->workers) n += w->stats().get(Gauge::downstream_cx_active);
-    return n;
-  };
-  while (open() > 0) {
+}
+
+int64_t Server::client_connections() const {
+  int64_t n = 0;
+  for (const auto& w : impl_->workers) n += w->stats().get(Gauge::downstream_cx_active);
+  return n;
+}
+
+bool Server::drain(Clock::time_point deadline, bool handed_over, ConnectionHandoff handoff) {
+  if (!impl_->started.load()) return true;
+  begin_drain(handed_over, std::move(handoff));
+  while (client_connections() > 0) {
     if (Clock::now() >= deadline) {
-      spdlog::warn("drain: {} client connections still open at the deadline", open());
+      spdlog::warn("drain: {} client connections still open at the deadline", client_connections());
       return false;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -175,39 +182,94 @@ std::vector<const StatsShard*> Server::shards() const {
 
 StatsShard& Server::control_stats() { return impl_->control; }
 
-std::string Server::clusters_text() const {
-  auto snap = snapshot();
+// What /clusters shows, summed over the workers; rendered as Envoy-like
+// text or as JSON.
+struct EndpointView {
+  std::string address;
+  uint32_t weight;
+  uint64_t rq_total;
+  bool ejected;
+  uint32_t backoff_workers;  // reconnect backoff is per worker
+  const std::map<std::string, std::string>* labels;
+};
+struct ClusterView {
+  std::string name, lb_policy;
+  std::vector<EndpointView> endpoints;
+};
+
+static std::vector<ClusterView> collect_clusters(Server::Impl& impl, const xds::Snapshot* snap) {
   struct Sum {
     uint64_t rq = 0;
     uint32_t backoff = 0;
   };
   std::map<net::Endpoint, Sum> sum;
-  for (const auto& w : impl_->workers)
+  for (const auto& w : impl.workers)
     for (const auto& [ep, s] : w->clusters().slots()) {
       auto& x = sum[ep];
       x.rq += s->requests.load(std::memory_order_relaxed);
       x.backoff += s->backoff.load(std::memory_order_relaxed);
     }
-  std::ostringstream o;
-  if (!snap) return "";
+  std::vector<ClusterView> out;
+  if (!snap) return out;
+  auto now = Clock::now();
   for (const auto& [name, c] : snap->clusters) {
-    o << name << "::lb_policy::" << lb::policy_name(c->lb) << "\n";
+    ClusterView v{name, lb::policy_name(c->lb), {}};
     for (const auto& e : c->endpoints) {
       const Sum& x = sum[e.address];
-      auto shared = impl_->limits.find_host(e.address);
-      bool ejected = shared && shared->ejected(Clock::now());
-      o << name << "::" << e.address.str() << "::rq_total::" << x.rq << "\n";
-      // Envoy's health_flags words; reconnect backoff is per worker, so
-      // the number of workers waiting follows.
-      std::string flags = ejected ? "/failed_outlier_check" : "";
-      if (x.backoff) flags += "/reconnect_backoff(" + std::to_string(x.backoff) + " workers)";
+      auto shared = impl.limits.find_host(e.address);
+      v.endpoints.push_back({e.address.str(), e.weight, x.rq, shared && shared->ejected(now), x.backoff, &e.labels});
+    }
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+std::string Server::clusters_text() const {
+  auto snap = snapshot();
+  std::ostringstream o;
+  for (const auto& c : collect_clusters(*impl_, snap.get())) {
+    o << c.name << "::lb_policy::" << c.lb_policy << "\n";
+    for (const auto& e : c.endpoints) {
+      std::string at = c.name + "::" + e.address + "::";
+      o << at << "rq_total::" << e.rq_total << "\n";
+      // Envoy's health_flags words, and how many workers wait to reconnect.
+      std::string flags = e.ejected ? "/failed_outlier_check" : "";
+      if (e.backoff_workers) flags += "/reconnect_backoff(" + std::to_string(e.backoff_workers) + " workers)";
       if (flags.empty()) flags = "healthy";
-      o << name << "::" << e.address.str() << "::health_flags::" << flags << "\n";
-      for (const auto& [k, v] : e.labels)
-        o << name << "::" << e.address.str() << "::label::" << k << "=" << v << "\n";
+      o << at << "health_flags::" << flags << "\n";
+      for (const auto& [k, v] : *e.labels) o << at << "label::" << k << "=" << v << "\n";
     }
   }
   return o.str();
+}
+
+std::string Server::clusters_json() const {
+  auto snap = snapshot();
+  std::string o = "{\"clusters\":[";
+  bool first_c = true;
+  for (const auto& c : collect_clusters(*impl_, snap.get())) {
+    o += first_c ? "" : ",";
+    first_c = false;
+    o += "{\"name\":" + json_string(c.name) + ",\"lb_policy\":" + json_string(c.lb_policy) + ",\"endpoints\":[";
+    bool first_e = true;
+    for (const auto& e : c.endpoints) {
+      o += first_e ? "" : ",";
+      first_e = false;
+      o += "{\"address\":" + json_string(e.address) + ",\"weight\":" + std::to_string(e.weight) +
+           ",\"rq_total\":" + std::to_string(e.rq_total) + ",\"healthy\":" +
+           (e.ejected || e.backoff_workers ? "false" : "true") + ",\"failed_outlier_check\":" +
+           (e.ejected ? "true" : "false") + ",\"reconnect_backoff_workers\":" + std::to_string(e.backoff_workers) +
+           ",\"labels\":{";
+      bool first_l = true;
+      for (const auto& [k, v] : *e.labels) {
+        o += (first_l ? "" : ",") + json_string(k) + ":" + json_string(v);
+        first_l = false;
+      }
+      o += "}}";
+    }
+    o += "]}";
+  }
+  return o + "]}\n";
 }
 
 }  // namespace metanode::core

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -346,6 +347,54 @@ TEST_F(Faults, SigtermLetsCallsInFlightFinish) {
   for (int i = 0; i < 200 && waitpid(pid, &status, WNOHANG) == 0; ++i) std::this_thread::sleep_for(50ms);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
   EXPECT_NE(d_.log().find("drained in"), std::string::npos) << d_.log();
+}
+
+// metanodectl drain with 20 calls in flight and an idle client: every call
+// is answered, the idle connection is closed, the command returns once no
+// client connection is left, and the daemon stays up, not ready and not
+// accepting, until its SIGTERM.
+TEST_F(Faults, MetanodectlDrainFinishesCallsAndKeepsTheDaemonUp) {
+  start([](const std::string&) { return FakeUpstream::Action{Act::kReply, 100ms}; },
+        {"--request-timeout-ms", "8000"});
+  steady_->stop();
+  ThriftClient idle(bad_vip_);
+  auto first = idle.call("get");
+  ASSERT_TRUE(first && first->type == 2);
+  std::vector<std::unique_ptr<ThriftClient>> clients;
+  for (int i = 0; i < 20; ++i) {
+    clients.push_back(std::make_unique<ThriftClient>(bad_vip_));
+    ASSERT_TRUE(clients.back()->send_raw(thrift_message(1, "get", i + 1)));
+  }
+  ASSERT_TRUE(eventually([&] { return bad_->requests() >= 5; }));
+  auto ctl = std::async(std::launch::async, [&] {
+    return run({"/bin/sh", "-c",
+                std::string(METANODE_CTL) + " drain -o json --admin 127.0.0.1:" + d_.admin_port_str() + " 2>&1"});
+  });
+  int answered = 0;
+  for (auto& c : clients) {
+    auto r = c->read_reply(10s);
+    answered += r && r->type == 2;
+  }
+  EXPECT_EQ(answered, 20) << d_.log();
+  EXPECT_TRUE(idle.wait_closed(5s)) << "the idle client connection is closed at once";
+  auto r = ctl.get();
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("\"drained\":true,\"client_connections\":0"), std::string::npos) << r.out;
+  pid_t pid = d_.daemon_pid();
+  EXPECT_EQ(kill(pid, 0), 0) << "drained, not exited";
+  int status = 0;
+  http_get("", "127.0.0.1:" + d_.admin_port_str(), "/ready", &status);
+  EXPECT_EQ(status, 503);
+  ThriftClient late(bad_vip_);
+  EXPECT_FALSE(late.ok() && late.call("get", 1s)) << "a drained daemon takes no new connection";
+  // A second request says so; the SIGTERM then ends it at once.
+  auto again = run({"/bin/sh", "-c",
+                    std::string(METANODE_CTL) + " drain --admin 127.0.0.1:" + d_.admin_port_str() + " 2>&1"});
+  EXPECT_EQ(again.status, 0) << again.out;
+  EXPECT_NE(d_.log().find("drain requested through the admin endpoint"), std::string::npos) << d_.log();
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) == 0; ++i) std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
 }
 
 }  // namespace

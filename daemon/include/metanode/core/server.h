@@ -101,6 +101,10 @@ class Server {
   // workers' threads, owns the fd, false when it could not pass it on.
   using ConnectionHandoff = std::function<bool(int fd, const net::Endpoint& orig, uint64_t netns)>;
   bool drain(Clock::time_point deadline, bool handed_over = false, ConnectionHandoff handoff = {});
+  // The first half of drain(), without the wait (metanodectl drain);
+  // client_connections() tells how far it got.
+  void begin_drain(bool handed_over = false, ConnectionHandoff handoff = {});
+  int64_t client_connections() const;
   // A client connection a predecessor handed over: served from here as
   // if accepted, for its original destination `orig` (owns the fd).
   void adopt(int fd, const net::Endpoint& orig, uint64_t netns);
@@ -111,6 +115,10 @@ class Server {
   StatsShard& control_stats();
   // Envoy-like /clusters text: every cluster, endpoint and its request count.
   std::string clusters_text() const;
+  // The same as JSON: {"clusters":[{"name","lb_policy","endpoints":[{"address",
+  // "weight","rq_total","healthy","failed_outlier_check",
+  // "reconnect_backoff_workers","labels"}]}]}.
+  std::string clusters_json() const;
 
   struct Impl;  // public name so the workers in server.cc can refer to it
 
