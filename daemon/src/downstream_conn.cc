@@ -215,7 +215,9 @@ void DownstreamConn::on_read(size_t n) {
     Bytes reply;
     if (codec_->encode_decode_error(stream_.pending_bytes(), *err, reply)) {
       w_.stats().inc(Counter::downstream_error_reply);
-      queue(std::move(reply));
+      Message bad;
+      take_place(bad);  // after the replies to the calls before it
+      queue_reply(bad, std::move(reply));
     }
     partial_since_ = {};
     closing_ = true;
@@ -251,6 +253,7 @@ void DownstreamConn::handle(Message& msg, Bytes frame) {
   st.inc(Counter::requests);
   bool oneway = msg.kind == MessageKind::kOneway;
   if (!oneway) {
+    take_place(msg);
     ++inflight_;
     share_->pending.fetch_add(1, std::memory_order_relaxed);
   } else {
@@ -413,7 +416,7 @@ void DownstreamConn::deliver(const Message& req, Bytes frame, const std::string&
                              const RequestStart& start) {
   if (closed_) return;
   const auto& l = w_.opts().downstream;
-  size_t queued = stream_.queued_bytes();
+  size_t queued = stream_.queued_bytes() + held_bytes_;
   // A client that does not take its replies: the reply becomes a short
   // error rather than growing the daemon (one reply always fits).
   if (queued > 0 &&
@@ -427,7 +430,7 @@ void DownstreamConn::deliver(const Message& req, Bytes frame, const std::string&
   }
   record(req, start, code, flags::kNone, frame.size());
   w_.stats().inc(Counter::responses);
-  queue(std::move(frame));
+  queue_reply(req, std::move(frame));
   request_done();
 }
 
@@ -438,8 +441,37 @@ void DownstreamConn::reply_error(const Message& req, ErrorKind kind, const std::
   Bytes out;
   codec_->encode_error(req, kind, text, out);
   record(req, start, codec_->error_code(kind), flag ? flag : flags::of(kind), out.size());
-  queue(std::move(out));
+  queue_reply(req, std::move(out));
   request_done();
+}
+
+void DownstreamConn::take_place(Message& req) {
+  if (!ordered()) return;
+  req.order = next_place_++;
+  reorder_.emplace_back();
+}
+
+void DownstreamConn::queue_reply(const Message& req, Bytes b) {
+  if (closed_) return;
+  if (req.order == 0 || req.order < next_out_) return queue(std::move(b));
+  size_t at = reorder_head_ + size_t(req.order - next_out_);
+  if (at >= reorder_.size() || reorder_[at]) return queue(std::move(b));  // not a place we gave
+  held_bytes_ += b.size();
+  reorder_[at] = std::move(b);
+  while (reorder_head_ < reorder_.size() && reorder_[reorder_head_]) {
+    Bytes out = std::move(*reorder_[reorder_head_]);
+    reorder_[reorder_head_++].reset();
+    ++next_out_;
+    held_bytes_ -= out.size();
+    queue(std::move(out));
+  }
+  if (reorder_head_ == reorder_.size()) {
+    // All out. A small array is kept for the next calls; what a burst of
+    // pipelined calls grew is given back (idle connections stay small).
+    if (reorder_.capacity() > 16) reorder_ = {};
+    else reorder_.clear();
+    reorder_head_ = 0;
+  }
 }
 
 void DownstreamConn::record(const Message& req, const RequestStart& start, const std::string& code,

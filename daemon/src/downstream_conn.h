@@ -10,7 +10,9 @@
 #include <boost/asio.hpp>
 #include <boost/intrusive/list.hpp>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "cluster_manager.h"
 #include "message_stream.h"
@@ -81,6 +83,17 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool check_global_rate_limit(const xds::Snapshot& snap, const xds::GlobalRateLimit& rl,
                                codecs::Message& msg, codecs::Bytes& frame);
   void queue(codecs::Bytes b);
+  // Thrift clients may need replies in request order: Thrift has no
+  // multiplexing by id, and Apache Thrift's clients check each reply's
+  // seqid against the call they expect ("out of order sequence
+  // response"), so a client that pipelines on one connection fails when
+  // replies pass each other. There each two-way request takes a place
+  // (Message::order) and its reply waits in reorder_ until the replies
+  // before it are out. Dubbo matches by id: its replies leave as they
+  // complete.
+  bool ordered() const { return codec_->protocol() == "thrift"; }
+  void take_place(codecs::Message& req);
+  void queue_reply(const codecs::Message& req, codecs::Bytes b);
   void do_write();
   void write_some();
   bool unread_bytes();
@@ -127,7 +140,15 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   bool closing_ = false;  // no more reads; close when done
   bool drain_after_read_ = false;  // draining: one last read, then closing
   bool spoke_ = false;
-  bool hand_off_ = false;  // drained for a successor, and the stream is clean  // a byte was read: a connection, not a connect still sending its first request
+  bool hand_off_ = false;  // drained for a successor, and the stream is clean
+  uint64_t next_place_ = 1;  // the next two-way request's place
+  uint64_t next_out_ = 1;    // the place whose reply leaves next
+  // Places next_out_... from reorder_head_: empty while awaited, the reply
+  // once it came. Bounded by the requests in flight; no allocation while
+  // replies come in order.
+  std::vector<std::optional<codecs::Bytes>> reorder_;
+  size_t reorder_head_ = 0;
+  size_t held_bytes_ = 0;  // replies waiting in reorder_, counted with the queued ones  // a byte was read: a connection, not a connect still sending its first request
 };
 
 }  // namespace metanode::core

@@ -555,6 +555,43 @@ TEST_F(DataPlane, DuplicateReplyIsCountedAsOrphanedAndDropped) {
   EXPECT_FALSE(c.read_reply(std::chrono::milliseconds(300)).has_value()) << "the duplicate reached the client";
 }
 
+// Pipelined Thrift calls on one connection routed to a slow and a fast
+// endpoint: the replies leave in the order the calls came (a pipelining
+// Thrift client reads them so), however they complete. An unrouted call
+// between them is answered in its place too.
+TEST_F(DataPlane, PipelinedThriftRepliesLeaveInRequestOrder) {
+  FakeUpstream slow("slow", [](const std::string&) {
+    return FakeUpstream::Action{Act::kReply, std::chrono::milliseconds(300)};
+  });
+  FakeUpstream fast("fast");
+  configure({service_yaml(vip_port_, {{slow.port(), "v1"}, {fast.port(), "v2"}}),
+             rule_yaml(""),
+             "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+             "metadata: {name: svc, namespace: ns}\n"
+             "spec:\n  hosts: [" + std::string(kHost) + "]\n  routes:\n"
+             "  - name: slow\n    match: {attributes: {method: {exact: slow}}}\n"
+             "    route: [{destination: {host: " + kHost + ", subset: v1}}]\n"
+             "  - name: get\n    match: {attributes: {method: {exact: get}}}\n"
+             "    route: [{destination: {host: " + kHost + ", subset: v2}}]\n"});
+  ThriftClient c(vip_port_);
+  ASSERT_TRUE(c.send_raw(testbed::thrift_message(1, "slow", 1) + testbed::thrift_message(1, "nothing", 2) +
+                         testbed::thrift_message(1, "get", 3) + testbed::thrift_message(1, "get", 4)));
+  std::vector<int32_t> order;
+  std::vector<std::string> from;
+  for (int i = 0; i < 4; ++i) {
+    auto r = c.read_reply(std::chrono::milliseconds(3000));
+    ASSERT_TRUE(r.has_value()) << i;
+    order.push_back(r->seqid);
+    from.push_back(r->type == 3 ? "exception" : r->text);
+  }
+  EXPECT_EQ(order, (std::vector<int32_t>{1, 2, 3, 4}));
+  EXPECT_EQ(from, (std::vector<std::string>{"slow", "exception", "fast", "fast"}));
+  // And the connection goes on, in order, with nothing held.
+  auto r = c.call("get");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->text, "fast");
+}
+
 TEST_F(DataPlane, PoolOpensASecondConnectionOnlyWhenTheFirstIsBusy) {
   FakeUpstream slow("slow", [](const std::string&) {
     return FakeUpstream::Action{Act::kReply, std::chrono::milliseconds(200)};

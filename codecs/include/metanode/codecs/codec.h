@@ -64,6 +64,9 @@ struct Message {
   // same wire form (e.g. Thrift transport and protocol, where the id sits).
   uint32_t id_offset = 0;
   uint32_t wire = 0;
+  // Set by the proxy, not the codec: a two-way request's place in the
+  // order its connection's replies must leave in (0: as they complete).
+  uint64_t order = 0;
 };
 
 struct DecodeResult {
