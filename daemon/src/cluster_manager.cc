@@ -37,10 +37,15 @@ std::shared_ptr<HostState> ClusterManager::host(net::Endpoint addr) {
 void ClusterManager::set_workload(HostState& h, const xds::Endpoint& e) {
   if (e.workload.empty()) {
     h.workload.reset();
-  } else if (!h.workload || h.workload->workload != e.workload || h.workload->namespace_ != e.workload_namespace) {
+  } else if (!h.workload || h.workload->workload != e.workload || h.workload->namespace_ != e.workload_namespace ||
+             h.workload->canonical_service != e.canonical_service ||
+             h.workload->canonical_revision != e.canonical_revision || h.workload->cluster != e.cluster_id) {
     auto w = std::make_shared<PeerIdentity>();
     w->workload = e.workload;
     w->namespace_ = e.workload_namespace;
+    w->canonical_service = e.canonical_service;
+    w->canonical_revision = e.canonical_revision;
+    w->cluster = e.cluster_id;
     h.workload = std::move(w);
   }
 }
@@ -105,6 +110,9 @@ RequestSeries* ClusterStats::series_for(StatsShard& shard, const std::shared_ptr
   if (dest) {
     l.destination_workload = dest->workload;
     l.destination_workload_namespace = dest->namespace_;
+    l.destination_canonical_service = dest->canonical_service;
+    l.destination_canonical_revision = dest->canonical_revision;
+    l.destination_cluster = dest->cluster;
   }
   series.push_back({source, dest, code, flags, shard.request_series(l)});
   return series.back().series;

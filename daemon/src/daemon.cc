@@ -308,6 +308,7 @@ int run_daemon(const DaemonOptions& opts) {
     if (!opts.kube_ca_file.empty()) ko.api.ca_file = opts.kube_ca_file;
     ko.node_name = opts.node.node_name;
     ko.trust_domain = opts.trust_domain;
+    ko.cluster_id = opts.node.cluster_id;
     ko.netns_dir = opts.kube_netns_dir;
     ko.netns_prefix = opts.kube_netns_prefix;
     kube = std::make_unique<KubePods>(io, std::move(ko), maps.get(), server);

@@ -99,10 +99,14 @@ std::shared_ptr<const PeerIdentity> KubePods::identity_of(const kube::Pod& p) {
   id.principal = "spiffe://" + o_.trust_domain + "/ns/" + p.meta.namespace_ + "/sa/" + p.service_account;
   id.app = kube::app_label(p);
   id.version = kube::version_label(p);
+  id.canonical_service = kube::canonical_service(p);
+  id.canonical_revision = kube::canonical_revision(p);
+  id.cluster = o_.cluster_id;
   auto& have = identities_[id.pod];
   auto same = [](const PeerIdentity& a, const PeerIdentity& b) {
     return a.workload == b.workload && a.namespace_ == b.namespace_ && a.principal == b.principal &&
-           a.app == b.app && a.version == b.version;
+           a.app == b.app && a.version == b.version && a.canonical_service == b.canonical_service &&
+           a.canonical_revision == b.canonical_revision && a.cluster == b.cluster;
   };
   // The same object while nothing changed: the workers' metric series
   // caches are keyed by it.

@@ -29,6 +29,7 @@ struct KubePodsOptions {
   kube::ApiConfig api;
   std::string node_name;
   std::string trust_domain = "cluster.local";
+  std::string cluster_id = "Kubernetes";  // source_cluster of its pods' requests
   std::string netns_dir = "/var/run/netns", netns_prefix = "cni-";  // with interception
   std::chrono::seconds watch_timeout{300};
 };

@@ -87,6 +87,10 @@ void add(SeriesSum::H& into, const Histogram& h) {
 
 // Istio's labels, in Istio's names; what metanode does not know (no pod
 // identity without --pods kubernetes) is "unknown", as Istio writes it.
+// Always unknown here, as for Istio's source reporter without a peer's
+// metadata exchange: destination_principal and destination_app (istiod's
+// endpoint metadata does not carry them) and connection_security_policy
+// (the source reporter never knows it).
 std::string istio_labels(const RequestLabels& l) {
   const std::string& host = l.destination_service;
   auto dot = host.find('.');
@@ -97,14 +101,19 @@ std::string istio_labels(const RequestLabels& l) {
   return "reporter=\"source\",source_workload=\"" + known(l.source_workload) +
          "\",source_workload_namespace=\"" + known(l.source_namespace) + "\",source_principal=\"" +
          known(l.source_principal) + "\",source_app=\"" + known(l.source_app) + "\",source_version=\"" +
-         known(l.source_version) + "\","
+         known(l.source_version) + "\",source_canonical_service=\"" + known(l.source_canonical_service) +
+         "\",source_canonical_revision=\"" + known(l.source_canonical_revision) + "\",source_cluster=\"" +
+         known(l.source_cluster) + "\","
          "destination_workload=\"" + known(l.destination_workload) + "\",destination_workload_namespace=\"" +
          escape(l.destination_workload_namespace.empty() ? ns : l.destination_workload_namespace) +
          "\",destination_service=\"" + escape(host) + "\",destination_service_name=\"" + escape(name) +
          "\",destination_service_namespace=\"" + escape(ns) + "\",destination_version=\"" +
-         escape(l.destination_version) + "\",request_protocol=\"" + escape(l.protocol) +
+         escape(l.destination_version) + "\",destination_principal=\"unknown\",destination_app=\"unknown\"" +
+         ",destination_canonical_service=\"" + known(l.destination_canonical_service) +
+         "\",destination_canonical_revision=\"" + known(l.destination_canonical_revision) +
+         "\",destination_cluster=\"" + known(l.destination_cluster) + "\",request_protocol=\"" + escape(l.protocol) +
          "\",response_code=\"" + escape(l.response_code) + "\",response_flags=\"" +
-         escape(l.response_flags) + "\"";
+         escape(l.response_flags) + "\",connection_security_policy=\"unknown\"";
 }
 
 void histogram(std::ostringstream& o, const char* name, const char* help, const std::map<RequestLabels, SeriesSum>& all,

@@ -165,4 +165,16 @@ std::string version_label(const Pod& pod) {
   return {};
 }
 
+std::string canonical_service(const Pod& pod) {
+  for (const char* k : {"service.istio.io/canonical-name", "app.kubernetes.io/name", "app"})
+    if (const std::string* v = label(pod.meta, k)) return *v;
+  return workload_name(pod);
+}
+
+std::string canonical_revision(const Pod& pod) {
+  for (const char* k : {"service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"})
+    if (const std::string* v = label(pod.meta, k)) return *v;
+  return "latest";
+}
+
 }  // namespace metanode::kube

@@ -110,7 +110,9 @@ class KubePods : public ::testing::Test {
 const std::vector<std::string> kPodV2 = {
     "source_workload=\"thrift-sample-server-v2\"", "source_workload_namespace=\"meta-thrift\"",
     "source_principal=\"spiffe://cluster.local/ns/meta-thrift/sa/thrift-sample\"",
-    "source_app=\"thrift-sample-server\"", "source_version=\"v2\""};
+    "source_app=\"thrift-sample-server\"", "source_version=\"v2\"",
+    "source_canonical_service=\"thrift-sample-server\"", "source_canonical_revision=\"v2\"",
+    "source_cluster=\"Kubernetes\""};
 
 TEST_F(KubePods, ClientsRequestsCarryTheirPodsIdentity) {
   ASSERT_TRUE(start_daemon()) << d_.log();

@@ -172,10 +172,17 @@ Result<std::vector<Endpoint>> endpoints_of(
       if (istio != lbe.metadata().filter_metadata().end()) {
         auto w = istio->second.fields().find("workload");
         if (w != istio->second.fields().end() && w->second.has_string_value()) {
+          // NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER
+          std::string* fields[] = {&e.workload, &e.workload_namespace, &e.canonical_service,
+                                   &e.canonical_revision, &e.cluster_id};
           const std::string& s = w->second.string_value();
-          auto semi = s.find(';');
-          e.workload = s.substr(0, semi);
-          if (semi != std::string::npos) e.workload_namespace = s.substr(semi + 1, s.find(';', semi + 1) - semi - 1);
+          size_t at = 0;
+          for (std::string* f : fields) {
+            size_t semi = s.find(';', at);
+            *f = s.substr(at, semi == std::string::npos ? std::string::npos : semi - at);
+            if (semi == std::string::npos) break;
+            at = semi + 1;
+          }
         }
       }
       out.push_back(std::move(e));

@@ -161,11 +161,13 @@ TEST_F(DataPlane, DestinationWorkloadComesFromIstiodsEndpointMetadata) {
   std::string text = render_prometheus(server_->shards(), "");
   EXPECT_EQ(metric_value(text, "istio_requests_total",
                          {"destination_workload=\"svc-v1\"", "destination_workload_namespace=\"ns-apps\"",
-                          "destination_version=\"unknown\""}),
+                          "destination_version=\"unknown\"", "destination_canonical_service=\"svc\"",
+                          "destination_canonical_revision=\"v1\"", "destination_cluster=\"Kubernetes\""}),
             seen["a"])
       << text;
   EXPECT_EQ(metric_value(text, "istio_requests_total",
-                         {"destination_workload=\"unknown\"", "destination_workload_namespace=\"ns\""}),
+                         {"destination_workload=\"unknown\"", "destination_workload_namespace=\"ns\"",
+                          "destination_canonical_service=\"unknown\""}),
             seen["b"])
       << "untold: unknown, the service's namespace\n" << text;
 }

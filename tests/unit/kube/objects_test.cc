@@ -40,6 +40,8 @@ TEST(KubeObjects, PodFromKubectlOutput) {
   EXPECT_EQ(workload_name(*p), "thrift-sample-server-v2") << "the Deployment, not the ReplicaSet";
   EXPECT_EQ(app_label(*p), "thrift-sample-server");
   EXPECT_EQ(version_label(*p), "v2");
+  EXPECT_EQ(canonical_service(*p), "thrift-sample-server");
+  EXPECT_EQ(canonical_revision(*p), "v2");
 }
 
 TEST(KubeObjects, MalformedObjectsNameWhatIsMissing) {
@@ -126,6 +128,17 @@ TEST(KubeObjects, WorkloadNamesAsIstioDerivesThem) {
   EXPECT_EQ(version_label(p), "1.2");
   p.meta.labels["app"] = "legacy";
   EXPECT_EQ(app_label(p), "legacy") << "Istio's app label first";
+  // Istio's canonical service prefers the recommended label to app, and
+  // its own label to both.
+  EXPECT_EQ(canonical_service(p), "shop");
+  EXPECT_EQ(canonical_revision(p), "1.2");
+  p.meta.labels["service.istio.io/canonical-name"] = "storefront";
+  p.meta.labels["service.istio.io/canonical-revision"] = "2024";
+  EXPECT_EQ(canonical_service(p), "storefront");
+  EXPECT_EQ(canonical_revision(p), "2024");
+  p.meta.labels.clear();
+  EXPECT_EQ(canonical_service(p), "agent") << "no label: the workload";
+  EXPECT_EQ(canonical_revision(p), "latest");
 }
 
 }  // namespace

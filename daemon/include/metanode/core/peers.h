@@ -18,6 +18,8 @@ struct PeerIdentity {
   std::string namespace_;
   std::string principal;  // spiffe://TRUST_DOMAIN/ns/NS/sa/SA
   std::string app, version;  // "" when the pod has no such label
+  std::string canonical_service, canonical_revision;  // kube::canonical_*
+  std::string cluster;  // Istio's cluster id (CLUSTER_ID)
 };
 
 struct PeerTable {

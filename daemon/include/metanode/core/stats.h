@@ -109,13 +109,17 @@ struct RequestLabels {
   std::string response_flags;       // Envoy's: "-", NR, UH, UF, UO, UT, RL, OM
   // The client pod (PeerIdentity); "" is written "unknown".
   std::string source_workload, source_namespace, source_principal, source_app, source_version;
+  std::string source_canonical_service, source_canonical_revision, source_cluster;
   // The endpoint's workload (istiod's endpoint metadata); "": unknown, and
   // the namespace is then the service's.
   std::string destination_workload, destination_workload_namespace;
+  std::string destination_canonical_service, destination_canonical_revision, destination_cluster;
   auto key() const {
     return std::tie(destination_service, destination_version, protocol, response_code, response_flags,
                     source_workload, source_namespace, source_principal, source_app, source_version,
-                    destination_workload, destination_workload_namespace);
+                    source_canonical_service, source_canonical_revision, source_cluster, destination_workload,
+                    destination_workload_namespace, destination_canonical_service, destination_canonical_revision,
+                    destination_cluster);
   }
   bool operator<(const RequestLabels& o) const { return key() < o.key(); }
   void set_source(const PeerIdentity* p) {
@@ -125,6 +129,9 @@ struct RequestLabels {
     source_principal = p->principal;
     source_app = p->app;
     source_version = p->version;
+    source_canonical_service = p->canonical_service;
+    source_canonical_revision = p->canonical_revision;
+    source_cluster = p->cluster;
   }
 };
 

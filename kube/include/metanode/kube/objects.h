@@ -64,5 +64,10 @@ std::string workload_name(const Pod& pod);
 // fallback; "" when neither is set.
 std::string app_label(const Pod& pod);
 std::string version_label(const Pod& pod);
+// Istio's canonical service and revision of a pod, as its proxies report
+// them: the service.istio.io/canonical-* labels, then the recommended and
+// app/version labels; else the workload's name and "latest".
+std::string canonical_service(const Pod& pod);
+std::string canonical_revision(const Pod& pod);
 
 }  // namespace metanode::kube

@@ -36,8 +36,8 @@ struct Endpoint {
   uint32_t weight = 1;
   // The workload behind it, as istiod tells its proxies (filter metadata
   // "istio", field "workload": "NAME;NAMESPACE;CANONICAL;REVISION;CLUSTER"),
-  // for the destination_workload labels; empty when not told.
-  std::string workload, workload_namespace;
+  // for the destination_* labels; empty when not told.
+  std::string workload, workload_namespace, canonical_service, canonical_revision, cluster_id;
 };
 
 // Passive health checking (Envoy's OutlierDetection, Istio's DestinationRule
