@@ -41,36 +41,6 @@ std::string service(const std::string& name, int vip_port, const std::vector<int
   return y;
 }
 
-// Calls on one connection in a loop until stopped; every failure counted.
-class SteadyClient {
- public:
-  explicit SteadyClient(int port) : t_([this, port] { run(port); }) {}
-  ~SteadyClient() { stop(); }
-  void stop() {
-    stop_ = true;
-    if (t_.joinable()) t_.join();
-  }
-  int ok() const { return ok_; }
-  int errors() const { return errors_; }
-
- private:
-  void run(int port) {
-    ThriftClient c(port);
-    while (!stop_) {
-      auto r = c.call("get", 5000ms);
-      if (r && r->type == 2) ++ok_;
-      else ++errors_;
-      std::this_thread::sleep_for(5ms);
-    }
-  }
-  std::atomic<bool> stop_{false};
-  std::atomic<int> ok_{0}, errors_{0};
-  std::thread t_;
-};
-
-
-
-
 class Faults : public ::testing::Test {
  protected:
   // A healthy service and a faulty one, both on the daemon.

@@ -97,37 +97,6 @@ class ConnectLoop {
   std::vector<std::thread> threads_;
 };
 
-// One client on one long-lived connection, calling in a loop: what Dubbo
-// and Thrift clients do. It never reconnects, so a close is an error.
-class PersistentLoop {
- public:
-  explicit PersistentLoop(int port) : thread_([this, port] { run(port); }) {}
-  ~PersistentLoop() { stop(); }
-  void stop() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-  int ok() const { return ok_; }
-  int errors() const { return errors_; }
-
- private:
-  void run(int port) {
-    ThriftClient c(port);
-    while (!stop_) {
-      auto r = c.ok() ? c.call("get", 5000ms) : std::nullopt;
-      if (r && r->type == 2) {
-        ++ok_;
-      } else {
-        ++errors_;
-        return;  // the connection is gone
-      }
-    }
-  }
-  std::atomic<bool> stop_{false};
-  std::atomic<int> ok_{0}, errors_{0};
-  std::thread thread_;
-};
-
 TEST(Handover, UpgradeTakesTheListeningSocketsSoNoConnectFails) {
   LocalDaemon d;
   FakeUpstream up("up");
@@ -143,7 +112,9 @@ TEST(Handover, UpgradeTakesTheListeningSocketsSoNoConnectFails) {
   ASSERT_EQ(before.size(), 2u) << "one SO_REUSEPORT socket per worker";
 
   ConnectLoop loop(vip);
-  PersistentLoop persistent(vip);
+  // One client on one long-lived connection, as Dubbo and Thrift clients
+  // keep them. It never reconnects, so a close is an error.
+  SteadyClient persistent(vip, 0ms, true);
   ASSERT_TRUE(eventually([&] { return loop.ok() > 50 && persistent.ok() > 50; }));
 
   // The successor: the same flags, the same admin and metrics addresses

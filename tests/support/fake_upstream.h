@@ -87,4 +87,39 @@ class ThriftClient {
   int32_t seq_ = 0;
 };
 
+// Calls "get" on one connection in a loop until stopped, `pause` between
+// calls, counting every failure. With `until_error` it stops at the first
+// (for a client that never reconnects: a closed connection is the error).
+class SteadyClient {
+ public:
+  explicit SteadyClient(int port, std::chrono::milliseconds pause = std::chrono::milliseconds(5),
+                        bool until_error = false)
+      : t_([this, port, pause, until_error] { run(port, pause, until_error); }) {}
+  ~SteadyClient() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (t_.joinable()) t_.join();
+  }
+  int ok() const { return ok_; }
+  int errors() const { return errors_; }
+
+ private:
+  void run(int port, std::chrono::milliseconds pause, bool until_error) {
+    ThriftClient c(port);
+    while (!stop_) {
+      auto r = c.ok() ? c.call("get", std::chrono::milliseconds(5000)) : std::nullopt;
+      if (r && r->type == 2) {
+        ++ok_;
+      } else {
+        ++errors_;
+        if (until_error) return;
+      }
+      if (pause.count()) std::this_thread::sleep_for(pause);
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::atomic<int> ok_{0}, errors_{0};
+  std::thread t_;
+};
+
 }  // namespace metanode::testbed
