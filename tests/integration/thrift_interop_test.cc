@@ -11,6 +11,9 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <chrono>
+#include <set>
+#include <thread>
 #include <tuple>
 
 #include "local_daemon.h"
@@ -168,6 +171,141 @@ TEST(ThriftResilience, KilledServerCostsTheClientNoFailedCall) {
   EXPECT_EQ(r.by_server.size(), 1u);
   EXPECT_EQ(d.metric("metanode_outlier_ejections_total"), 1u);
   EXPECT_NE(d.admin("/clusters").find("failed_outlier_check"), std::string::npos);
+}
+
+// The data plane's features with the real peers: python3-thrift servers
+// and client over THeader (whose info headers carry the attributes a
+// route or a hash reads), one connection per client run.
+class ThriftFeatures : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (int i = 0; i < 2; ++i) ports_[i] = server("v" + std::to_string(i + 1));
+    vip_port_ = free_port();
+    service_ = "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+               "metadata: {name: hello, namespace: interop}\n"
+               "spec:\n  hosts: [" + std::string(kHost) + "]\n  addresses: [127.0.0.1]\n"
+               "  ports: [{number: " + std::to_string(vip_port_) + ", name: tcp-metaprotocol-thrift-x}]\n"
+               "  endpoints:\n";
+    for (int i = 0; i < 2; ++i)
+      service_ += "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-x: " + std::to_string(ports_[i]) +
+                  "}, labels: {version: v" + std::to_string(i + 1) + "}}\n";
+    d_.write_config("svc.yaml", service_);
+    ASSERT_TRUE(d_.start()) << d_.log();
+  }
+
+  int server(const std::string& name, std::vector<std::string> extra = {}) {
+    int port = free_port();
+    std::vector<std::string> argv = {"/usr/bin/python3", sample_options_from_build().peers_dir + "/server.py",
+                                     "--host", "127.0.0.1", "--port", std::to_string(port), "--name",
+                                     "server-" + name, "--transport", "header"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    pid_t pid = d_.start_peer(argv, "server-" + name);
+    EXPECT_GT(pid, 0) << slurp(d_.dir() + "/server-" + name + ".log");
+    return port;
+  }
+
+  int calls_seen(const std::string& name, const std::string& method = "sayHello") {
+    std::string log = slurp(d_.dir() + "/server-" + name + ".log");
+    int n = 0;
+    for (size_t p = 0; (p = log.find("call " + method + "\n", p)) != std::string::npos; ++p) ++n;
+    return n;
+  }
+
+  // Writes a manifest and waits until the daemon has applied it.
+  void apply(const std::string& file, const std::string& yaml) {
+    std::string before = d_.admin("/config_dump");
+    d_.write_config(file, yaml);
+    for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  void router(const std::string& spec, const std::string& annotations = "") {
+    apply("router.yaml", "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+                         "metadata:\n  name: hello\n  namespace: interop\n" + annotations +
+                         "spec:\n  hosts: [" + std::string(kHost) + "]\n" + spec);
+  }
+
+  void rule(const std::string& traffic_policy) {
+    apply("svc.yaml", service_ + "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+                                 "metadata: {name: hello, namespace: interop}\n"
+                                 "spec:\n  host: " + std::string(kHost) + "\n" + traffic_policy +
+                                 "  subsets:\n  - {name: v1, labels: {version: v1}}\n"
+                                 "  - {name: v2, labels: {version: v2}}\n");
+  }
+
+  ClientSummary client(int calls, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {"/usr/bin/python3", sample_options_from_build().peers_dir + "/client.py",
+                                     "--host", "127.0.0.1", "--port", std::to_string(vip_port_), "--calls",
+                                     std::to_string(calls), "--method", "sayHello", "--transport", "header",
+                                     "--quiet"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return d_.run_client(argv);
+  }
+
+  LocalDaemon d_;
+  int ports_[2] = {0, 0}, vip_port_ = 0;
+  std::string service_;
+};
+
+// consistentHash on a header (Aeraki's httpHeaderName, a THeader info
+// header here): every call of one user lands on one server.
+TEST_F(ThriftFeatures, ConsistentHashOnAHeaderSticksPerValue) {
+  rule("  trafficPolicy:\n    loadBalancer: {consistentHash: {httpHeaderName: user}}\n");
+  std::set<std::string> servers;
+  for (int u = 0; u < 12; ++u) {
+    std::string user = "user" + std::to_string(u);
+    auto r = client(4, {"--header", "user=" + user});
+    ASSERT_EQ(r.ok, 4) << r.output << d_.log();
+    EXPECT_EQ(r.by_server.size(), 1u) << user << " was spread over servers";
+    servers.insert(r.by_server.begin()->first);
+  }
+  EXPECT_EQ(servers.size(), 2u) << "twelve users on one server: probability 2^-11";
+}
+
+// Four tokens and no refill: six calls get a TApplicationException that
+// the python client decodes and that says why.
+TEST_F(ThriftFeatures, LocalRateLimitIsAnExceptionTheClientDecodes) {
+  std::string h = kHost;
+  router("  localRateLimit: {tokenBucket: {maxTokens: 4, tokensPerFill: 1, fillInterval: 1h}}\n"
+         "  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n");
+  auto r = client(10);
+  EXPECT_EQ(r.ok, 4) << r.output;
+  EXPECT_EQ(r.errors, 6) << r.output;
+  EXPECT_NE(r.first_error.find("rate limited"), std::string::npos) << r.first_error;
+  EXPECT_EQ(calls_seen("v1") + calls_seen("v2"), 4);
+}
+
+// Routed to v1, mirrored to v2: the client sees v1 only, v2's own log
+// counts every call.
+TEST_F(ThriftFeatures, MirrorReachesTheOtherServerWhileTheClientSeesOnlyTheRoute) {
+  rule("");
+  std::string h = kHost;
+  router("  routes:\n  - name: all\n    route: [{destination: {host: " + h + ", subset: v1}}]\n"
+         "    mirror: {host: " + h + ", subset: v2}\n");
+  auto r = client(12);
+  ASSERT_EQ(r.ok, 12) << r.output << d_.log();
+  EXPECT_EQ(r.by_server["server-v1"], 12) << r.output;
+  EXPECT_TRUE(eventually([&] { return calls_seen("v2") == 12; })) << calls_seen("v2") << " mirrored";
+  EXPECT_EQ(calls_seen("v1"), 12);
+}
+
+// metanode.io/timeout 300 ms before a server that takes 1.5 s: the
+// daemon's exception reaches the client long before its own 10 s timeout.
+TEST_F(ThriftFeatures, RouteTimeoutAnswersBeforeTheClientGivesUp) {
+  int slow = server("slow", {"--delay-ms", "1500"});
+  service_ = service_.substr(0, service_.find("  endpoints:\n")) + "  endpoints:\n" +
+             "  - {address: 127.0.0.1, ports: {tcp-metaprotocol-thrift-x: " + std::to_string(slow) + "}}\n";
+  apply("svc.yaml", service_);
+  std::string h = kHost;
+  router("  routes:\n  - name: all\n    route: [{destination: {host: " + h + "}}]\n",
+         "  annotations: {metanode.io/timeout: 300ms}\n");
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = client(2);
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(r.errors, 2) << r.output << d_.log();
+  EXPECT_NE(r.first_error.find("upstream timed out"), std::string::npos) << r.first_error;
+  EXPECT_LT(took, std::chrono::seconds(3)) << "answered by the daemon, not the server";
+  EXPECT_EQ(d_.metric("metanode_upstream_rq_timeout_total"), 2u);
 }
 
 }  // namespace

@@ -5,12 +5,14 @@ Answers like the Aeraki tutorial's sample server:
   "Hello <name>, response from <server-name>/<ip>"
 echoHeader(key) returns the THeader info header `key` of the request (or
 "<absent>"), and one line is printed per accepted connection
-("peer IP:PORT") so tests can prove who connected to it.
+("peer IP:PORT") so tests can prove who connected to it, and one per
+call ("call METHOD") so they can count what reached it.
 """
 import argparse
 import os
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.environ.get("METANODE_GEN_PY", os.path.join(os.path.dirname(__file__), "gen-py")))
 
@@ -25,13 +27,21 @@ current = threading.local()
 
 
 class Handler:
-    def __init__(self, name, ip):
+    def __init__(self, name, ip, delay_ms):
         self.who = "%s/%s" % (name, ip)
+        self.delay = delay_ms / 1000.0
+
+    def called(self, method):
+        print("call %s" % method, flush=True)
+        if self.delay:
+            time.sleep(self.delay)
 
     def sayHello(self, name):
+        self.called("sayHello")
         return "Hello %s, response from %s" % (name, self.who)
 
     def sayGoodbye(self, name):
+        self.called("sayGoodbye")
         return "Goodbye %s, response from %s" % (name, self.who)
 
     def echoHeader(self, key):
@@ -70,9 +80,10 @@ def main():
     ap.add_argument("--transport", choices=["framed", "buffered", "header"], default="framed")
     ap.add_argument("--protocol", choices=["binary", "compact"], default="binary")
     ap.add_argument("--multiplexed", action="store_true", help="serve as 'SayHello' in a TMultiplexedProcessor")
+    ap.add_argument("--delay-ms", type=int, default=0, help="take this long over every sayHello/sayGoodbye")
     a = ap.parse_args()
 
-    processor = SayHello.Processor(Handler(a.name, a.ip or a.host))
+    processor = SayHello.Processor(Handler(a.name, a.ip or a.host, a.delay_ms))
     if a.multiplexed:
         mux = TMultiplexedProcessor()
         mux.registerProcessor("SayHello", processor)
