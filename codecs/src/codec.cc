@@ -64,13 +64,15 @@ namespace {
 class AutoCodec final : public Codec {
  public:
   explicit AutoCodec(const Limits& l) : limits_(l) {}
-  std::string_view protocol() const override { return inner_ ? inner_->protocol() : "auto"; }
+  Protocol protocol() const override { return inner_ ? inner_->protocol() : Protocol::kAuto; }
+  std::string wire_form(const Message& m) const override { return inner_ ? inner_->wire_form(m) : std::string(); }
   DecodeResult decode(std::span<const uint8_t> in, Message& out) override {
     if (!inner_) {
       auto p = sniff_protocol(in);
       if (p.empty()) return DecodeResult::need_more();
-      if (p == "unknown") return DecodeResult::fail("neither Dubbo nor Thrift at offset 0");
-      inner_ = make_codec(p, limits_);
+      auto known = parse_protocol(p);
+      if (!known || *known == Protocol::kAuto) return DecodeResult::fail("neither Dubbo nor Thrift at offset 0");
+      inner_ = make_codec(*known, limits_);
     }
     return inner_->decode(in, out);
   }
@@ -105,10 +107,15 @@ class AutoCodec final : public Codec {
 
 }  // namespace
 
-std::unique_ptr<Codec> make_codec(std::string_view protocol, const Limits& limits) {
-  if (protocol == "thrift") return std::make_unique<thrift::ThriftCodec>(limits);
-  if (protocol == "dubbo") return std::make_unique<dubbo::DubboCodec>(limits);
-  if (protocol == "auto") return std::make_unique<AutoCodec>(limits);
+std::unique_ptr<Codec> make_codec(Protocol protocol, const Limits& limits) {
+  switch (protocol) {
+    case Protocol::kThrift:
+      return std::make_unique<thrift::ThriftCodec>(limits);
+    case Protocol::kDubbo:
+      return std::make_unique<dubbo::DubboCodec>(limits);
+    case Protocol::kAuto:
+      return std::make_unique<AutoCodec>(limits);
+  }
   return nullptr;
 }
 

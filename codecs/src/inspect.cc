@@ -40,27 +40,10 @@ std::string json_escape(std::string_view s) {
   return o;
 }
 
-std::string wire_name(std::string_view protocol, const Message& m) {
-  if (protocol == "thrift")
-    return std::string(thrift::transport_name(thrift::wire_transport(m.wire))) + "/" +
-           thrift::protocol_name(thrift::wire_protocol(m.wire));
-  if (protocol == "dubbo") {
-    uint8_t f = dubbo::wire_flags(m.wire);
-    std::string s = (f & dubbo::kSerializationMask) == dubbo::kHessian2
-                        ? "hessian2"
-                        : "serialization-" + std::to_string(f & dubbo::kSerializationMask);
-    if (f & dubbo::kFlagTwoWay) s += " twoway";
-    if (f & dubbo::kFlagEvent) s += " event";
-    if (!(f & dubbo::kFlagRequest)) s += " status-" + std::to_string(dubbo::wire_status(m.wire));
-    return s;
-  }
-  return "";
-}
-
-std::string message_json(std::string_view protocol, const Message& m, size_t offset) {
+std::string message_json(std::string_view protocol, std::string_view wire, const Message& m, size_t offset) {
   std::string o = "{\"offset\":" + std::to_string(offset) + ",\"size\":" + std::to_string(m.size) +
                   ",\"protocol\":\"" + json_escape(protocol) + "\",\"wire\":\"" +
-                  json_escape(wire_name(protocol, m)) + "\",\"kind\":\"" + kind_name(m.kind) +
+                  json_escape(wire) + "\",\"kind\":\"" + kind_name(m.kind) +
                   "\",\"request_id\":" + std::to_string(m.request_id) + ",\"metadata\":{";
   bool first = true;
   for (const auto& [k, v] : m.metadata) {
@@ -74,7 +57,8 @@ std::string message_json(std::string_view protocol, const Message& m, size_t off
 StreamReport decode_stream(std::span<const uint8_t> bytes, std::string_view protocol,
                            const Limits& limits) {
   StreamReport r;
-  auto codec = make_codec(protocol, limits);
+  auto known = parse_protocol(protocol);
+  auto codec = known ? make_codec(*known, limits) : nullptr;
   if (!codec) {
     r.lines = "{\"offset\":0,\"error\":\"unknown protocol '" + json_escape(protocol) + "'\"}\n";
     return r;
@@ -93,7 +77,7 @@ StreamReport decode_stream(std::span<const uint8_t> bytes, std::string_view prot
                  "\"}\n";
       return r;
     }
-    r.lines += message_json(codec->protocol(), m, r.consumed) + "\n";
+    r.lines += message_json(protocol_name(codec->protocol()), codec->wire_form(m), m, r.consumed) + "\n";
     r.consumed += m.size;
     ++r.messages;
   }

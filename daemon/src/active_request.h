@@ -28,7 +28,7 @@ struct ActiveRequest : std::enable_shared_from_this<ActiveRequest> {
 
   Worker& w;
   std::weak_ptr<DownstreamConn> down;  // empty for a mirror copy
-  std::string_view protocol;           // the codec's name (static storage)
+  Protocol protocol = Protocol::kThrift;  // the client connection's codec
   codecs::Message msg;   // the request; msg.request_id is the id on the wire now
   codecs::Bytes frame;   // as forwarded; released once written unless a retry may resend it
   uint64_t orig_id = 0;  // the client's id

@@ -87,13 +87,13 @@ void ClusterManager::apply(const xds::Snapshot& snap) {
   clusters_ = std::move(next);
 }
 
-ClusterStats* ClusterManager::stats_for(const xds::Cluster& c, std::string_view protocol) {
+ClusterStats* ClusterManager::stats_for(const xds::Cluster& c, Protocol protocol) {
   auto it = cluster_stats_.find(c.name);
   if (it != cluster_stats_.end()) return &it->second;
   ClusterStats cs;
   cs.destination.destination_service = c.service_host;
   cs.destination.destination_version = c.subset.empty() ? "unknown" : c.subset;
-  cs.destination.protocol = std::string(protocol);
+  cs.destination.protocol = std::string(protocol_name(protocol));
   cs.shared = limits_.cluster(c.name);
   return &cluster_stats_.emplace(c.name, cs).first->second;
 }
@@ -155,13 +155,13 @@ std::shared_ptr<HostState> ClusterManager::pick(ClusterState& cs, std::optional<
   return i ? cs.hosts[*i] : nullptr;
 }
 
-ClusterManager::PoolPick ClusterManager::pooled(HostState& h, std::string_view protocol,
+ClusterManager::PoolPick ClusterManager::pooled(HostState& h, Protocol protocol,
                                                 size_t max_conns) {
   if (shutting_down_) return {};
   HostState::Pool* pool = nullptr;
   for (auto& p : h.pools)
     if (p.protocol == protocol) pool = &p;
-  if (!pool) pool = &h.pools.emplace_back(HostState::Pool{std::string(protocol), {}});
+  if (!pool) pool = &h.pools.emplace_back(HostState::Pool{protocol, {}});
   auto& conns = pool->conns;
   conns.erase(std::remove_if(conns.begin(), conns.end(), [](const auto& c) { return c->closed(); }),
               conns.end());
@@ -178,7 +178,7 @@ ClusterManager::PoolPick ClusterManager::pooled(HostState& h, std::string_view p
   return pick;
 }
 
-void ClusterManager::add_connection(HostState& h, std::string_view protocol,
+void ClusterManager::add_connection(HostState& h, Protocol protocol,
                                     std::shared_ptr<UpstreamConn> c) {
   for (auto& p : h.pools)
     if (p.protocol == protocol) p.conns.push_back(std::move(c));

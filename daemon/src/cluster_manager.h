@@ -146,7 +146,7 @@ struct HostState {
   std::shared_ptr<HostShared> shared;
   uint32_t active = 0;  // requests in flight from this worker
   struct Pool {
-    std::string protocol;
+    Protocol protocol;
     std::vector<std::shared_ptr<UpstreamConn>> conns;
   };
   std::vector<Pool> pools;  // one per protocol ("auto" ports may carry two)
@@ -180,7 +180,7 @@ class ClusterManager {
   // the snapshot kept the same object) and drains hosts that left.
   void apply(const xds::Snapshot& snap);
 
-  ClusterStats* stats_for(const xds::Cluster& c, std::string_view protocol);
+  ClusterStats* stats_for(const xds::Cluster& c, Protocol protocol);
   ClusterState* find(const xds::Cluster* c);
 
   // The host for one attempt, or nullptr when the cluster has none. Hosts
@@ -200,8 +200,8 @@ class ClusterManager {
     std::shared_ptr<UpstreamConn> conn;
     bool open_new = false;
   };
-  PoolPick pooled(HostState& h, std::string_view protocol, size_t max_conns);
-  void add_connection(HostState& h, std::string_view protocol, std::shared_ptr<UpstreamConn> c);
+  PoolPick pooled(HostState& h, Protocol protocol, size_t max_conns);
+  void add_connection(HostState& h, Protocol protocol, std::shared_ptr<UpstreamConn> c);
 
   void connect_failed(HostState& h, Clock::time_point now);
   void connect_succeeded(HostState& h);

@@ -26,7 +26,7 @@ constexpr auto kFirstRequestGrace = std::chrono::seconds(1);
 }  // namespace
 
 DownstreamConn::DownstreamConn(Worker& w, tcp::socket s, net::Endpoint orig, net::Endpoint source,
-                               uint64_t netns, std::shared_ptr<SourceShare> share, const std::string& protocol,
+                               uint64_t netns, std::shared_ptr<SourceShare> share, Protocol protocol,
                                std::shared_ptr<const PeerIdentity> peer)
     : w_(w),
       sock_(std::move(s)),
@@ -208,7 +208,7 @@ void DownstreamConn::on_read(size_t n) {
   if (err) {
     w_.stats().inc(Counter::downstream_decode_error);
     spdlog::warn("closing downstream {} -> {}: malformed {} {}", source_.str(), orig_.str(),
-                 codec_->protocol(), *err);
+                 protocol_name(codec_->protocol()), *err);
     // Say why in the protocol's own terms when the request id is readable,
     // then close once the calls before the garbage are answered: after
     // garbage the stream cannot be trusted to resync.
@@ -492,7 +492,7 @@ void DownstreamConn::record(const Message& req, const RequestStart& start, const
     RequestLabels labels;
     labels.destination_service = l ? l->service_host : orig_.str();
     labels.destination_version = "unknown";
-    labels.protocol = std::string(codec_->protocol());
+    labels.protocol = std::string(protocol_name(codec_->protocol()));
     labels.response_code = code;
     labels.response_flags = flag;
     labels.set_source(peer_.get());
@@ -506,7 +506,7 @@ void DownstreamConn::access_log(const Message& req, const RequestStart& start, c
   AccessLogEntry e;
   e.start = std::chrono::system_clock::now() -
             std::chrono::duration_cast<std::chrono::system_clock::duration>(now - start.at);
-  e.protocol = codec_->protocol();
+  e.protocol = protocol_name(codec_->protocol());
   auto attr = [&req](const char* k) {
     const std::string* v = req.metadata.get(k);
     return v ? std::string_view(*v) : std::string_view();

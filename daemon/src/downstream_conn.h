@@ -35,7 +35,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   // the connection gives the count back when it closes.
   DownstreamConn(Worker& w, boost::asio::ip::tcp::socket s, net::Endpoint orig,
                  net::Endpoint source, uint64_t netns, std::shared_ptr<SourceShare> share,
-                 const std::string& protocol, std::shared_ptr<const PeerIdentity> peer);
+                 Protocol protocol, std::shared_ptr<const PeerIdentity> peer);
   ~DownstreamConn();
   void start() { do_read(); }
   const std::shared_ptr<const PeerIdentity>& peer() const { return peer_; }
@@ -91,7 +91,7 @@ class DownstreamConn : public std::enable_shared_from_this<DownstreamConn>, publ
   // (Message::order) and its reply waits in reorder_ until the replies
   // before it are out. Dubbo matches by id: its replies leave as they
   // complete.
-  bool ordered() const { return codec_->protocol() == "thrift"; }
+  bool ordered() const { return codec_->protocol() == Protocol::kThrift; }
   void take_place(codecs::Message& req);
   void queue_reply(const codecs::Message& req, codecs::Bytes b);
   void do_write();

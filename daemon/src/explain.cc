@@ -165,7 +165,7 @@ std::string explain_text(const ExplainQuery& q, const xds::Snapshot* snap, const
   if (q.src) o << " from " << net::ipv4_str(*q.src);
   o << "\nkernel:   " << e.kernel << "\n";
   if (e.listener)
-    o << "listener: " << e.listener->name << " (" << e.listener->protocol << ", service "
+    o << "listener: " << e.listener->name << " (" << protocol_name(e.listener->protocol) << ", service "
       << e.listener->service_host << ", routes " << e.listener->route_name << ")\n";
   for (const auto& r : e.routes)
     o << "route:    " << (r.name.empty() ? "(unnamed)" : r.name) << ": "
@@ -195,7 +195,7 @@ std::string explain_json(const ExplainQuery& q, const xds::Snapshot* snap, const
     << ",\"kernel\":{\"redirected\":" << (e.redirected ? "true" : "false") << ",\"why\":" << json_string(e.kernel)
     << "},\"listener\":";
   if (e.listener)
-    o << "{\"name\":" << json_string(e.listener->name) << ",\"protocol\":" << json_string(e.listener->protocol)
+    o << "{\"name\":" << json_string(e.listener->name) << ",\"protocol\":" << json_string(std::string(protocol_name(e.listener->protocol)))
       << ",\"service\":" << json_string(e.listener->service_host)
       << ",\"route_config\":" << json_string(e.listener->route_name) << "}";
   else

@@ -45,7 +45,7 @@ std::string describe(const xds::AttributeMatcher& m) {
 std::string routes_text(const xds::Snapshot* snap) {
   std::ostringstream o;
   each_listener(snap, [&](const xds::Listener& l) {
-    o << l.name << "  " << l.protocol << "  " << l.service_host << "  routes " << l.route_name << "\n";
+    o << l.name << "  " << protocol_name(l.protocol) << "  " << l.service_host << "  routes " << l.route_name << "\n";
     if (!l.routes) {
       o << "  (route configuration not received yet)\n";
       return;
@@ -71,7 +71,7 @@ std::string routes_json(const xds::Snapshot* snap) {
   o << "{\"listeners\":[";
   bool first_l = true;
   each_listener(snap, [&](const xds::Listener& l) {
-    o << (first_l ? "" : ",") << "{\"name\":" << json_string(l.name) << ",\"protocol\":" << json_string(l.protocol)
+    o << (first_l ? "" : ",") << "{\"name\":" << json_string(l.name) << ",\"protocol\":" << json_string(std::string(protocol_name(l.protocol)))
       << ",\"service\":" << json_string(l.service_host) << ",\"route_config\":" << json_string(l.route_name)
       << ",\"routes\":";
     first_l = false;

@@ -18,7 +18,7 @@ using codecs::ErrorKind;
 using codecs::Message;
 using codecs::MessageKind;
 
-UpstreamConn::UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::string_view protocol,
+UpstreamConn::UpstreamConn(Worker& w, std::shared_ptr<HostState> host, Protocol protocol,
                            const xds::ConnectionPool& pool)
     : w_(w),
       host_(std::move(host)),

@@ -19,7 +19,7 @@ struct ActiveRequest;
 
 class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
  public:
-  UpstreamConn(Worker& w, std::shared_ptr<HostState> host, std::string_view protocol,
+  UpstreamConn(Worker& w, std::shared_ptr<HostState> host, Protocol protocol,
                const xds::ConnectionPool& pool);
   ~UpstreamConn();
   void connect(std::chrono::milliseconds timeout);

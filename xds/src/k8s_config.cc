@@ -27,6 +27,7 @@
 #include "aeraki/meta_protocol_proxy/v1alpha/meta_protocol_proxy.pb.h"
 #include "udpa/type/v1/typed_struct.pb.h"
 #include "metanode/net.h"
+#include "metanode/protocol.h"
 #include "metanode/xds/manifest_source.h"
 
 namespace metanode::xds {
@@ -403,8 +404,8 @@ ServiceEntry parse_service_entry(const YAML::Node& spec, const Origin& o) {
     p.protocol = metaprotocol_of(p.name);
     // "auto" (a metanode extension): the protocol is recognised from the
     // first bytes of each connection, for services that speak both.
-    if (!p.protocol.empty() && p.protocol != "thrift" && p.protocol != "dubbo" && p.protocol != "auto")
-      fail(o, f + ".name", "unsupported metaprotocol '" + p.protocol + "' (thrift, dubbo, auto)");
+    if (!p.protocol.empty() && !parse_protocol(p.protocol))
+      fail(o, f + ".name", "unsupported metaprotocol '" + p.protocol + "' (" + std::string(kProtocolNames) + ")");
     se.ports.push_back(p);
   }
   const YAML::Node eps = spec["endpoints"];

@@ -708,9 +708,10 @@ Result<std::optional<Listener>> compile_listener(const envoy::config::listener::
       std::string proto = mpp.has_protocol() ? mpp.protocol().name() : mpp.application_protocol();
       constexpr std::string_view kPrefix = "aeraki.meta_protocol.codec.";
       if (ieq_prefix(codec, kPrefix)) proto = codec.substr(kPrefix.size());
-      if (proto != "thrift" && proto != "dubbo" && proto != "auto")
-        return bad(where, "unsupported application protocol '" + proto + "'");
-      out.protocol = proto;
+      auto known = parse_protocol(proto);
+      if (!known)
+        return bad(where, "unsupported application protocol '" + proto + "' (" + std::string(kProtocolNames) + ")");
+      out.protocol = *known;
       out.stat_prefix = mpp.stat_prefix();
       out.route_name = mpp.rds().route_config_name();
       if (out.route_name.empty()) return bad(where, "MetaProtocolProxy without rds.route_config_name");

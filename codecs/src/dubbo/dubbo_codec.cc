@@ -321,4 +321,14 @@ bool DubboCodec::mutate(Bytes& frame, Message& msg, const std::vector<KeyValue>&
   return true;
 }
 
+std::string DubboCodec::wire_form(const Message& m) const {
+  uint8_t f = wire_flags(m.wire);
+  std::string s = (f & kSerializationMask) == kHessian2 ? "hessian2"
+                                                        : "serialization-" + std::to_string(f & kSerializationMask);
+  if (f & kFlagTwoWay) s += " twoway";
+  if (f & kFlagEvent) s += " event";
+  if (!(f & kFlagRequest)) s += " status-" + std::to_string(wire_status(m.wire));
+  return s;
+}
+
 }  // namespace metanode::codecs::dubbo

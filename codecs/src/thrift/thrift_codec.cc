@@ -695,4 +695,8 @@ void ThriftCodec::encode_error(const Message& req, ErrorKind kind, std::string_v
   encode_app_exception(w, m ? *m : std::string_view(), int32_t(req.request_id), type, text, out);
 }
 
+std::string ThriftCodec::wire_form(const Message& m) const {
+  return std::string(transport_name(wire_transport(m.wire))) + "/" + protocol_name(wire_protocol(m.wire));
+}
+
 }  // namespace metanode::codecs::thrift

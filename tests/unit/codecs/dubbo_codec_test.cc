@@ -172,7 +172,7 @@ TEST(DubboCodec, ErrorRepliesUseDubboStatuses) {
     // for the error the daemon says it sent, through AutoCodec too.
     EXPECT_EQ(DubboCodec().response_code(m), std::to_string(c.status));
     EXPECT_EQ(DubboCodec().error_code(c.kind), std::to_string(c.status));
-    auto detected = make_codec("auto");
+    auto detected = make_codec(Protocol::kAuto);
     Message again;
     ASSERT_EQ(detected->decode(out, again).status, DecodeStatus::kDone);
     EXPECT_EQ(detected->response_code(again), std::to_string(c.status));
@@ -376,7 +376,7 @@ TEST(DubboCodec, MalformedTwoWayRequestGetsBadRequestReply) {
 // On an "auto" port the recognised codec answers the malformed request too.
 TEST(DubboCodec, AutoCodecForwardsTheMalformedRequestReply) {
   Bytes f = request_with_args({0x40}, "Ljava/lang/Object;");
-  auto c = make_codec("auto");
+  auto c = make_codec(Protocol::kAuto);
   Message m;
   auto r = c->decode(f, m);
   ASSERT_EQ(r.status, DecodeStatus::kError);

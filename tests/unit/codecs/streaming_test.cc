@@ -28,7 +28,7 @@ std::vector<std::string> corpus_files() {
 }
 
 std::string summary(const Message& m) {
-  return message_json("", m, 0);
+  return message_json("", "", m, 0);
 }
 
 class ByteAtATime : public ::testing::TestWithParam<std::string> {};
@@ -40,7 +40,7 @@ TEST_P(ByteAtATime, SameMessagesAsWhole) {
 
   std::vector<std::string> whole;
   {
-    auto c = make_codec("auto");
+    auto c = make_codec(Protocol::kAuto);
     size_t off = 0;
     while (off < all.size()) {
       Message m;
@@ -52,7 +52,7 @@ TEST_P(ByteAtATime, SameMessagesAsWhole) {
   }
 
   std::vector<std::string> trickled;
-  auto c = make_codec("auto");
+  auto c = make_codec(Protocol::kAuto);
   Bytes buf;
   for (uint8_t byte : all) {
     buf.push_back(byte);

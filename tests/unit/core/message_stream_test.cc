@@ -26,7 +26,7 @@ std::optional<std::string> feed(MessageStream& s, codecs::Codec& c, const std::s
 // nothing lost at the seams. Red if a pass hands out the whole burst (one
 // connection would hold the worker's loop) or if the rest is dropped.
 TEST(MessageStream, HandsOutABurstInBoundedPasses) {
-  auto codec = codecs::make_codec("thrift");
+  auto codec = codecs::make_codec(Protocol::kThrift);
   MessageStream s(1 << 20);
   std::string burst;
   for (int i = 1; i <= 200; ++i) burst += testbed::thrift_message(1, "get", i);
@@ -51,7 +51,7 @@ TEST(MessageStream, HandsOutABurstInBoundedPasses) {
 
 // A message on_msg refuses stays buffered, whole, for the next pass.
 TEST(MessageStream, RefusedMessageStaysBuffered) {
-  auto codec = codecs::make_codec("thrift");
+  auto codec = codecs::make_codec(Protocol::kThrift);
   MessageStream s(1 << 20);
   std::string two = testbed::thrift_message(1, "get", 7) + testbed::thrift_message(1, "get", 8);
   std::vector<int32_t> seen;

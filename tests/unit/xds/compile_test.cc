@@ -203,7 +203,7 @@ TEST(Compile, ListenerFromIstiodTypedStructEitherName) {
     ASSERT_TRUE(c.rejects.empty()) << c.rejects[0].str();
     ASSERT_EQ(c.snapshot->listeners.size(), 1u);
     const auto& l = c.snapshot->listeners[0];
-    EXPECT_EQ(l.protocol, "thrift");
+    EXPECT_EQ(l.protocol, Protocol::kThrift);
     EXPECT_EQ(l.rds_cluster, "aeraki-xds");
     EXPECT_EQ(l.route_name, std::string(kHost) + "_9090");
     EXPECT_EQ(l.service_host, kHost);

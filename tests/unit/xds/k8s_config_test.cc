@@ -132,7 +132,7 @@ TEST(K8sConfig, SnapshotHasSubsetsWithTheirEndpoints) {
   const Snapshot& snap = **s;
   const Listener* l = snap.find_listener({(10u << 24) | (96u << 16) | 10u, 9090});
   ASSERT_NE(l, nullptr);
-  EXPECT_EQ(l->protocol, "thrift");
+  EXPECT_EQ(l->protocol, Protocol::kThrift);
   EXPECT_EQ(l->service_host, kHost);
   ASSERT_NE(l->routes, nullptr);
   const Cluster* v2 = snap.find_cluster(std::string("outbound|9090|v2|") + kHost);

@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "metanode/protocol.h"
+
 namespace metanode::codecs {
 
 using Bytes = std::vector<uint8_t>;
@@ -98,7 +100,15 @@ using KeyValue = std::pair<std::string, std::string>;
 class Codec {
  public:
   virtual ~Codec() = default;
-  virtual std::string_view protocol() const = 0;
+  // Auto's: the recognised protocol once it is known.
+  virtual Protocol protocol() const = 0;
+  // How `m` (decoded here) was framed and encoded, for inspection
+  // (metanodectl decode): Thrift's transport/protocol, Dubbo's
+  // serialization and flags. Nothing outside the codecs reads Message::wire.
+  virtual std::string wire_form(const Message& m) const {
+    (void)m;
+    return {};
+  }
 
   // Decodes the message at the front of `in`. Never consumes: on kDone the
   // caller removes out.size bytes itself. A partial message yields
@@ -153,8 +163,8 @@ class Codec {
   }
 };
 
-// "thrift" or "dubbo"; nullptr for an unknown protocol name.
-std::unique_ptr<Codec> make_codec(std::string_view protocol, const Limits& limits = {});
+// One per connection, from the one table of codecs (codec.cc).
+std::unique_ptr<Codec> make_codec(Protocol protocol, const Limits& limits = {});
 
 // Recognises a protocol from the first bytes of a stream: "dubbo" (magic
 // 0xdabb), "thrift" (framed, THeader, strict binary or compact), "" when

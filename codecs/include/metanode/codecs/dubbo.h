@@ -49,7 +49,8 @@ constexpr uint8_t wire_status(uint32_t w) { return uint8_t((w >> 8) & 0xff); }
 class DubboCodec final : public Codec {
  public:
   explicit DubboCodec(const Limits& limits = {}) : limits_(limits) {}
-  std::string_view protocol() const override { return "dubbo"; }
+  Protocol protocol() const override { return Protocol::kDubbo; }
+  std::string wire_form(const Message& m) const override;  // "hessian2 twoway", ...
   DecodeResult decode(std::span<const uint8_t> in, Message& out) override;
   bool set_request_id(Bytes& frame, Message& msg, uint64_t id) override;
   void encode_error(const Message& req, ErrorKind kind, std::string_view text, Bytes& out) override;

@@ -12,8 +12,8 @@ namespace metanode::codecs {
 
 std::string json_escape(std::string_view s);
 // "framed/binary", "header/compact", "hessian2 twoway", ...
-std::string wire_name(std::string_view protocol, const Message& m);
-std::string message_json(std::string_view protocol, const Message& m, size_t offset);
+// `protocol` and `wire`: the codec's protocol_name() and wire_form().
+std::string message_json(std::string_view protocol, std::string_view wire, const Message& m, size_t offset);
 
 struct StreamReport {
   std::string lines;  // one JSON object per message, then one per error

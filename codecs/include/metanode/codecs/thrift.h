@@ -40,7 +40,8 @@ const char* protocol_name(Protocol p);
 class ThriftCodec final : public Codec {
  public:
   explicit ThriftCodec(const Limits& limits = {}) : limits_(limits) {}
-  std::string_view protocol() const override { return "thrift"; }
+  metanode::Protocol protocol() const override { return metanode::Protocol::kThrift; }
+  std::string wire_form(const Message& m) const override;  // "framed/binary", ...
   DecodeResult decode(std::span<const uint8_t> in, Message& out) override;
   bool set_request_id(Bytes& frame, Message& msg, uint64_t id) override;
   void encode_error(const Message& req, ErrorKind kind, std::string_view text,

@@ -16,6 +16,8 @@
 
 #include "metanode/lb/load_balancer.h"
 #include "metanode/net.h"
+#include "metanode/protocol.h"
+#include "metanode/protocol.h"
 #include "metanode/result.h"
 #include "metanode/xds/resources.h"
 #include "metanode/xds/token_bucket.h"
@@ -178,7 +180,7 @@ struct GlobalRateLimit {
 struct Listener {
   std::string name;
   net::Endpoint address;
-  std::string protocol;  // codec: "thrift" or "dubbo"
+  Protocol protocol = Protocol::kThrift;  // its codec
   std::string route_name;
   // Where the route configuration comes from: empty for ADS, else the gRPC
   // cluster named by the filter's RDS config source (Aeraki: "aeraki-xds").
