@@ -65,13 +65,17 @@ class SharedLimits {
   // For the admin thread; null if no worker knows the host.
   std::shared_ptr<HostShared> find_host(net::Endpoint addr) { return hosts_.find(addr); }
   // At accept: the client source's share, made with `make` the first time.
-  std::shared_ptr<SourceShare> source(uint32_t addr,
+  // A source is a pod: by the kernel's identity of it, its network
+  // namespace cookie, when interception knows it (whatever addresses the
+  // pod connects from), else by its address.
+  std::shared_ptr<SourceShare> source(uint64_t netns, uint32_t addr,
                                       const std::function<std::shared_ptr<SourceShare>()>& make) {
-    return sources_.get_or_make(addr, make);
+    return sources_.get_or_make(netns ? (netns | kNetnsKey) : uint64_t(addr), make);
   }
 
  private:
-  WeakRegistry<uint32_t, SourceShare> sources_;
+  static constexpr uint64_t kNetnsKey = 1ull << 63;  // cookies count up from 1: never this high
+  WeakRegistry<uint64_t, SourceShare> sources_;
   WeakRegistry<std::string, ClusterShared> clusters_;
   WeakRegistry<net::Endpoint, HostShared> hosts_;  // hosts come and go with pods
 };

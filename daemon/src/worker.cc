@@ -288,7 +288,7 @@ void Worker::serve(tcp::socket s, const net::Endpoint& orig, uint64_t netns) {
     return;
   }
   const auto& dl = opts().downstream;
-  auto share = srv_.limits.source(source.addr, [&dl] {
+  auto share = srv_.limits.source(netns, source.addr, [&dl] {
     auto sh = std::make_shared<SourceShare>();
     // A second's worth of burst, one token every 1/rate s.
     if (dl.max_rps_per_source)

@@ -2,6 +2,7 @@
 // pipelining beyond the in-flight limit, replies a client does not read,
 // messages that never complete, idle connections, the memory an idle
 // connection costs, and a drain. Each test names the break that turns it red.
+#include <arpa/inet.h>
 #include <malloc.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -188,6 +189,40 @@ TEST_F(DataPlane, SourceBeyondItsConnectionLimitIsRefusedOthersAreNot) {
   EXPECT_EQ(calls(3, "get", "127.0.0.3")["a"], 3) << "another source was refused";
   pod.pop_back();  // a connection closed frees a place
   EXPECT_TRUE(testbed::eventually([&] { return ThriftClient(vip_port_, "127.0.0.2").call("get").has_value(); }));
+}
+
+// With interception the kernel names the pod (its netns cookie): the
+// per-source limit counts the pod's connections whatever addresses they
+// come from, and another pod is its own source even from the same address.
+// The connections enter as a predecessor's would (Server::adopt), which
+// carries the cookie the way accept does with BPF.
+TEST_F(DataPlane, SourceIsThePodsNetnsWhenTheKernelNamesIt) {
+  opts_.downstream.max_connections_per_source = 2;
+  FakeUpstream a("a");
+  configure({service_yaml(vip_port_, {{a.port(), "v1"}})});
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(listen(lfd, 8), 0);
+  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  int side_port = ntohs(sa.sin_port);
+  std::vector<std::unique_ptr<ThriftClient>> clients;
+  auto connect_as = [&](const std::string& from, uint64_t netns) {
+    clients.push_back(std::make_unique<ThriftClient>(side_port, from));
+    int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    EXPECT_GE(fd, 0);
+    server_->adopt(fd, {0x7f000001u, uint16_t(vip_port_)}, netns);
+    return clients.back().get();
+  };
+  EXPECT_TRUE(connect_as("127.0.0.2", 77)->call("get").has_value());
+  EXPECT_TRUE(connect_as("127.0.0.4", 77)->call("get").has_value()) << "the pod's second address";
+  EXPECT_FALSE(connect_as("127.0.0.5", 77)->call("get", 1000ms).has_value()) << "a third connection of the pod";
+  EXPECT_EQ(counter(Counter::downstream_cx_source_limit), 1u);
+  EXPECT_TRUE(connect_as("127.0.0.2", 78)->call("get").has_value()) << "another pod, the same address";
+  ::close(lfd);
 }
 
 // One pod floods (4 connections pipelining 100 calls each to a 20 ms
