@@ -17,9 +17,15 @@
 // the proxy, the upstream and the load generator (a slow peer shows as
 // its own cost, not as the proxy's), as median [min-max] over rounds, with
 // ratios to direct on the same upstream.
+// --features adds a layer-7 metanoded per feature, interleaved with the
+// rest, its ratios to the plain one showing what the feature costs:
+//   mirror      every request also mirrored (to the same upstream)
+//   ratelimit   a local rate limit whose bucket never empties (the check)
+//   routes10    ten regex routes that do not match before the one that does
 //
 //   sudo build/bench/proxy_bench [--rounds 5] [--seconds 3] [--conns 1,16] [--sizes 64,1024]
 //                                [--upstreams nonblocking,threads] [--workers N (metanoded's)]
+//                                [--features mirror,ratelimit,routes10]
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -227,6 +233,7 @@ int main(int argc, char** argv) {
   std::vector<int> conns = {1, 16}, sizes = {64, 1024};
   std::vector<std::string> kinds = {"nonblocking", "threads"};
   std::string workers;  // metanoded's --workers; empty: its default (one per core)
+  std::vector<std::string> features;
   for (int i = 1; i + 1 < argc; ++i) {
     if (!std::strcmp(argv[i], "--rounds")) rounds = std::stoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--seconds")) seconds = std::stod(argv[++i]);
@@ -234,6 +241,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--sizes")) sizes = ints(argv[++i]);
     else if (!std::strcmp(argv[i], "--upstreams")) kinds = words(argv[++i]);
     else if (!std::strcmp(argv[i], "--workers")) workers = argv[++i];
+    else if (!std::strcmp(argv[i], "--features")) features = words(argv[++i]);
   }
   const std::string exe = bench::self_exe();
 
@@ -300,6 +308,52 @@ int main(int argc, char** argv) {
                                        "127.0.0.1:15002"};
   for (auto* a : {&l7_argv, &bpf_argv})
     if (!workers.empty()) a->insert(a->end(), {"--workers", workers});
+  // One more L7 daemon per feature, on ports of its own.
+  auto feature_router = [&](const Upstream& u, const std::string& f) -> std::string {
+    std::string host = "bench-" + u.kind + ".b.svc.cluster.local";
+    std::string head = "---\napiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
+                       "metadata: {name: bench-" + u.kind + ", namespace: b}\nspec:\n  hosts: [" + host + "]\n";
+    std::string all = "  - name: all\n    route: [{destination: {host: " + host + "}}]\n";
+    if (f == "mirror") return head + "  routes:\n" + all + "    mirror: {host: " + host + "}\n";
+    if (f == "ratelimit")
+      return head + "  localRateLimit: {tokenBucket: {maxTokens: 1000000000, tokensPerFill: 1000000000, "
+                    "fillInterval: 1s}}\n  routes:\n" + all;
+    if (f == "routes10") {
+      std::string r = head + "  routes:\n";
+      for (int i = 0; i < 10; ++i)
+        r += "  - name: r" + std::to_string(i) + "\n    match: {attributes: {method: {regex: '^say(Goodbye|Bye)" +
+             std::to_string(i) + "[a-z]*$'}}}\n    route: [{destination: {host: " + host + "}}]\n";
+      return r + all;
+    }
+    return "";
+  };
+  struct Feature {
+    std::string name;
+    pid_t pid;
+    std::vector<int> ports;  // per upstream
+  };
+  std::vector<Feature> feats;
+  for (size_t f = 0; f < features.size(); ++f) {
+    if (feature_router(ups[0], features[f]).empty()) {
+      std::fprintf(stderr, "unknown feature '%s' (mirror, ratelimit, routes10)\n", features[f].c_str());
+      return 2;
+    }
+    std::string dir = (*tb)->work_dir() + "/feature-" + features[f];
+    mkdir(dir.c_str(), 0755);
+    Feature ft{features[f], -1, {}};
+    for (size_t k = 0; k < ups.size(); ++k) {
+      int port = 19200 + int(f) * 10 + int(k);
+      ft.ports.push_back(port);
+      std::ofstream(dir + "/" + ups[k].kind + ".yaml") << se(ups[k], node, port) << feature_router(ups[k], features[f]);
+    }
+    std::vector<std::string> a = {daemon, "--no-bpf", "--config-dir", dir, "--admin-address",
+                                  "127.0.0.1:" + std::to_string(15010 + f)};
+    if (!workers.empty()) a.insert(a.end(), {"--workers", workers});
+    auto pid = (*tb)->spawn(a, (*tb)->node_ns(), "", dir + ".log");
+    if (!pid) return 1;
+    ft.pid = *pid;
+    feats.push_back(ft);
+  }
   auto l7 = (*tb)->spawn(l7_argv, (*tb)->node_ns(), "", (*tb)->work_dir() + "/l7.log");
   auto bpfd = (*tb)->spawn(bpf_argv, (*tb)->node_ns(), (*tb)->daemon_cgroup(), (*tb)->work_dir() + "/bpf.log");
   if (!haproxy || !l7 || !bpfd) return 1;
@@ -311,10 +365,13 @@ int main(int argc, char** argv) {
     pid_t proxy;
   };
   auto paths_of = [&](const Upstream& u) {
-    return std::vector<Path>{{"direct", server_ip + ":" + std::to_string(u.port), -1},
-                             {"haproxy", node + ":" + std::to_string(u.haproxy_port), *haproxy},
-                             {"metanode", node + ":" + std::to_string(u.l7_port), *l7},
-                             {"metanode+bpf", u.vip + ":9090", *bpfd}};
+    std::vector<Path> p = {{"direct", server_ip + ":" + std::to_string(u.port), -1},
+                           {"haproxy", node + ":" + std::to_string(u.haproxy_port), *haproxy},
+                           {"metanode", node + ":" + std::to_string(u.l7_port), *l7},
+                           {"metanode+bpf", u.vip + ":9090", *bpfd}};
+    size_t k = size_t(&u - ups.data());
+    for (const auto& f : feats) p.push_back({"metanode " + f.name, node + ":" + std::to_string(f.ports[k]), f.pid});
+    return p;
   };
   struct Sample {
     double qps, p50, p99, proxy_us, upstream_us, client_us;
@@ -356,6 +413,8 @@ int main(int argc, char** argv) {
   auto med = [](std::vector<double> v) { return median(std::move(v)); };
   std::printf("| upstream | conns | payload | path | req/s (x direct) | p50 us | p99 us | CPU us/req: proxy | upstream | client |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  std::map<std::string, std::pair<double, double>> plain;  // upstream/conns/size -> metanode's req/s, proxy CPU
+  std::string feature_rows;
   for (const auto& u : ups)
     for (int c : conns)
       for (int sz : sizes) {
@@ -375,9 +434,30 @@ int main(int argc, char** argv) {
           std::printf("| %s | %d | %d B | %s | %.0f [%.0f-%.0f] (%.2f) | %.1f | %.1f | %s | %.1f | %.1f |\n",
                       u.kind.c_str(), c, sz, p.name.c_str(), mq, *mn, *mx, direct_qps > 0 ? mq / direct_qps : 0,
                       med(a), med(b), proxy_s, med(uc), med(cc));
+          std::string where = key(u, c, sz, "");
+          if (p.name == "metanode") plain[where] = {mq, med(pc)};
+          if (p.name.rfind("metanode ", 0) == 0 && plain.count(where)) {
+            // The ratio per round (each feature run beside the plain one) is
+            // what the noise of this host lets through; the median of those.
+            auto& base = res[key(u, c, sz, "metanode")];
+            std::vector<double> rq, rc;
+            for (size_t i = 0; i < v.size() && i < base.size(); ++i) {
+              if (base[i].qps > 0) rq.push_back(v[i].qps / base[i].qps);
+              if (base[i].proxy_us > 0) rc.push_back(v[i].proxy_us / base[i].proxy_us);
+            }
+            char row[256];
+            std::snprintf(row, sizeof(row), "| %s | %d | %d B | %s | %.2f | %.2f |\n", u.kind.c_str(), c, sz,
+                          p.name.substr(9).c_str(), med(rq), med(rc));
+            feature_rows += row;
+          }
         }
       }
   std::printf("(median [min-max] of %d interleaved rounds, %.0f s each after 0.3 s warm-up; closed loop)\n",
               rounds, seconds);
+  if (!feature_rows.empty()) {
+    std::printf("\n| upstream | conns | payload | feature | req/s x plain metanode | proxy CPU/req x plain |\n");
+    std::printf("|---|---|---|---|---|---|\n%s", feature_rows.c_str());
+    std::printf("(median of the per-round ratios)\n");
+  }
   return 0;
 }
