@@ -12,6 +12,7 @@
 
 #include <thread>
 
+#include "local_daemon.h"
 #include "metanode/bpf/maps.h"
 #include "root_guard.h"
 #include "thrift_sample.h"
@@ -25,7 +26,7 @@ constexpr uint64_t kRequestBytes = 40;
 
 class WalkingSkeleton : public ::testing::Test {
  protected:
-  void start(bool skmsg = true, bool local_upstream = false) {
+  void start(bool skmsg = true, bool local_upstream = false, std::vector<std::string> daemon_args = {}) {
     auto tb = Testbed::create("skeleton");
     ASSERT_TRUE(tb) << tb.error().message();
     tb_ = std::move(tb.value());
@@ -33,6 +34,7 @@ class WalkingSkeleton : public ::testing::Test {
     opts.skmsg = skmsg;
     opts.skmsg_upstream = local_upstream;
     opts.servers_in_pods_cgroup = local_upstream;
+    opts.daemon_args = std::move(daemon_args);
     auto s = ThriftSample::start(*tb_, opts);
     ASSERT_TRUE(s) << s.error().message();
     s_ = std::move(s.value());
@@ -233,6 +235,39 @@ TEST_F(WalkingSkeleton, KilledUnderLoadFailsOpenAndNothingElseBreaks) {
   std::cout << "[ numbers ] mesh client: " << m.ok << " ok, " << m.transport_errors
             << " broken connections or refused connects, " << m.ok_after_last_error
             << " ok since the last; bystander: " << b.ok << " ok, 0 errors\n";
+}
+
+
+// An upgrade under a pod's long-lived connection, on the kernel path: the
+// successor takes the listening socket and then the pod's connection
+// itself, whose messages keep arriving by sk_msg into the same socket. The
+// python client never reconnects (no --reconnect): one closed connection
+// or failed call turns it red, as does a successor that did not adopt it or
+// sk_msg that stopped redirecting after the handover.
+TEST_F(WalkingSkeleton, UpgradeKeepsThePodsConnectionAndItsSkMsgPath) {
+  start(true, false, {"--handover", "@metanode-test-skeleton-" + std::to_string(getpid())});
+  auto client = s_->start_client({"--method", "sayHello", "--calls", "1000000", "--seconds", "5", "--interval",
+                                  "0.002", "--quiet"});
+  ASSERT_TRUE(client);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  std::string successor_log = tb_->work_dir() + "/successor.log";
+  auto next = tb_->spawn(s_->daemon_argv(), tb_->node_ns(), tb_->daemon_cgroup(), successor_log);
+  ASSERT_TRUE(next);
+  ASSERT_TRUE(eventually([&] { return s_->daemon_log().find("handed over; drained") != std::string::npos; },
+                         std::chrono::seconds(20)))
+      << s_->daemon_log() << "\n--- successor:\n" << slurp(successor_log);
+  ASSERT_TRUE(eventually([&] {
+    return slurp(successor_log).find("1 client connections taken over") != std::string::npos;
+  })) << slurp(successor_log);
+  uint64_t redirected_at_handover = s_->bpf_counters()["msg_redirect"];
+  auto r = s_->finish_client(*client);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.errors + r.transport_errors, 0) << r.first_error;
+  EXPECT_GT(r.ok, 500) << r.output;
+  EXPECT_GT(s_->bpf_counters()["msg_redirect"], redirected_at_handover + 100)
+      << "the adopted connection's requests no longer go socket to socket";
+  kill(s_->daemon_pid(), SIGTERM);
+  EXPECT_EQ(tb_->wait(s_->daemon_pid(), 5000), 0);
 }
 
 }  // namespace

@@ -184,6 +184,8 @@ Result<std::unique_ptr<ThriftSample>> ThriftSample::start(Testbed& tb, const Sam
                                    "--admin-address", "127.0.0.1:15000"};
   if (!opts.skmsg) argv.push_back("--no-skmsg");
   if (opts.skmsg_upstream) argv.push_back("--skmsg-upstream");
+  argv.insert(argv.end(), opts.daemon_args.begin(), opts.daemon_args.end());
+  s->daemon_argv_ = argv;
   auto d = tb.spawn(argv, tb.node_ns(), tb.daemon_cgroup(), tb.work_dir() + "/metanoded.log");
   if (!d) return d.error();
   s->daemon_ = *d;

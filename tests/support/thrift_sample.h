@@ -19,6 +19,7 @@ struct SampleOptions {
   bool skmsg = true;
   bool skmsg_upstream = false;         // daemon --skmsg-upstream
   bool servers_in_pods_cgroup = false;  // so sockops sees the servers' accepted sockets
+  std::vector<std::string> daemon_args;  // more metanoded flags
   std::string metanoded;  // path to the binary
   std::string peers_dir;  // tests/peers/thrift
   std::string gen_py;     // generated Python for hello.thrift
@@ -69,6 +70,8 @@ class ThriftSample {
   std::string server_ip(const std::string& version) const;
   std::string server_netns(const std::string& version) const;
   pid_t daemon_pid() const { return daemon_; }
+  // The daemon's command line, for a successor started the same way.
+  const std::vector<std::string>& daemon_argv() const { return daemon_argv_; }
 
   static std::string method_route_yaml();  // sayHello -> v1, the rest to the service
   static std::string split_route_yaml(int v1, int v2);
@@ -82,6 +85,7 @@ class ThriftSample {
   std::string client_ns_;
   std::string config_dir_;
   pid_t daemon_ = -1;
+  std::vector<std::string> daemon_argv_;
 };
 
 }  // namespace metanode::testbed
