@@ -2,7 +2,8 @@
 // (github.com/envoyproxy/ratelimit, built from the Go module proxy) backed
 // by Debian's redis-server: two daemons (two nodes) share one limit, calls
 // the limit does not match pass, and when the service is gone denyOnFail
-// decides. Dubbo peers are sofa-rpc-node's provider and consumer.
+// decides. Dubbo peers are sofa-rpc-node's provider and consumer, and
+// Apache Dubbo Java's consumer, which decodes the limit's reply too.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -94,10 +95,15 @@ class GlobalRateLimit : public ::testing::Test {
     ASSERT_TRUE(d.start()) << d.log();
   }
 
-  ClientSummary consumer(LocalDaemon& d, int vip_port, int calls, const std::string& method) {
-    return d.run_client({"node", peers() + "/sofa_consumer.js", "--host", "127.0.0.1", "--port",
-                         std::to_string(vip_port), "--calls", std::to_string(calls), "--method", method,
-                         "--quiet"});
+  ClientSummary consumer(LocalDaemon& d, int vip_port, int calls, const std::string& method,
+                         bool java = false) {
+    std::vector<std::string> argv = {"node", peers() + "/sofa_consumer.js"};
+    if (java)
+      argv = {METANODE_JAVA, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx192m", "-cp",
+              METANODE_DUBBO_JAVA_CP, "org.metanode.peers.Consumer"};
+    argv.insert(argv.end(), {"--host", "127.0.0.1", "--port", std::to_string(vip_port), "--calls",
+                             std::to_string(calls), "--method", method, "--quiet"});
+    return d.run_client(argv);
   }
 
   LocalDaemon rls_;  // owns the peers: redis, the rate limit service, the provider
@@ -122,6 +128,19 @@ TEST_F(GlobalRateLimit, OneLimitHoldsAcrossTwoNodes) {
   EXPECT_EQ(other.ok, 4) << other.output;
   EXPECT_EQ(b.metric("metanode_global_rate_limit_calls_total"), calls_before);
   EXPECT_EQ(a.metric("metanode_rate_limited_total") + b.metric("metanode_rate_limited_total"), 2u);
+}
+
+// The limit's reply reaches Apache Dubbo Java's consumer as the error it
+// is, after the calls the service allowed.
+TEST_F(GlobalRateLimit, JavaConsumerDecodesTheLimitsReply) {
+  LocalDaemon a;
+  int pa = free_port();
+  start_node(a, pa, false);
+  auto r = consumer(a, pa, 7, "sayHello", true);
+  EXPECT_EQ(r.ok, 5) << r.output << a.log();  // 5 per hour
+  EXPECT_EQ(r.errors, 2) << r.output;
+  EXPECT_NE(r.first_error.find("rate limited"), std::string::npos) << r.first_error;
+  EXPECT_EQ(a.metric("metanode_rate_limited_total"), 2u);
 }
 
 TEST_F(GlobalRateLimit, DenyOnFailDecidesWhenTheServiceIsGone) {
