@@ -107,6 +107,18 @@ struct Carried {
   size_t copied = 0, dropped = 0;
 };
 
+// Calls f(key) for every key of a hash map, in the kernel's order.
+template <class F>
+void for_each_key(int fd, uint32_t key_size, F&& f) {
+  std::vector<unsigned char> key(key_size), next(key_size);
+  void* prev = nullptr;
+  while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
+    key.swap(next);
+    prev = key.data();
+    f(key.data());
+  }
+}
+
 // Same entry layout, any capacity: every entry the new map has room for.
 // Arrays by index (counters keep their numbers, metanode_abi.h); a hash
 // entry the smaller map cannot take is counted as dropped.
@@ -114,43 +126,25 @@ Carried carry(int from, int to, const bpf_map_info& old, uint32_t new_max) {
   Carried c;
   size_t vsize = old.value_size;
   if (per_cpu(old.type)) vsize = ((vsize + 7) / 8 * 8) * size_t(std::max(libbpf_num_possible_cpus(), 1));
-  std::vector<unsigned char> key(old.key_size), next(old.key_size), value(vsize);
+  std::vector<unsigned char> value(vsize);
   if (array(old.type)) {
     for (uint32_t i = 0; i < old.max_entries; ++i) {
-      if (i >= new_max) {
-        ++c.dropped;
-        continue;
-      }
-      if (bpf_map_lookup_elem(from, &i, value.data()) == 0 &&
-          bpf_map_update_elem(to, &i, value.data(), BPF_ANY) == 0)
-        ++c.copied;
-      else
-        ++c.dropped;
+      bool ok = i < new_max && bpf_map_lookup_elem(from, &i, value.data()) == 0 &&
+                bpf_map_update_elem(to, &i, value.data(), BPF_ANY) == 0;
+      ++(ok ? c.copied : c.dropped);
     }
     return c;
   }
-  void* prev = nullptr;
-  while (bpf_map_get_next_key(from, prev, next.data()) == 0) {
-    key.swap(next);
-    prev = key.data();
-    if (bpf_map_lookup_elem(from, key.data(), value.data()) != 0) continue;  // gone meanwhile
-    if (bpf_map_update_elem(to, key.data(), value.data(), BPF_NOEXIST) == 0)
-      ++c.copied;
-    else
-      ++c.dropped;
-  }
+  for_each_key(from, old.key_size, [&](const void* key) {
+    if (bpf_map_lookup_elem(from, key, value.data()) != 0) return;  // gone meanwhile
+    ++(bpf_map_update_elem(to, key, value.data(), BPF_NOEXIST) == 0 ? c.copied : c.dropped);
+  });
   return c;
 }
 
 size_t count_entries(int fd, uint32_t key_size) {
-  std::vector<unsigned char> key(key_size), next(key_size);
   size_t n = 0;
-  void* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
-    key.swap(next);
-    prev = key.data();
-    ++n;
-  }
+  for_each_key(fd, key_size, [&](const void*) { ++n; });
   return n;
 }
 

@@ -17,6 +17,7 @@
 #include <future>
 #include <set>
 
+#include "java_peer.h"
 #include "local_daemon.h"
 
 namespace metanode::testbed {
@@ -25,13 +26,6 @@ namespace {
 constexpr char kHost[] = "com.example.demoservice";  // Aeraki names Dubbo services by interface
 
 std::string peers() { return METANODE_DUBBO_PEERS_DIR; }
-
-// Apache Dubbo Java (tests/peers/dubbo-java, built with Maven): `main` of
-// org.metanode.peers.Provider or .Consumer, on a small quick-starting JVM.
-std::vector<std::string> java(const std::string& main) {
-  return {METANODE_JAVA, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k", "-Xmx192m", "-cp",
-          METANODE_DUBBO_JAVA_CP, "org.metanode.peers." + main};
-}
 
 class DubboInterop : public ::testing::Test {
  protected:
@@ -70,13 +64,7 @@ class DubboInterop : public ::testing::Test {
     ASSERT_TRUE(d_.start(daemon_args())) << d_.log();
   }
 
-  // Writes a manifest and waits until the daemon has applied a change.
-  void apply(const std::string& file, const std::string& yaml) {
-    std::string before = d_.admin("/config_dump");
-    d_.write_config(file, yaml);
-    for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  void apply(const std::string& file, const std::string& yaml) { d_.apply(file, yaml); }
 
   void route(const std::string& routes) {
     apply("metarouter.yaml", "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"
@@ -114,7 +102,7 @@ class DubboInterop : public ::testing::Test {
   ClientSummary consumer(const std::string& impl, int calls, const std::string& method,
                          std::vector<std::string> extra = {}) {
     std::vector<std::string> argv =
-        impl == "java" ? java("Consumer") : std::vector<std::string>{"node", peers() + "/" + impl + "_consumer.js"};
+        impl == "java" ? java_peer("Consumer") : std::vector<std::string>{"node", peers() + "/" + impl + "_consumer.js"};
     argv.insert(argv.end(), {"--host", "127.0.0.1", "--port", std::to_string(vip_port_), "--calls",
                              std::to_string(calls), "--method", method, "--quiet"});
     argv.insert(argv.end(), extra.begin(), extra.end());
@@ -449,7 +437,7 @@ TEST_F(DubboInterop, AutoProtocolPortRecognisesDubbo) {
 // implementation most Dubbo users run, end to end through the daemon.
 class DubboJava : public DubboInterop {
  protected:
-  std::vector<std::string> provider_command() const override { return java("Provider"); }
+  std::vector<std::string> provider_command() const override { return java_peer("Provider"); }
 };
 
 TEST_F(DubboJava, EveryRequestOfOneConnectionIsBalanced) {

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sys/stat.h>
 
+#include "java_peer.h"
 #include "local_daemon.h"
 #include "testbed.h"
 
@@ -98,9 +99,7 @@ class GlobalRateLimit : public ::testing::Test {
   ClientSummary consumer(LocalDaemon& d, int vip_port, int calls, const std::string& method,
                          bool java = false) {
     std::vector<std::string> argv = {"node", peers() + "/sofa_consumer.js"};
-    if (java)
-      argv = {METANODE_JAVA, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx192m", "-cp",
-              METANODE_DUBBO_JAVA_CP, "org.metanode.peers.Consumer"};
+    if (java) argv = java_peer("Consumer");
     argv.insert(argv.end(), {"--host", "127.0.0.1", "--port", std::to_string(vip_port), "--calls",
                              std::to_string(calls), "--method", method, "--quiet"});
     return d.run_client(argv);

@@ -211,13 +211,7 @@ class ThriftFeatures : public ::testing::Test {
     return n;
   }
 
-  // Writes a manifest and waits until the daemon has applied it.
-  void apply(const std::string& file, const std::string& yaml) {
-    std::string before = d_.admin("/config_dump");
-    d_.write_config(file, yaml);
-    for (int i = 0; i < 100 && d_.admin("/config_dump") == before; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  void apply(const std::string& file, const std::string& yaml) { d_.apply(file, yaml); }
 
   void router(const std::string& spec, const std::string& annotations = "") {
     apply("router.yaml", "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\n"

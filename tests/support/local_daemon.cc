@@ -121,6 +121,13 @@ LocalDaemon::~LocalDaemon() {
   if (!dir_.empty() && !std::getenv("METANODE_KEEP_TESTBED")) run({"rm", "-rf", dir_});
 }
 
+void LocalDaemon::apply(const std::string& name, const std::string& yaml) {
+  std::string before = admin("/config_dump");
+  write_config(name, yaml);
+  for (int i = 0; i < 100 && admin("/config_dump") == before; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+}
+
 void LocalDaemon::write_config(const std::string& name, const std::string& yaml) {
   std::string tmp = config_dir() + "/." + name + ".tmp";
   std::ofstream(tmp) << yaml;

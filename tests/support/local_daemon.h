@@ -34,6 +34,9 @@ class LocalDaemon {
   const std::string& dir() const { return dir_; }
   std::string config_dir() const { return dir_ + "/config"; }
   void write_config(const std::string& name, const std::string& yaml);
+  // write_config(), then waits (up to 5 s) until the running daemon's
+  // /config_dump shows a change.
+  void apply(const std::string& name, const std::string& yaml);
 
   // Starts a peer process (server) with its output in dir()/<log>.log and
   // waits until that log contains `ready` (empty: no wait). Returns its pid,
